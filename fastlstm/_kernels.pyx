@@ -1,0 +1,270 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Compiled forward and backward-through-time of one LSTM layer.
+
+Buffers are time-major, (T, N, .), so the slice of one step is contiguous.
+Gate rows are stacked in torch's order i, f, g, o: G = 4H.
+
+Per call, whatever T is:
+  forward   one gemm for the input projection of all T*N rows, then per step one
+            gemm (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
+            cell loop;
+  backward  per step one fused cell loop and one gemm (dgates @ W_hh), then one
+            gemm each for dW_ih, dW_hh and dX over all rows.
+The whole time loop runs with the GIL released and no Python per step. BLAS comes
+from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
+"""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+
+cdef extern from "_gates.h" nogil:
+    void fl_lstm_cell_fwd_f32(int64_t N, int64_t H, float *gates, const float *c_prev,
+                              float *c, float *tanh_c, float *h)
+    void fl_lstm_cell_fwd_f64(int64_t N, int64_t H, double *gates, const double *c_prev,
+                              double *c, double *tanh_c, double *h)
+    void fl_lstm_cell_bwd_f32(int64_t N, int64_t H, const float *gates, const float *c_prev,
+                              const float *tanh_c, const float *dh, float *dc, float *dgates)
+    void fl_lstm_cell_bwd_f64(int64_t N, int64_t H, const double *gates, const double *c_prev,
+                              const double *tanh_c, const double *dh, double *dc, double *dgates)
+    void fl_sigmoid_map_f32(int64_t n, const float *x, float *out)
+    void fl_sigmoid_map_f64(int64_t n, const double *x, double *out)
+    void fl_tanh_map_f32(int64_t n, const float *x, float *out)
+    void fl_tanh_map_f64(int64_t n, const double *x, double *out)
+
+
+# ---- BLAS ------------------------------------------------------------------
+
+cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
+                      floating alpha, const floating *A, int lda,
+                      const floating *B, int ldb,
+                      floating beta, floating *C, int ldc) noexcept nogil:
+    """Row-major C (M, N) = alpha * op(A) @ op(B) + beta * C.
+
+    Fortran BLAS is column-major, and a row-major matrix is its column-major
+    transpose, so we ask for C.T = op(B).T @ op(A).T: swap the operands, keep
+    the flags.
+    """
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
+              &beta, C, &ldc)
+    else:
+        dgemm(&tb, &ta, &N, &M, &K, &alpha, <double *>B, &ldb, <double *>A, &lda,
+              &beta, C, &ldc)
+
+
+cdef inline void cell_forward(Py_ssize_t N, Py_ssize_t H, floating *gates,
+                              const floating *c_prev, floating *c, floating *tanh_c,
+                              floating *h) noexcept nogil:
+    if floating is float:
+        fl_lstm_cell_fwd_f32(N, H, gates, c_prev, c, tanh_c, h)
+    else:
+        fl_lstm_cell_fwd_f64(N, H, gates, c_prev, c, tanh_c, h)
+
+
+cdef inline void cell_backward(Py_ssize_t N, Py_ssize_t H, const floating *gates,
+                               const floating *c_prev, const floating *tanh_c,
+                               const floating *dh, floating *dc,
+                               floating *dgates) noexcept nogil:
+    if floating is float:
+        fl_lstm_cell_bwd_f32(N, H, gates, c_prev, tanh_c, dh, dc, dgates)
+    else:
+        fl_lstm_cell_bwd_f64(N, H, gates, c_prev, tanh_c, dh, dc, dgates)
+
+
+cdef bint any_nonzero(const floating *a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if a[k] != 0:
+            return True
+    return False
+
+
+def _check(name, got, expected):
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(expected)}")
+
+
+def _shape(mv, ndim):
+    return tuple(mv.shape[:ndim])
+
+
+# ---- one LSTM layer, forward -------------------------------------------------
+
+def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
+                       const floating[:, ::1] weight_ih,     # (G, D)
+                       const floating[:, ::1] weight_hh,     # (G, H)
+                       const floating[::1] bias_ih,          # (G,)
+                       const floating[::1] bias_hh,          # (G,)
+                       const floating[:, ::1] h0,            # (N, H)
+                       const floating[:, ::1] c0,            # (N, H)
+                       floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
+                       floating[:, :, ::1] c,                # (T, N, H) out
+                       floating[:, :, ::1] tanh_c,           # (T, N, H) out
+                       floating[:, :, ::1] h):               # (T, N, H) out
+    """Run one layer over all T steps; keep what the backward pass needs."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
+    _check("weight_ih", _shape(weight_ih, 2), (G, D))
+    _check("weight_hh", _shape(weight_hh, 2), (G, H))
+    _check("bias_ih", _shape(bias_ih, 1), (G,))
+    _check("bias_hh", _shape(bias_hh, 1), (G,))
+    for name, buf in (("h0", h0), ("c0", c0)):
+        _check(name, _shape(buf, 2), (N, H))
+    _check("gates", _shape(gates, 3), (T, N, G))
+    for name, buf in (("c", c), ("tanh_c", tanh_c), ("h", h)):
+        _check(name, _shape(buf, 3), (T, N, H))
+    if T == 0 or N == 0 or H == 0:
+        return
+
+    cdef Py_ssize_t t, row, k, NG = N * G, NH = N * H
+    cdef floating *g_ptr = &gates[0, 0, 0]
+    cdef floating *c_ptr = &c[0, 0, 0]
+    cdef floating *tc_ptr = &tanh_c[0, 0, 0]
+    cdef floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef const floating *c_prev
+    cdef bint has_h0
+    with nogil:
+        # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
+        for k in range(G):
+            g_ptr[k] = bias_ih[k] + bias_hh[k]
+        for row in range(1, T * N):
+            for k in range(G):
+                g_ptr[row * G + k] = g_ptr[k]
+        if D > 0:
+            gemm(False, True, T * N, G, D, <floating>1, &x[0, 0, 0], D,
+                 &weight_ih[0, 0], D, <floating>1, g_ptr, G)   # gates += x @ W_ih.T
+        has_h0 = any_nonzero(&h0[0, 0], NH)
+        for t in range(T):
+            if t > 0:
+                gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
+                     w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
+                c_prev = c_ptr + (t - 1) * NH
+            else:
+                if has_h0:
+                    gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
+                         w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
+                c_prev = &c0[0, 0]
+            cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
+                         tc_ptr + t * NH, h_ptr + t * NH)
+
+
+# ---- one LSTM layer, backward through time -----------------------------------
+
+def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
+                        const floating[:, ::1] weight_ih,     # (G, D)
+                        const floating[:, ::1] weight_hh,     # (G, H)
+                        const floating[:, ::1] h0,            # (N, H)
+                        const floating[:, ::1] c0,            # (N, H)
+                        const floating[:, :, ::1] gates,      # (T, N, G) from forward
+                        const floating[:, :, ::1] c,          # (T, N, H) from forward
+                        const floating[:, :, ::1] tanh_c,     # (T, N, H) from forward
+                        const floating[:, :, ::1] h,          # (T, N, H) from forward
+                        floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
+                        floating[:, ::1] dc,                  # (N, H) in: dL/dc_T; out: dL/dc0
+                        floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                        floating[:, :, ::1] dgates,           # (T, N, G) out: dL/d(pre-activations)
+                        floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
+                        floating[:, ::1] dweight_ih,          # (G, D) accumulated into
+                        floating[:, ::1] dweight_hh,          # (G, H) accumulated into
+                        floating[::1] dbias):                 # (G,) accumulated into (= d b_ih = d b_hh)
+    """Backprop through all T steps of one layer.
+
+    dh is used as the running gradient on h_t: the recurrent term dgates[t] @ W_hh
+    is added straight into dh[t-1], so the caller's buffer is overwritten.
+    """
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
+    _check("weight_ih", _shape(weight_ih, 2), (G, D))
+    _check("weight_hh", _shape(weight_hh, 2), (G, H))
+    for name, buf in (("h0", h0), ("c0", c0), ("dc", dc), ("dh0", dh0)):
+        _check(name, _shape(buf, 2), (N, H))
+    for name, buf in (("gates", gates), ("dgates", dgates)):
+        _check(name, _shape(buf, 3), (T, N, G))
+    for name, buf in (("c", c), ("tanh_c", tanh_c), ("h", h), ("dh", dh)):
+        _check(name, _shape(buf, 3), (T, N, H))
+    if dx is not None:
+        _check("dx", _shape(dx, 3), (T, N, D))
+    _check("dweight_ih", _shape(dweight_ih, 2), (G, D))
+    _check("dweight_hh", _shape(dweight_hh, 2), (G, H))
+    _check("dbias", _shape(dbias, 1), (G,))
+    if N == 0 or H == 0:
+        return
+    if T == 0:
+        dh0[...] = 0
+        return
+
+    cdef Py_ssize_t t, row, k, NG = N * G, NH = N * H
+    cdef const floating *g_ptr = &gates[0, 0, 0]
+    cdef const floating *c_ptr = &c[0, 0, 0]
+    cdef const floating *tc_ptr = &tanh_c[0, 0, 0]
+    cdef const floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef floating *dh_ptr = &dh[0, 0, 0]
+    cdef floating *dg_ptr = &dgates[0, 0, 0]
+    cdef floating *dx_ptr = NULL
+    cdef const floating *c_prev
+    cdef bint has_h0
+    if dx is not None and D > 0:
+        dx_ptr = &dx[0, 0, 0]
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
+            # dgates[t] and dc <- dc_{t-1}, through the cell
+            cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
+                          dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
+            if t > 0:
+                gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
+                     w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
+            else:
+                gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
+                     w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
+
+        # weight gradients, one gemm each over all rows
+        if D > 0:
+            gemm(True, False, G, D, T * N, <floating>1, dg_ptr, G, &x[0, 0, 0], D,
+                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dgates.T @ x
+        if T > 1:
+            gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_ptr + NG, G, h_ptr, H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates[1:].T @ h[:-1]
+        has_h0 = any_nonzero(&h0[0, 0], NH)
+        if has_h0:
+            gemm(True, False, G, H, N, <floating>1, dg_ptr, G, &h0[0, 0], H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates[0].T @ h0
+        for row in range(T * N):
+            for k in range(G):
+                dbias[k] += dg_ptr[row * G + k]               # db = dgates.sum(rows)
+        if dx_ptr != NULL:
+            gemm(False, False, T * N, D, G, <floating>1, dg_ptr, G, &weight_ih[0, 0], D,
+                 <floating>0, dx_ptr, D)                     # dx = dgates @ W_ih
+
+
+# ---- the activations on their own (tests, dense heads) -----------------------
+
+def sigmoid(const floating[::1] x, floating[::1] out):
+    """out = 1 / (1 + exp(-x)), finite for any finite or infinite x."""
+    _check("out", _shape(out, 1), _shape(x, 1))
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        if floating is float:
+            fl_sigmoid_map_f32(x.shape[0], &x[0], &out[0])
+        else:
+            fl_sigmoid_map_f64(x.shape[0], &x[0], &out[0])
+
+
+def tanh(const floating[::1] x, floating[::1] out):
+    """out = tanh(x), finite for any finite or infinite x."""
+    _check("out", _shape(out, 1), _shape(x, 1))
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        if floating is float:
+            fl_tanh_map_f32(x.shape[0], &x[0], &out[0])
+        else:
+            fl_tanh_map_f64(x.shape[0], &x[0], &out[0])

@@ -1,0 +1,183 @@
+"""A stack of LSTM layers and a dense head over one flat parameter buffer.
+
+The parameters live in one contiguous array (so the optimiser, the L2 penalty
+and gradient clipping are single passes over it) with named views in torch's
+names: weight_ih_l{k} (4H, D), weight_hh_l{k} (4H, H), bias_ih_l{k} (4H,),
+bias_hh_l{k} (4H,), and head.weight (K, H_last), head.bias (K,). All weight
+matrices come first and all biases after, so "the weights" (what L2 acts on)
+are one prefix slice.
+
+Activations are time-major, (T, N, .): the kernels want each step contiguous.
+"""
+import numpy as np
+
+from . import _kernels, _ops
+
+
+def parameter_layout(n_features, hidden_sizes, n_outputs):
+    """[(name, shape)] in buffer order: every weight matrix, then every bias."""
+    weights, biases = [], []
+    n_in = n_features
+    for k, H in enumerate(hidden_sizes):
+        weights += [(f"weight_ih_l{k}", (4 * H, n_in)), (f"weight_hh_l{k}", (4 * H, H))]
+        biases += [(f"bias_ih_l{k}", (4 * H,)), (f"bias_hh_l{k}", (4 * H,))]
+        n_in = H
+    weights.append(("head.weight", (n_outputs, n_in)))
+    biases.append(("head.bias", (n_outputs,)))
+    return weights + biases
+
+
+def named_views(flat, layout):
+    """{name: view into flat} for the layout; writing a view writes the buffer."""
+    views, start = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape))
+        views[name] = flat[start:start + size].reshape(shape)
+        start += size
+    return views
+
+
+class _Arena:
+    """Reusable scratch memory: views of the first T*N*... elements of flat
+    buffers, so a smaller last batch needs no new allocation."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._buffers = {}
+
+    def get(self, key, shape):
+        size = int(np.prod(shape))
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=self.dtype)
+            self._buffers[key] = buf
+        return buf[:size].reshape(shape)
+
+
+class LSTMNetwork:
+    """LSTM stack + linear head. `forward` then `backward` on the same batch."""
+
+    def __init__(self, n_features, hidden_sizes, n_outputs, dtype=np.float32,
+                 dropout=0.0):
+        self.n_features = int(n_features)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.n_outputs = int(n_outputs)
+        self.dtype = np.dtype(dtype)
+        self.dropout = float(dropout)
+        self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs)
+        self.n_weights = sum(int(np.prod(s)) for n, s in self.layout if "weight" in n)
+        n_params = sum(int(np.prod(s)) for _, s in self.layout)
+        self.params = np.zeros(n_params, dtype=self.dtype)      # (P,)
+        self.grads = np.zeros(n_params, dtype=self.dtype)       # (P,)
+        self.p = named_views(self.params, self.layout)
+        self.g = named_views(self.grads, self.layout)
+        self._arena = _Arena(self.dtype)
+
+    # ---- set-up ---------------------------------------------------------------
+
+    def initialize(self, rng):
+        """Keras' LSTM initialisation: Glorot-uniform input and head weights,
+        orthogonal recurrent weights, zero biases except forget-gate bias 1.
+        It lets gradients reach far back from the start (see DESIGN.md)."""
+        for k, H in enumerate(self.hidden_sizes):
+            w_ih = self.p[f"weight_ih_l{k}"]                     # (4H, D)
+            limit = np.sqrt(6.0 / (w_ih.shape[0] + w_ih.shape[1]))
+            w_ih[...] = rng.uniform(-limit, limit, size=w_ih.shape)
+            # orthogonal (4H, H): orthonormal columns, from the QR of a Gaussian
+            q, r = np.linalg.qr(rng.standard_normal((4 * H, H)))
+            self.p[f"weight_hh_l{k}"][...] = q * np.sign(np.diag(r))
+            self.p[f"bias_ih_l{k}"][...] = 0
+            self.p[f"bias_ih_l{k}"][H:2 * H] = 1.0               # forget gate
+            self.p[f"bias_hh_l{k}"][...] = 0
+        w = self.p["head.weight"]
+        limit = np.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+        w[...] = rng.uniform(-limit, limit, size=w.shape)
+        self.p["head.bias"][...] = 0
+
+    def __getstate__(self):
+        # the views and scratch buffers are rebuilt, not pickled
+        return {"args": (self.n_features, self.hidden_sizes, self.n_outputs,
+                         self.dtype.str, self.dropout),
+                "params": self.params}
+
+    def __setstate__(self, state):
+        self.__init__(*state["args"])
+        self.params[...] = state["params"]
+
+    # ---- forward and backward -------------------------------------------------
+
+    def forward(self, x, sequence_output=False, training=False, rng=None, arena=None):
+        """x (T, N, D) -> (output, tape).
+
+        output is (N, K), or (T*N, K) in time-major row order if sequence_output.
+        tape holds what `backward` needs; training=True also applies dropout
+        (drawn from rng). arena is the scratch memory (a fresh one when None, so
+        concurrent predictions never share buffers).
+        """
+        T, N, _ = x.shape
+        arena = arena if arena is not None else _Arena(self.dtype)
+        dropping = training and self.dropout > 0
+        layers = []
+        layer_in = x
+        for k, H in enumerate(self.hidden_sizes):
+            gates = arena.get(("gates", k), (T, N, 4 * H))
+            c = arena.get(("c", k), (T, N, H))
+            tanh_c = arena.get(("tanh_c", k), (T, N, H))
+            h = arena.get(("h", k), (T, N, H))
+            zeros = arena.get(("zeros", k), (N, H))              # h0 = c0 = 0
+            zeros[...] = 0
+            _kernels.lstm_layer_forward(
+                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
+                self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], zeros, zeros,
+                gates, c, tanh_c, h)
+            layer_out, uniform = h, None
+            if dropping:  # on every layer's output, before the next layer or the head
+                uniform = arena.get(("uniform", k), (T, N, H))
+                rng.random(out=uniform, dtype=uniform.dtype)
+                layer_out = arena.get(("dropped", k), (T, N, H))
+                _ops.apply_dropout_mask(h.reshape(-1), uniform.reshape(-1), self.dropout,
+                                        layer_out.reshape(-1))
+            layers.append((layer_in, gates, c, tanh_c, h, uniform, zeros))
+            layer_in = layer_out
+        # head: a linear map of the last step, or of every step
+        head_in = layer_in.reshape(T * N, -1) if sequence_output else layer_in[T - 1]
+        out = head_in @ self.p["head.weight"].T                   # (M, K)
+        out += self.p["head.bias"]
+        tape = (layers, head_in, sequence_output, arena)
+        return out, tape
+
+    def backward(self, tape, dout):
+        """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
+        layers, head_in, sequence_output, arena = tape
+        # through out = head_in @ W.T + b
+        self.g["head.weight"][...] = dout.T @ head_in             # (K, H_last)
+        self.g["head.bias"][...] = dout.sum(axis=0)
+        dhead_in = dout @ self.p["head.weight"]                   # (M, H_last)
+        T, N = layers[0][0].shape[:2]
+        top = len(self.hidden_sizes) - 1
+        dlayer_out = arena.get(("dh", top), (T, N, self.hidden_sizes[top]))  # (T, N, H)
+        if sequence_output:
+            dlayer_out[...] = dhead_in.reshape(dlayer_out.shape)
+        else:
+            dlayer_out[...] = 0
+            dlayer_out[T - 1] = dhead_in
+        for k in range(top, -1, -1):
+            H = self.hidden_sizes[k]
+            layer_in, gates, c, tanh_c, h, uniform, zeros = layers[k]
+            if uniform is not None:  # through the dropout mask, in place
+                flat = dlayer_out.reshape(-1)
+                _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
+            dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
+            dc = arena.get(("dc", k), (N, H))                     # dL/dc_T = 0
+            dc[...] = 0
+            dh0 = arena.get(("dh0", k), (N, H))
+            dgates = arena.get(("dgates", k), (T, N, 4 * H))
+            for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}"):
+                self.g[name][...] = 0                             # the kernel accumulates
+            _kernels.lstm_layer_backward(
+                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
+                zeros, zeros, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
+                self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"])
+            self.g[f"bias_hh_l{k}"][...] = self.g[f"bias_ih_l{k}"]  # b_ih and b_hh enter alike
+            dlayer_out = dx
+        return self.grads

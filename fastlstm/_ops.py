@@ -1,0 +1,150 @@
+"""Whole-buffer work in Numba: losses with their gradients, optimiser updates over
+the flat parameter buffer, dropout and gradient clipping.
+
+Each is one compiled pass instead of a chain of NumPy temporaries, which is
+what small models spend their time on. All are `cache=True`, so the compile
+cost is paid once per machine, not once per process.
+"""
+import numpy as np
+from numba import njit
+
+# The one place the Numba flags are set. No fastmath: the losses must stay
+# exact for the finite-difference and torch parity tests, and inf/NaN must
+# survive so divergence is detected.
+JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+
+# ---- losses: value and gradient in one pass ----------------------------------
+
+@njit(**JIT)
+def squared_error(pred, target, weight, dpred):
+    """loss = sum_m w_m * 0.5 * sum_k (pred - target)^2 / (K * sum_m w_m).
+
+    pred, target, dpred (M, K); weight (M,). With unit weights this is half the
+    mean squared error, as MLPRegressor reports it. dpred = dloss/dpred.
+    """
+    M, K = pred.shape
+    total_weight = 0.0
+    for m in range(M):
+        total_weight += weight[m]
+    scale = 1.0 / (K * total_weight)
+    loss = 0.0
+    for m in range(M):
+        w = weight[m] * scale
+        for k in range(K):
+            diff = pred[m, k] - target[m, k]
+            loss += 0.5 * w * diff * diff
+            dpred[m, k] = w * diff
+    return loss
+
+
+@njit(**JIT)
+def softmax_cross_entropy(logits, labels, weight, dlogits):
+    """loss = sum_m w_m * -log softmax(logits_m)[labels_m] / sum_m w_m.
+
+    logits, dlogits (M, K); labels (M,) int; weight (M,).
+    dlogits = dloss/dlogits = w_m * (softmax - onehot) / sum w.
+    """
+    M, K = logits.shape
+    total_weight = 0.0
+    for m in range(M):
+        total_weight += weight[m]
+    loss = 0.0
+    for m in range(M):
+        top = logits[m, 0]
+        for k in range(1, K):
+            top = max(top, logits[m, k])
+        norm = 0.0
+        for k in range(K):
+            e = np.exp(logits[m, k] - top)
+            dlogits[m, k] = e
+            norm += e
+        w = weight[m] / total_weight
+        y = labels[m]
+        loss += w * (np.log(norm) - (logits[m, y] - top))
+        for k in range(K):
+            dlogits[m, k] = w * dlogits[m, k] / norm
+        dlogits[m, y] -= w
+    return loss
+
+
+@njit(**JIT)
+def softmax(logits, out):
+    """Row-wise softmax of logits (M, K) into out (M, K)."""
+    M, K = logits.shape
+    for m in range(M):
+        top = logits[m, 0]
+        for k in range(1, K):
+            top = max(top, logits[m, k])
+        norm = 0.0
+        for k in range(K):
+            out[m, k] = np.exp(logits[m, k] - top)
+            norm += out[m, k]
+        for k in range(K):
+            out[m, k] /= norm
+
+
+# ---- regularisation and clipping ---------------------------------------------
+
+@njit(**JIT)
+def add_l2_penalty(params, grads, coef):
+    """grads += coef * params; returns 0.5 * coef * ||params||^2 (the loss term)."""
+    penalty = 0.0
+    for k in range(params.shape[0]):
+        penalty += params[k] * params[k]
+        grads[k] += coef * params[k]
+    return 0.5 * coef * penalty
+
+
+@njit(**JIT)
+def clip_grad_norm(grads, max_norm):
+    """Scale grads in place so their L2 norm is at most max_norm; returns the norm
+    before clipping (inf or NaN if the gradients are not finite)."""
+    total = 0.0
+    for k in range(grads.shape[0]):
+        total += grads[k] * grads[k]
+    norm = np.sqrt(total)
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for k in range(grads.shape[0]):
+            grads[k] *= scale
+    return norm
+
+
+# ---- optimisers over the flat parameter buffer ------------------------------
+
+@njit(**JIT)
+def adam_step(params, grads, m, v, step, lr, beta1, beta2, eps):
+    """One Adam update (torch's form) of params (P,) in place; step counts from 1."""
+    bias1 = 1.0 - beta1 ** step
+    bias2 = 1.0 - beta2 ** step
+    for k in range(params.shape[0]):
+        g = grads[k]
+        m[k] = beta1 * m[k] + (1.0 - beta1) * g
+        v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
+        params[k] -= lr * (m[k] / bias1) / (np.sqrt(v[k] / bias2) + eps)
+
+
+@njit(**JIT)
+def sgd_step(params, grads, velocity, lr, momentum, nesterov):
+    """SGD with (optionally Nesterov) momentum, MLP's form, params (P,) in place."""
+    for k in range(params.shape[0]):
+        velocity[k] = momentum * velocity[k] - lr * grads[k]
+        if nesterov:
+            params[k] += momentum * velocity[k] - lr * grads[k]
+        else:
+            params[k] += velocity[k]
+
+
+# ---- dropout (inverted: scaled at train time, identity at predict) ----------
+
+@njit(**JIT)
+def apply_dropout_mask(x, uniform, rate, out):
+    """out = x * (uniform >= rate) / (1 - rate); all arrays flat (P,).
+
+    The same mask serves both ways: forward on the activations, backward on
+    their gradients (d(x * mask)/dx = mask).
+    """
+    scale = 1.0 / (1.0 - rate)
+    for k in range(x.shape[0]):
+        out[k] = x[k] * scale if uniform[k] >= rate else 0.0

@@ -1,0 +1,265 @@
+"""The estimators: learning, the sklearn protocol, bad input, reproducibility."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from fastlstm import LSTMClassifier, LSTMRegressor
+from fastlstm.datasets import binary_addition, bits_to_int, make_windows, noisy_sine
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def small_regression(n=60, T=5, D=2, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, T, D)).astype(dtype)
+    return X, X[:, :, 0].sum(axis=1)
+
+
+def small_classification(n=60, T=5, D=2, seed=0):
+    X, s = small_regression(n, T, D, seed)
+    return X, np.where(s > 0, "up", "down")
+
+
+# ---- learning -----------------------------------------------------------------
+
+def test_noisy_sine_forecast_beats_mse_0015():
+    X, y = make_windows(noisy_sine(1000, noise=0.1), time_step=10)
+    split = 800
+    model = LSTMRegressor(hidden_layer_sizes=(50,), batch_size=32, max_iter=60, random_state=0)
+    model.fit(X[:split], y[:split])
+    mse = np.mean((model.predict(X[split:]) - y[split:]) ** 2)
+    assert mse < 0.015
+    assert model.loss_curve_[-1] < model.loss_curve_[0]
+
+
+@pytest.mark.parametrize("estimator", [LSTMClassifier, LSTMRegressor])
+def test_binary_addition_exact_on_held_out_pairs(estimator):
+    X, y, a, b = binary_addition(8)
+    train, test = slice(0, 4096), slice(4096, None)
+    model = estimator(hidden_layer_sizes=(16,), output="sequence", learning_rate_init=1e-2,
+                      batch_size=64, max_iter=60, random_state=0)
+    model.fit(X[train], y[train])
+    pred = model.predict(X[test])
+    if estimator is LSTMRegressor:
+        pred = (pred > 0.5).astype(int)
+    assert pred.shape == y[test].shape
+    np.testing.assert_array_equal(bits_to_int(pred), a[test] + b[test])
+
+
+def test_multiclass_sequence_classification_learns():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 8, 3)).astype(np.float32)
+    y = np.argmax(X.sum(axis=1), axis=1)            # which feature summed largest: 3 classes
+    model = LSTMClassifier(hidden_layer_sizes=(16,), learning_rate_init=1e-2, max_iter=60,
+                           batch_size=32, random_state=0).fit(X[:240], y[:240])
+    assert model.score(X[240:], y[240:]) > 0.8
+    proba = model.predict_proba(X[240:])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(model.classes_[proba.argmax(axis=1)], model.predict(X[240:]))
+
+
+def test_sgd_solver_and_stacked_dropout_train():
+    X, y = small_regression(200)
+    for params in [dict(solver="sgd", learning_rate_init=0.05),
+                   dict(hidden_layer_sizes=(12, 12), dropout=0.2, learning_rate_init=1e-2)]:
+        model = LSTMRegressor(max_iter=30, random_state=0, **params).fit(X, y)
+        assert model.loss_curve_[-1] < 0.5 * model.loss_curve_[0], params
+
+
+# ---- the sklearn protocol -----------------------------------------------------
+
+def test_fitted_attributes_and_shapes():
+    X, y = small_regression()
+    model = LSTMRegressor(hidden_layer_sizes=(4, 3), max_iter=2, random_state=0).fit(X, y)
+    assert model.n_iter_ == 2 and len(model.loss_curve_) == 2
+    assert model.n_features_in_ == 2 and model.n_timesteps_in_ == 5
+    assert model.predict(X).shape == (60,)
+    assert model.weights_["weight_ih_l0"].shape == (16, 2)
+    assert model.weights_["weight_hh_l1"].shape == (12, 3)
+    assert model.weights_["head.weight"].shape == (1, 3)
+    two_targets = LSTMRegressor(max_iter=1, hidden_layer_sizes=3).fit(X, np.c_[y, -y])
+    assert two_targets.predict(X).shape == (60, 2)
+
+
+def test_two_d_x_is_univariate_sequences():
+    X, y = small_regression(D=1)
+    m3 = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    m2 = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X[:, :, 0], y)
+    np.testing.assert_array_equal(m3.predict(X), m2.predict(X[:, :, 0]))
+    assert m2.n_features_in_ == 5  # sklearn's convention: X.shape[1]
+
+
+def test_same_seed_same_weights_and_predictions():
+    X, y = small_regression()
+    fits = [LSTMRegressor(hidden_layer_sizes=(6,), dropout=0.3, max_iter=3, random_state=7).fit(X, y)
+            for _ in range(2)]
+    np.testing.assert_array_equal(fits[0].network_.params, fits[1].network_.params)
+    np.testing.assert_array_equal(fits[0].predict(X), fits[1].predict(X))
+    other = LSTMRegressor(hidden_layer_sizes=(6,), max_iter=3, random_state=8).fit(X, y)
+    assert not np.array_equal(other.network_.params, fits[0].network_.params)
+
+
+def test_dtype_follows_input_or_parameter():
+    X, y = small_regression()
+    assert LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit(X, y).network_.dtype == np.float32
+    X64 = X.astype(np.float64)
+    model = LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit(X64, y)
+    assert model.network_.dtype == np.float64 and model.predict(X64).dtype == np.float64
+    forced = LSTMRegressor(max_iter=1, hidden_layer_sizes=2, dtype="float32").fit(X64, y)
+    assert forced.network_.dtype == np.float32
+    ints = LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit((X * 10).astype(int), y)
+    assert ints.network_.dtype == np.float32
+
+
+def test_dropout_is_off_at_predict():
+    X, y = small_regression()
+    model = LSTMRegressor(hidden_layer_sizes=(8, 8), dropout=0.5, max_iter=2, random_state=0)
+    model.fit(X, y)
+    np.testing.assert_array_equal(model.predict(X), model.predict(X))
+
+
+def test_predict_in_chunks_equals_one_batch(monkeypatch):
+    import fastlstm._estimators as est_module
+
+    X, y = small_regression(50)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(X, y)
+    whole = model.predict(X)
+    monkeypatch.setattr(est_module, "_PREDICT_CHUNK_BYTES", 1)  # one sample per chunk
+    np.testing.assert_allclose(model.predict(X), whole, rtol=1e-6, atol=1e-7)
+
+
+def test_classifier_labels_of_any_type():
+    X, y = small_classification()
+    model = LSTMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, y)
+    assert list(model.classes_) == ["down", "up"]
+    assert set(model.predict(X)) <= {"down", "up"}
+    codes = np.where(y == "up", 10, -3)
+    model = LSTMClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0).fit(X, codes)
+    assert list(model.classes_) == [-3, 10] and model.predict(X).dtype.kind == "i"
+
+
+def test_pipeline_gridsearch_clone():
+    X, y = small_regression(80)
+    flat = FunctionTransformer(lambda Z: Z * 0.5)
+    pipe = Pipeline([("scale", flat), ("lstm", LSTMRegressor(max_iter=3, random_state=0))])
+    search = GridSearchCV(pipe, {"lstm__hidden_layer_sizes": [(2,), (8,)]}, cv=2)
+    search.fit(X, y)
+    assert search.best_params_["lstm__hidden_layer_sizes"] in [(2,), (8,)]
+    assert search.predict(X).shape == (80,)
+    model = LSTMClassifier(hidden_layer_sizes=(3,), dropout=0.1, random_state=4)
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and not hasattr(copy, "network_")
+
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_pickle_round_trip_predicts_identically(estimator):
+    X, y = small_classification() if estimator is LSTMClassifier else small_regression()
+    model = estimator(hidden_layer_sizes=(5, 4), max_iter=2, random_state=0).fit(X, y)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X), model.predict(X))
+    restored.weights_["head.bias"][0] += 100  # views still write the restored buffer
+    assert not np.array_equal(restored.predict(X), model.predict(X))
+
+
+def test_verbose_prints_progress(capsys):
+    X, y = small_regression()
+    LSTMRegressor(hidden_layer_sizes=(3,), max_iter=2, verbose=1).fit(X, y)
+    out = capsys.readouterr().out
+    assert "Iteration 2, loss = " in out and "samples/s" in out
+    LSTMRegressor(hidden_layer_sizes=(3,), max_iter=2, verbose=0).fit(X, y)
+    assert capsys.readouterr().out == ""
+
+
+def test_max_iter_reached_warns():
+    X, y = small_regression()
+    with pytest.warns(ConvergenceWarning, match="maximum iterations"):
+        LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1, tol=0).fit(X, y)
+
+
+def test_divergence_stops_and_keeps_finite_weights():
+    X, y = small_regression()
+    y = y * 1e30
+    model = LSTMRegressor(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=1e3,
+                          max_iter=20, random_state=0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        model.fit(X, y)
+    assert np.isfinite(model.network_.params).all()
+    assert model.n_iter_ < 20
+
+
+# ---- bad input ----------------------------------------------------------------
+
+def test_predict_before_fit_raises_not_fitted():
+    with pytest.raises(NotFittedError):
+        LSTMRegressor().predict(np.zeros((2, 3, 1)))
+    with pytest.raises(NotFittedError):
+        LSTMClassifier().predict_proba(np.zeros((2, 3, 1)))
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.zeros(5), "2D array"),
+    (np.zeros((4, 3, 2, 1)), "4 dimensions"),
+    (np.full((4, 3, 1), np.nan), "NaN"),
+    (np.full((4, 3, 1), np.inf), "infinity"),
+    (np.zeros((0, 3, 1)), "0 sample"),
+    (np.zeros((4, 0, 1)), "at least one time step"),
+    (np.zeros((4, 3, 0)), "0 features"),
+    (np.array([[1.0, 2.0], [3.0]], dtype=object), "ragged|sequence"),
+    (np.zeros((4, 3), dtype=complex), "[Cc]omplex"),
+    ("abc", "string"),
+])
+def test_bad_X_is_named(X, message):
+    y = np.zeros(len(X) if hasattr(X, "__len__") and np.ndim(X) else 4)
+    with pytest.raises((ValueError, TypeError), match=message):
+        LSTMRegressor(max_iter=1).fit(X, y)
+
+
+def test_bad_y_and_length_mismatch():
+    X, y = small_regression()
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        LSTMRegressor(max_iter=1).fit(X, y[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        LSTMRegressor(max_iter=1).fit(X, np.where(y > 0, np.nan, y))
+    with pytest.raises(ValueError, match="one class"):
+        LSTMClassifier(max_iter=1).fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="output='sequence'"):
+        LSTMRegressor(max_iter=1, output="sequence").fit(X, y)
+
+
+def test_wrong_shape_at_predict_is_named():
+    X, y = small_regression()
+    model = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1).fit(X, y)
+    with pytest.raises(ValueError, match="X has 3 features, but LSTMRegressor is expecting 2"):
+        model.predict(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match="time steps"):
+        model.predict(np.zeros((2, 6, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(np.full((2, 5, 2), np.nan))
+
+
+@pytest.mark.parametrize("params, name", [
+    (dict(hidden_layer_sizes=(0,)), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=()), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=(-3, 4)), "hidden_layer_sizes"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=-0.1), "dropout"),
+    (dict(learning_rate_init=0), "learning_rate_init"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(max_iter=0), "max_iter"),
+    (dict(solver="lbfgs"), "solver"),
+    (dict(output="all"), "output"),
+    (dict(alpha=-1), "alpha"),
+    (dict(clip_grad_norm=0), "clip_grad_norm"),
+    (dict(dtype="int32"), "dtype"),
+])
+def test_bad_parameters_are_named(params, name):
+    X, y = small_regression()
+    with pytest.raises(ValueError, match=name):
+        LSTMRegressor(**params).fit(X, y)

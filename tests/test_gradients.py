@@ -1,0 +1,68 @@
+"""Every parameter's analytic gradient against central finite differences, float64."""
+import numpy as np
+import pytest
+from conftest import make_network, network_loss
+
+
+def finite_difference(net, loss_at, eps=1e-6):
+    numeric = np.empty_like(net.params)
+    for k in range(net.params.size):
+        saved = net.params[k]
+        net.params[k] = saved + eps
+        up = loss_at()
+        net.params[k] = saved - eps
+        down = loss_at()
+        net.params[k] = saved
+        numeric[k] = (up - down) / (2 * eps)
+    return numeric
+
+
+def relative_errors(net, analytic, numeric):
+    """{parameter name: ||analytic - numeric|| / (||analytic|| + ||numeric||)}.
+
+    Per tensor, not per element: a single entry of size 1e-7 is below the
+    finite-difference noise floor (~1e-10 absolute) and says nothing alone.
+    """
+    errors = {}
+    for name, view in net.g.items():
+        start = view.__array_interface__["data"][0] - net.grads.__array_interface__["data"][0]
+        sl = slice(start // net.grads.itemsize, start // net.grads.itemsize + view.size)
+        a, n = analytic[sl], numeric[sl]
+        errors[name] = np.linalg.norm(a - n) / max(np.linalg.norm(a) + np.linalg.norm(n), 1e-300)
+    return errors
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
+@pytest.mark.parametrize("sequence", [False, True])
+@pytest.mark.parametrize("dropout_seed", [None, 7])
+def test_two_layer_network_gradients(loss, sequence, dropout_seed, rng):
+    T, N, D, K = 5, 3, 3, 2
+    net = make_network(D, (4, 3), K, dropout=0.3 if dropout_seed else 0.0)
+    x = rng.standard_normal((T, N, D))
+    M = T * N if sequence else N
+    target = (rng.standard_normal((M, K)) if loss == "squared_error"
+              else rng.integers(0, K, M))
+
+    def loss_at():
+        return network_loss(net, x, target, loss, sequence, dropout_seed)[0]
+
+    _, analytic = network_loss(net, x, target, loss, sequence, dropout_seed)
+    numeric = finite_difference(net, loss_at)
+    assert np.abs(analytic).max() > 1e-3  # the check has something to check
+    errors = relative_errors(net, analytic, numeric)
+    assert len(errors) == 2 * 4 + 2
+    assert max(errors.values()) <= 1e-6, errors
+    # and no single entry is off by more than the noise floor
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_gradient_check_detects_a_wrong_gradient(rng):
+    """The check above can fail: a sign flip in one block is caught."""
+    net = make_network()
+    x = rng.standard_normal((4, 2, 3))
+    target = rng.standard_normal((2, 2))
+    _, analytic = network_loss(net, x, target, "squared_error")
+    numeric = finite_difference(net, lambda: network_loss(net, x, target, "squared_error")[0])
+    broken = analytic.copy()
+    broken[:12] *= -1
+    assert relative_errors(net, broken, numeric)["weight_ih_l0"] > 1e-2

@@ -1,0 +1,218 @@
+"""Each compiled kernel against the plain NumPy reference, float32 and float64."""
+import numpy as np
+import pytest
+
+from fastlstm import _kernels, _ops
+from fastlstm import _reference as ref
+
+SHAPES = [  # (T, N, D, H)
+    (1, 1, 1, 1),
+    (1, 3, 2, 4),
+    (5, 1, 3, 2),
+    (4, 3, 1, 1),
+    (6, 4, 5, 7),
+    (3, 2, 8, 33),   # H not a multiple of any vector width
+    (9, 5, 2, 16),
+]
+# float32 against a float64 reference: a few ulp per operation, grown over T steps
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def random_layer(T, N, D, H, dtype, seed=0, zero_state=False):
+    rng = np.random.default_rng(seed)
+    G = 4 * H
+
+    def draw(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    x = draw(T, N, D)
+    w_ih, w_hh = draw(G, D, scale=0.5), draw(G, H, scale=0.5)
+    b_ih, b_hh = draw(G), draw(G)
+    h0 = np.zeros((N, H), dtype) if zero_state else draw(N, H)
+    c0 = np.zeros((N, H), dtype) if zero_state else draw(N, H)
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    gates = np.full((T, N, 4 * H), np.nan, dtype)
+    c, tanh_c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(3))
+    _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h)
+    return gates, c, tanh_c, h
+
+
+def as64(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_forward_matches_reference(shape, dtype, zero_state):
+    args = random_layer(*shape, dtype, zero_state=zero_state)
+    gates, c, tanh_c, h = run_forward(*args)
+    h_ref, c_last_ref, cache = ref.lstm_forward(*as64(*args))
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=TOL[dtype])
+    np.testing.assert_allclose(c[-1], c_last_ref, rtol=0, atol=TOL[dtype] * 10)
+    np.testing.assert_allclose(tanh_c, np.tanh(c.astype(np.float64)), rtol=0, atol=TOL[dtype])
+    H = shape[3]
+    i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
+    np.testing.assert_allclose(i, np.stack([step[3] for step in cache]), atol=TOL[dtype])
+    np.testing.assert_allclose(g, np.stack([step[5] for step in cache]), atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_backward_matches_reference(shape, dtype, zero_state):
+    T, N, D, H = shape
+    args = random_layer(*shape, dtype, zero_state=zero_state)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    gates, c, tanh_c, h = run_forward(*args)
+    rng = np.random.default_rng(1)
+    dh = rng.standard_normal((T, N, H)).astype(dtype)
+    dc_last = rng.standard_normal((N, H)).astype(dtype)
+
+    _, _, cache = ref.lstm_forward(*as64(*args))
+    dx_r, dw_ih_r, dw_hh_r, db_r, _, dh0_r, dc0_r = ref.lstm_backward(
+        *as64(dh, dc_last, w_ih, w_hh), cache)
+
+    dc = dc_last.copy()
+    dh0 = np.full((N, H), np.nan, dtype)
+    dgates = np.full((T, N, 4 * H), np.nan, dtype)
+    dx = np.full((T, N, D), np.nan, dtype)
+    # the kernel accumulates weight gradients: start from a known non-zero value
+    dw_ih, dw_hh, db = (np.ones(s, dtype) for s in ((4 * H, D), (4 * H, H), (4 * H,)))
+    _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh.copy(), dc,
+                                 dh0, dgates, dx, dw_ih, dw_hh, db)
+    tol = TOL[dtype] * 10
+    np.testing.assert_allclose(dx, dx_r, rtol=0, atol=tol)
+    np.testing.assert_allclose(dw_ih - 1, dw_ih_r, rtol=0, atol=tol)
+    np.testing.assert_allclose(dw_hh - 1, dw_hh_r, rtol=0, atol=tol)
+    np.testing.assert_allclose(db - 1, db_r, rtol=0, atol=tol)
+    np.testing.assert_allclose(dh0, dh0_r, rtol=0, atol=tol)
+    np.testing.assert_allclose(dc, dc0_r, rtol=0, atol=tol)
+
+
+def test_backward_without_dx_leaves_weight_gradients_equal():
+    args = random_layer(4, 3, 2, 5, np.float64)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    saved = run_forward(*args)
+    dh = np.random.default_rng(2).standard_normal((4, 3, 5))
+    results = []
+    for dx in (np.empty_like(x), None):
+        grads = [np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(20)]
+        _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, *saved, dh.copy(), np.zeros((3, 5)),
+                                     np.empty((3, 5)), np.empty((4, 3, 20)), dx, *grads)
+        results.append(grads)
+    for with_dx, without in zip(*results):
+        np.testing.assert_array_equal(with_dx, without)
+
+
+def test_kernel_rejects_mismatched_shapes():
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(3, 2, 4, 5, np.float64)
+    gates, c, tanh_c, h = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    with pytest.raises(ValueError, match="weight_ih"):
+        _kernels.lstm_layer_forward(x, w_ih[:, :3].copy(), w_hh, b_ih, b_hh, h0, c0,
+                                    gates, c, tanh_c, h)
+    with pytest.raises(ValueError, match="gates"):
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                    gates[:2].copy(), c, tanh_c, h)
+
+
+EXTREMES = [-np.inf, -1e30, -1e5, -710.0, -100.0, -88.0, -20.0, -1.0, -1e-8, 0.0, 1e-8,
+            1.0, 20.0, 88.0, 100.0, 710.0, 1e5, 1e30, np.inf]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_finite_and_exact_at_any_size(dtype):
+    x = np.array(EXTREMES + list(np.linspace(-30, 30, 2001)), dtype=dtype)
+    out = np.empty_like(x)
+    with np.errstate(all="raise"):
+        _kernels.sigmoid(x, out)
+        sig = out.copy()
+        _kernels.tanh(x, out)
+        tanh = out.copy()
+    assert np.isfinite(sig).all() and np.isfinite(tanh).all()
+    x64 = x.astype(np.float64)
+    atol = 2e-7 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(sig, ref.sigmoid(x64), rtol=0, atol=atol)
+    np.testing.assert_allclose(tanh, np.tanh(x64), rtol=0, atol=atol)
+    assert ((sig >= 0) & (sig <= 1)).all() and ((tanh >= -1) & (tanh <= 1)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_preactivations_keep_the_layer_finite(dtype):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(5, 2, 3, 4, dtype)
+    w_ih = (w_ih * 1e30).astype(dtype)
+    gates, c, tanh_c, h = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert np.isfinite(h).all() and np.isfinite(gates).all()
+    assert (np.abs(h) <= 1).all()
+
+
+# ---- the Numba ops against plain NumPy -----------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_squared_error_and_gradient(dtype):
+    rng = np.random.default_rng(0)
+    pred, target = rng.standard_normal((2, 7, 3)).astype(dtype)
+    weight = rng.uniform(0.5, 2, 7)
+    dpred = np.empty_like(pred)
+    loss = _ops.squared_error(pred, target, weight, dpred)
+    expected = (weight[:, None] * 0.5 * (pred - target) ** 2).sum() / (3 * weight.sum())
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(dpred, weight[:, None] * (pred - target) / (3 * weight.sum()),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_and_gradient(dtype):
+    rng = np.random.default_rng(0)
+    logits = (5 * rng.standard_normal((6, 4))).astype(dtype)
+    logits[0, 0] = 500  # stays finite: max-shifted
+    labels = rng.integers(0, 4, 6)
+    weight = np.ones(6)
+    dlogits = np.empty_like(logits)
+    loss = _ops.softmax_cross_entropy(logits, labels, weight, dlogits)
+    z = logits.astype(np.float64)
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(loss, -logp[np.arange(6), labels].mean(), rtol=1e-5)
+    expected = np.exp(logp)
+    expected[np.arange(6), labels] -= 1
+    np.testing.assert_allclose(dlogits, expected / 6, atol=1e-6)
+    proba = np.empty_like(logits)
+    _ops.softmax(logits, proba)
+    np.testing.assert_allclose(proba, np.exp(logp), atol=1e-6)
+
+
+def test_adam_step_matches_formula():
+    rng = np.random.default_rng(0)
+    params, grads = rng.standard_normal((2, 10))
+    m, v = np.zeros(10), np.zeros(10)
+    expected = params.copy()
+    m_ref, v_ref = np.zeros(10), np.zeros(10)
+    for step in (1, 2, 3):
+        _ops.adam_step(params, grads, m, v, step, 0.01, 0.9, 0.999, 1e-8)
+        m_ref = 0.9 * m_ref + 0.1 * grads
+        v_ref = 0.999 * v_ref + 0.001 * grads ** 2
+        expected -= 0.01 * (m_ref / (1 - 0.9 ** step)) / (np.sqrt(v_ref / (1 - 0.999 ** step)) + 1e-8)
+    np.testing.assert_allclose(params, expected, rtol=1e-12)
+
+
+def test_clip_grad_norm_and_dropout_mask():
+    grads = np.array([3.0, 4.0])
+    norm = _ops.clip_grad_norm(grads, 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(np.linalg.norm(grads), 1.0, rtol=1e-5)
+    untouched = np.array([0.3, 0.4])
+    _ops.clip_grad_norm(untouched, 1.0)
+    np.testing.assert_array_equal(untouched, [0.3, 0.4])
+
+    x = np.arange(1.0, 7.0)
+    uniform = np.array([0.1, 0.5, 0.9, 0.19, 0.2, 0.7])
+    out = np.empty_like(x)
+    _ops.apply_dropout_mask(x, uniform, 0.2, out)
+    np.testing.assert_allclose(out, [0, 2 / 0.8, 3 / 0.8, 0, 5 / 0.8, 6 / 0.8])

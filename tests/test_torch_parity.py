@@ -1,0 +1,82 @@
+"""Outputs and all gradients against torch.nn.LSTM + nn.Linear with the same weights."""
+import numpy as np
+import pytest
+from conftest import make_network
+
+torch = pytest.importorskip("torch")
+
+TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+OUT_TOL = {np.float32: 1e-5, np.float64: 1e-10}
+GRAD_TOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def torch_twin(net):
+    """torch modules holding exactly net's parameters."""
+    dtype = TORCH_DTYPE[net.dtype.type]
+    lstms = []
+    n_in = net.n_features
+    for k, H in enumerate(net.hidden_sizes):
+        lstm = torch.nn.LSTM(n_in, H, dtype=dtype)  # one per layer: dropout sits between
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(lstm, f"{name}_l0").copy_(torch.from_numpy(net.p[f"{name}_l{k}"].copy()))
+        lstms.append(lstm)
+        n_in = H
+    head = torch.nn.Linear(n_in, net.n_outputs, dtype=dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(net.p["head.weight"].copy()))
+        head.bias.copy_(torch.from_numpy(net.p["head.bias"].copy()))
+    return lstms, head
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [(6,), (5, 7)])
+@pytest.mark.parametrize("sequence", [False, True])
+def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, rng):
+    T, N, D, K = 7, 4, 3, 2
+    net = make_network(D, hidden, K, dtype=dtype)
+    x = rng.standard_normal((T, N, D)).astype(dtype)
+    out, tape = net.forward(x, sequence)
+    dout = rng.standard_normal(out.shape).astype(dtype)      # loss = sum(out * dout)
+    grads = net.backward(tape, dout)
+
+    lstms, head = torch_twin(net)
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    h = x_t
+    for lstm in lstms:
+        h, _ = lstm(h)                                        # (T, N, H)
+    top = h.reshape(T * N, -1) if sequence else h[-1]
+    out_t = head(top)
+    (out_t * torch.from_numpy(dout)).sum().backward()
+
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
+    top_layer_h = tape[0][-1][4]
+    np.testing.assert_allclose(top_layer_h, h.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
+    theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
+    for k, lstm in enumerate(lstms):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            theirs[f"{name}_l{k}"] = getattr(lstm, f"{name}_l0").grad
+    assert set(theirs) == set(net.g)
+    for name, grad in theirs.items():
+        scale = max(1.0, float(grad.abs().max()))
+        np.testing.assert_allclose(net.g[name], grad.numpy(), rtol=0,
+                                   atol=GRAD_TOL[dtype] * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacked_torch_lstm_reproduces_fitted_estimator(dtype, rng):
+    """A fitted estimator's weights_, loaded into a 2-layer torch.nn.LSTM, give its predictions."""
+    from fastlstm import LSTMRegressor
+
+    X = rng.standard_normal((40, 6, 3)).astype(dtype)
+    y = X.sum(axis=(1, 2))
+    model = LSTMRegressor(hidden_layer_sizes=(5, 5), max_iter=3, random_state=0).fit(X, y)
+    w = model.weights_
+    lstm = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True, dtype=TORCH_DTYPE[dtype])
+    with torch.no_grad():
+        for name, param in lstm.named_parameters():
+            param.copy_(torch.from_numpy(w[name].copy()))
+        h, _ = lstm(torch.from_numpy(X))                      # (N, T, H)
+        pred = h[:, -1] @ torch.from_numpy(w["head.weight"].copy()).T + torch.from_numpy(
+            w["head.bias"].copy())
+    np.testing.assert_allclose(model.predict(X), pred[:, 0].numpy(), rtol=0, atol=OUT_TOL[dtype])
