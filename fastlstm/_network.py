@@ -54,6 +54,21 @@ class _Arena:
         return buf[:size].reshape(shape)
 
 
+class _Tape:
+    """What one forward pass keeps for its backward pass. layers[k] is
+    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0)."""
+
+    def __init__(self, layers, head_in, sequence_output, arena):
+        self.layers = layers
+        self.head_in = head_in                 # (M, H_last) what the head saw
+        self.sequence_output = sequence_output
+        self.arena = arena
+
+    def final_state(self):
+        """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory."""
+        return [(h[-1].copy(), c[-1].copy()) for _, _, c, _, h, _, _, _ in self.layers]
+
+
 class LSTMNetwork:
     """LSTM stack + linear head. `forward` then `backward` on the same batch."""
 
@@ -106,13 +121,16 @@ class LSTMNetwork:
 
     # ---- forward and backward -------------------------------------------------
 
-    def forward(self, x, sequence_output=False, training=False, rng=None, arena=None):
+    def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
+                initial_state=None):
         """x (T, N, D) -> (output, tape).
 
         output is (N, K), or (T*N, K) in time-major row order if sequence_output.
-        tape holds what `backward` needs; training=True also applies dropout
-        (drawn from rng). arena is the scratch memory (a fresh one when None, so
-        concurrent predictions never share buffers).
+        tape holds what `backward` needs (and `final_state`); training=True also
+        applies dropout (drawn from rng). arena is the scratch memory (a fresh one
+        when None, so concurrent predictions never share buffers). initial_state
+        is [(h0, c0)] per layer, each (N, H); None starts every layer from zeros.
+        Gradients do not flow back into initial_state (truncated BPTT).
         """
         T, N, _ = x.shape
         arena = arena if arena is not None else _Arena(self.dtype)
@@ -124,11 +142,14 @@ class LSTMNetwork:
             c = arena.get(("c", k), (T, N, H))
             tanh_c = arena.get(("tanh_c", k), (T, N, H))
             h = arena.get(("h", k), (T, N, H))
-            zeros = arena.get(("zeros", k), (N, H))              # h0 = c0 = 0
-            zeros[...] = 0
+            if initial_state is None:
+                h0 = c0 = arena.get(("zeros", k), (N, H))
+                h0[...] = 0
+            else:
+                h0, c0 = (np.ascontiguousarray(s, dtype=self.dtype) for s in initial_state[k])
             _kernels.lstm_layer_forward(
                 layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], zeros, zeros,
+                self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], h0, c0,
                 gates, c, tanh_c, h)
             layer_out, uniform = h, None
             if dropping:  # on every layer's output, before the next layer or the head
@@ -137,18 +158,18 @@ class LSTMNetwork:
                 layer_out = arena.get(("dropped", k), (T, N, H))
                 _ops.apply_dropout_mask(h.reshape(-1), uniform.reshape(-1), self.dropout,
                                         layer_out.reshape(-1))
-            layers.append((layer_in, gates, c, tanh_c, h, uniform, zeros))
+            layers.append((layer_in, gates, c, tanh_c, h, uniform, h0, c0))
             layer_in = layer_out
         # head: a linear map of the last step, or of every step
         head_in = layer_in.reshape(T * N, -1) if sequence_output else layer_in[T - 1]
         out = head_in @ self.p["head.weight"].T                   # (M, K)
         out += self.p["head.bias"]
-        tape = (layers, head_in, sequence_output, arena)
-        return out, tape
+        return out, _Tape(layers, head_in, sequence_output, arena)
 
     def backward(self, tape, dout):
         """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
-        layers, head_in, sequence_output, arena = tape
+        layers, head_in, sequence_output, arena = (tape.layers, tape.head_in,
+                                                   tape.sequence_output, tape.arena)
         # through out = head_in @ W.T + b
         self.g["head.weight"][...] = dout.T @ head_in             # (K, H_last)
         self.g["head.bias"][...] = dout.sum(axis=0)
@@ -163,7 +184,7 @@ class LSTMNetwork:
             dlayer_out[T - 1] = dhead_in
         for k in range(top, -1, -1):
             H = self.hidden_sizes[k]
-            layer_in, gates, c, tanh_c, h, uniform, zeros = layers[k]
+            layer_in, gates, c, tanh_c, h, uniform, h0, c0 = layers[k]
             if uniform is not None:  # through the dropout mask, in place
                 flat = dlayer_out.reshape(-1)
                 _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
@@ -176,7 +197,7 @@ class LSTMNetwork:
                 self.g[name][...] = 0                             # the kernel accumulates
             _kernels.lstm_layer_backward(
                 layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                zeros, zeros, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
+                h0, c0, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
                 self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"])
             self.g[f"bias_hh_l{k}"][...] = self.g[f"bias_ih_l{k}"]  # b_ih and b_hh enter alike
             dlayer_out = dx

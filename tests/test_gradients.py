@@ -66,3 +66,32 @@ def test_gradient_check_detects_a_wrong_gradient(rng):
     broken = analytic.copy()
     broken[:12] *= -1
     assert relative_errors(net, broken, numeric)["weight_ih_l0"] > 1e-2
+
+
+def test_state_carried_across_chunks_equals_whole_sequence(rng):
+    """forward on x[:3] then on x[3:] from its final state == forward on all of x."""
+    net = make_network(3, (4, 5), 2)
+    x = rng.standard_normal((7, 2, 3))
+    whole, tape = net.forward(x, sequence_output=True)
+    first, tape1 = net.forward(x[:3], sequence_output=True)
+    second, tape2 = net.forward(x[3:], sequence_output=True, initial_state=tape1.final_state())
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=0, atol=1e-13)
+    for (h_a, c_a), (h_b, c_b) in zip(tape2.final_state(), tape.final_state()):
+        np.testing.assert_allclose(h_a, h_b, atol=1e-13)
+        np.testing.assert_allclose(c_a, c_b, atol=1e-13)
+
+
+def test_gradients_with_a_given_initial_state(rng):
+    net = make_network(3, (4,), 2)
+    x = rng.standard_normal((4, 2, 3))
+    state = [(rng.standard_normal((2, 4)), rng.standard_normal((2, 4)))]
+    target = rng.standard_normal((2, 2))
+
+    def loss_and_grads():
+        out, tape = net.forward(x, initial_state=state)
+        dout = out - target                                     # loss = 0.5 * ||out - target||^2
+        return 0.5 * np.sum(dout ** 2), net.backward(tape, dout).copy()
+
+    analytic = loss_and_grads()[1]
+    numeric = finite_difference(net, lambda: loss_and_grads()[0])
+    assert max(relative_errors(net, analytic, numeric).values()) <= 1e-6

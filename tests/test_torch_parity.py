@@ -50,7 +50,7 @@ def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, rng):
     (out_t * torch.from_numpy(dout)).sum().backward()
 
     np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
-    top_layer_h = tape[0][-1][4]
+    top_layer_h = tape.layers[-1][4]
     np.testing.assert_allclose(top_layer_h, h.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
     theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
     for k, lstm in enumerate(lstms):
