@@ -1,43 +1,98 @@
 """LSTMRegressor and LSTMClassifier: validation, the training loop, the sklearn
 protocol. The math lives in _network (layers, head) and _ops (losses, optimisers).
 """
+import contextlib
+import os
+import sys
 import time
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+from threadpoolctl import threadpool_limits
 
 from . import _ops
 from ._network import LSTMNetwork, _Arena
-from ._validation import check_params, check_sequences, check_targets, resolve_dtype
+from ._validation import (check_params, check_sample_weight, check_sequences, check_targets,
+                          resolve_dtype)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes.
 _PREDICT_CHUNK_BYTES = 64 * 2**20
 
 
-class _Optimizer:
-    """The update rule of the estimator's solver over one flat parameter buffer,
-    with its state (moments, step count)."""
+def _n_features(X3, x_ndim):
+    """sklearn's n_features_in_: X.shape[1] of the X the user gave: features per
+    step for 3-D X, columns (steps x step features) for 2-D X."""
+    return X3.shape[2] if x_ndim == 3 else X3.shape[1] * X3.shape[2]
 
-    def __init__(self, est, params):
-        self.est = est
+
+@contextlib.contextmanager
+def _thread_limit(n_jobs):
+    """Limit the BLAS threads (which the kernels run on) to n_jobs; None: no limit."""
+    if n_jobs is None:
+        yield
+        return
+    n = os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs
+    with threadpool_limits(limits=max(1, n), user_api="blas"):
+        yield
+
+
+class _Progress:
+    """verbose progress of one epoch on stderr: a bar updated in place while the
+    epoch runs, closed by a line with the loss, validation score and speed."""
+
+    def __init__(self, verbose, epoch, n_samples, width=30):
+        self.verbose = verbose
+        self.epoch = epoch
+        self.n_samples = n_samples
+        self.width = width
+        self.done = 0
+        self.tic = self.last_draw = time.perf_counter()
+
+    def update(self, n, loss):
+        if not self.verbose:
+            return
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last_draw > 0.1:                            # redraw at most 10x per second
+            self.last_draw = now
+            self._draw(f"loss {loss:.5g}", end="\r")
+
+    def _draw(self, tail, end):
+        filled = int(self.width * self.done / max(self.n_samples, 1))
+        rate = self.done / max(time.perf_counter() - self.tic, 1e-9)
+        bar = "#" * filled + "-" * (self.width - filled)
+        print(f"Epoch {self.epoch} [{bar}] {tail}, {rate:,.0f} samples/s",
+              end=end, file=sys.stderr, flush=True)
+
+    def close(self, loss, validation_score=None):
+        if not self.verbose:
+            return
+        self.done = self.n_samples
+        tail = f"loss = {loss:.8f}"
+        if validation_score is not None:
+            tail += f", validation score = {validation_score:.6f}"
+        self._draw(tail, end="\n")
+
+
+class _Optimizer:
+    """The solver's update rule over one flat parameter buffer, with its state
+    (moments, step count), which partial_fit and warm_start continue."""
+
+    def __init__(self, params):
         self.first_moment = np.zeros_like(params)                 # Adam m, or SGD velocity
         self.second_moment = np.zeros_like(params)                # Adam v
         self.n_steps = 0
-        self._ones = np.ones(0)
 
-    def unit_weights(self, n):
-        """A vector of n ones (sample weights of an unweighted batch), reused."""
-        if self._ones.size < n:
-            self._ones = np.ones(n)
-        return self._ones[:n]
-
-    def step(self, params, grads):
-        est = self.est
+    def step(self, est, params, grads):
         if est.clip_grad_norm is not None:
             _ops.clip_grad_norm(grads, est.clip_grad_norm)
         self.n_steps += 1
@@ -56,7 +111,9 @@ class _BaseLSTM(BaseEstimator):
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tol=1e-4,
-                 n_iter_no_change=10, dtype=None, random_state=None, verbose=0):
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 warm_start=False, step_features=None, dtype=None, n_jobs=None,
+                 random_state=None, verbose=0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.output = output
         self.dropout = dropout
@@ -74,78 +131,126 @@ class _BaseLSTM(BaseEstimator):
         self.clip_grad_norm = clip_grad_norm
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.warm_start = warm_start
+        self.step_features = step_features
         self.dtype = dtype
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
     # ---- what the subclasses define ------------------------------------------
-    # _encode_targets(y, X3) -> (targets, n_outputs); targets (N, K) float or (N,) int,
-    #     with a time axis after N when output="sequence"
+    # _encode_targets(y, X3, reset, classes) -> (targets, n_outputs); targets (N[, K])
+    #     float or (N,) int, with a time axis after N when output="sequence"
     # _loss(out, targets, weight, dout) -> float
-    # _check_targets_at_fit, _decode(out)
+    # _validation_score(X3, y_encoded, sample_weight) -> float, higher is better
 
     # ---- fitting --------------------------------------------------------------
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train on X (n_samples, n_timesteps[, n_features]) and y; returns self.
 
-        2-D X holds univariate sequences. Ctrl-C stops training and keeps the
-        weights of the last completed epoch.
+        2-D X holds univariate sequences (or flattened steps, see
+        step_features). Ctrl-C stops training and keeps the weights of the last
+        completed epoch.
         """
-        sizes = check_params(self)
-        dtype = resolve_dtype(X, self.dtype)
-        X3 = check_sequences(X, dtype)
-        N, T, D = X3.shape
-        targets, n_outputs = self._encode_targets(y, X3)
-        self.n_features_in_ = X3.shape[2] if np.ndim(X) == 3 else X3.shape[1]
-        self.n_timesteps_in_ = T
-        self._x_ndim = np.ndim(X)
+        return self._fit(X, y, sample_weight, incremental=False)
 
-        random_state = check_random_state(self.random_state)
-        rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-        net = LSTMNetwork(D, sizes, n_outputs, dtype=dtype, dropout=self.dropout)
-        net.initialize(rng)
-        self.network_ = net
-        self.loss_curve_ = []
-        self.n_iter_ = 0
-        self._train(X3, targets, rng)
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
+        sizes = check_params(self)
+        reset = not hasattr(self, "network_") or not (incremental or self.warm_start)
+        if reset:
+            dtype = resolve_dtype(X, self.dtype)
+            X3, x_ndim = self._validate_X(X, dtype)
+            targets, n_outputs = self._encode_targets(y, X3, reset=True, classes=classes)
+            self.n_features_in_ = _n_features(X3, x_ndim)
+            self.n_timesteps_in_ = X3.shape[1]
+            self._x_ndim = x_ndim
+            random_state = check_random_state(self.random_state)
+            self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+            net = LSTMNetwork(X3.shape[2], sizes, n_outputs, dtype=dtype, dropout=self.dropout)
+            net.initialize(self._rng)
+            self.network_ = net
+            self._optimizer = _Optimizer(net.params)
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+            self.best_loss_ = np.inf
+            self._no_improvement = 0
+            if self.early_stopping and not incremental:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+        else:
+            if self.network_.hidden_sizes != sizes:
+                raise ValueError(
+                    f"hidden_layer_sizes changed from {self.network_.hidden_sizes} to {sizes} "
+                    "since the last fit; warm_start and partial_fit need the same network")
+            X3 = self._check_X_predict(X)
+            targets, _ = self._encode_targets(y, X3, reset=False, classes=classes)
+        weights = self._sample_weights(sample_weight, targets, X3.shape[0])
+        with _thread_limit(self.n_jobs):
+            self._train(X3, targets, weights, incremental)
         return self
 
-    def _train(self, X3, targets, rng):
+    def _sample_weights(self, sample_weight, targets, n_samples):
+        """(N,) float64 weights: sample_weight times class weights; checked."""
+        if sample_weight is None:
+            weights = np.ones(n_samples)
+        else:
+            weights = check_sample_weight(sample_weight, n_samples)
+        return self._weigh_classes(weights, targets)
+
+    def _weigh_classes(self, weights, targets):
+        return weights
+
+    def _train(self, X3, targets, weights, incremental):
         """Epochs of minibatch updates on self.network_; stops early on a flat
-        loss (tol, n_iter_no_change), on divergence and on Ctrl-C."""
+        loss or validation score (tol, n_iter_no_change), on divergence and on
+        Ctrl-C. incremental: one epoch, no validation split (partial_fit)."""
         net = self.network_
+        early_stopping = self.early_stopping and not incremental
+        validation = None
+        if early_stopping:
+            X3, targets, weights, validation = self._split_validation(X3, targets, weights)
         N, T, D = X3.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
         if self.output == "sequence":  # time-major targets, to match the head's row order
             targets = np.ascontiguousarray(np.swapaxes(targets, 0, 1))   # (T, N[, K])
-        optimizer = _Optimizer(self, net.params)
         arena = _Arena(net.dtype)
         last_good = net.params.copy()
-        best_loss, no_improvement = np.inf, 0
+        best_params = net.params.copy() if early_stopping else None
         stopped = None
+        n_epochs = 1 if incremental else self.max_iter
         try:
-            for _ in range(self.max_iter):
-                tic = time.perf_counter()
-                order = rng.permutation(N) if self.shuffle else np.arange(N)
-                epoch_loss = self._run_epoch(x_tm, targets, order, batch_size, optimizer,
-                                             arena, rng)
+            for _ in range(n_epochs):
+                progress = _Progress(self.verbose, self.n_iter_ + 1, N)
+                epoch_loss = self._run_epoch(x_tm, targets, weights, batch_size, arena, progress)
                 if not (np.isfinite(epoch_loss) and np.isfinite(net.params).all()):
                     stopped = "diverged"
                     break
                 last_good[...] = net.params
                 self.loss_curve_.append(epoch_loss)
                 self.n_iter_ += 1
-                if self.verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {epoch_loss:.8f}, "
-                          f"{N / (time.perf_counter() - tic):,.0f} samples/s", flush=True)
-                no_improvement = no_improvement + 1 if epoch_loss > best_loss - self.tol else 0
-                best_loss = min(best_loss, epoch_loss)
-                if no_improvement >= self.n_iter_no_change:
+                if early_stopping:
+                    score = self._validation_score(*validation)
+                    self.validation_scores_.append(score)
+                    improved = score > self.best_validation_score_ + self.tol
+                    if score > self.best_validation_score_:
+                        self.best_validation_score_ = score
+                        best_params[...] = net.params
+                else:
+                    score = None
+                    improved = epoch_loss < self.best_loss_ - self.tol
+                self.best_loss_ = min(self.best_loss_, epoch_loss)
+                self._no_improvement = 0 if improved else self._no_improvement + 1
+                progress.close(epoch_loss, score)
+                if self._no_improvement >= self.n_iter_no_change and not incremental:
+                    what = "Validation score" if early_stopping else "Training loss"
                     if self.verbose:
-                        print(f"Training loss did not improve more than tol={self.tol} for "
-                              f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                        print(f"{what} did not improve more than tol={self.tol} for "
+                              f"{self.n_iter_no_change} consecutive epochs. Stopping.",
+                              file=sys.stderr)
                     stopped = "converged"
                     break
         except KeyboardInterrupt:
@@ -160,53 +265,99 @@ class _BaseLSTM(BaseEstimator):
                 f"Training diverged (the loss became NaN or infinite) in epoch "
                 f"{self.n_iter_ + 1}; stopped and kept the weights of the last finite epoch. "
                 f"Lower learning_rate_init or set clip_grad_norm.", RuntimeWarning)
-        elif stopped is None:
+        elif stopped is None and not incremental:
             warnings.warn(
                 f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached and the "
                 f"optimization hasn't converged yet.", ConvergenceWarning)
+        if early_stopping and self.validation_scores_:
+            net.params[...] = best_params                         # the best epoch, not the last
 
-    def _run_epoch(self, x_tm, targets, order, batch_size, optimizer, arena, rng):
-        """One pass over the samples in `order`; returns the mean loss, or NaN as
-        soon as a batch loss is not finite (that batch's update is not applied)."""
+    def _split_validation(self, X3, targets, weights):
+        """Hold out validation_fraction of the samples (stratified by class for
+        many-to-one classification), as MLP does."""
+        N = X3.shape[0]
+        n_val = int(np.ceil(self.validation_fraction * N))
+        if n_val < 1 or N - n_val < 1:
+            raise ValueError(
+                f"early_stopping with validation_fraction={self.validation_fraction} leaves "
+                f"no training or no validation samples out of {N}")
+        stratify = targets if (is_classifier(self) and self.output == "last") else None
+        seed = int(self._rng.integers(np.iinfo(np.int32).max))
+        try:
+            train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed,
+                                          stratify=stratify)
+        except ValueError:  # a class too small to stratify: fall back to a plain split
+            train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed)
+        return X3[train], targets[train], weights[train], (X3[val], targets[val], weights[val])
+
+    def _run_epoch(self, x_tm, targets, weights, batch_size, arena, progress):
+        """One pass over the samples, shuffled if asked; returns the weighted mean
+        loss, or NaN as soon as a batch loss is not finite (that batch's update is
+        not applied)."""
         net = self.network_
         T, N = x_tm.shape[:2]
         sequence = self.output == "sequence"
         n_weights = net.n_weights
-        total = 0.0
+        order = self._rng.permutation(N) if self.shuffle else np.arange(N)
+        total, total_weight = 0.0, 0.0
         # overflow on the way to a non-finite loss is expected, and reported by the caller
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, N, batch_size):
                 idx = order[start:start + batch_size]
-                B = len(idx)
+                wb = weights[idx]                                  # (B,)
+                batch_weight = wb.sum()
+                if batch_weight == 0:                              # nothing to learn from
+                    continue
                 xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
                 if sequence:
                     tb = np.take(targets, idx, axis=1)             # (T, B[, K])
-                    tb = tb.reshape((T * B,) + tb.shape[2:])       # (T*B[, K]) time-major rows
+                    tb = tb.reshape((T * len(idx),) + tb.shape[2:])  # (T*B[, K]) time-major
+                    wb = np.tile(wb, T)                            # (T*B,) same row order
                 else:
                     tb = targets[idx]                              # (B[, K])
-                out, tape = net.forward(xb, sequence, training=True, rng=rng, arena=arena)
+                out, tape = net.forward(xb, sequence, training=True, rng=self._rng, arena=arena)
                 dout = arena.get("dout", out.shape)
-                loss = self._loss(out, tb, optimizer.unit_weights(out.shape[0]), dout)
+                loss = self._loss(out, tb, wb, dout)
                 net.backward(tape, dout)
-                if self.alpha > 0:  # MLP's L2: 0.5 * alpha * ||W||^2 / batch size
+                if self.alpha > 0:
+                    # MLP's L2, 0.5 * alpha * ||W||^2 / batch size, with the batch size
+                    # counted in sample weight so integer weights equal repeated samples
                     loss += _ops.add_l2_penalty(net.params[:n_weights], net.grads[:n_weights],
-                                                self.alpha / B)
+                                                self.alpha / batch_weight)
                 if not np.isfinite(loss):
                     return np.nan
-                optimizer.step(net.params, net.grads)
-                total += loss * B
-        return float(total / N)
+                self._optimizer.step(self, net.params, net.grads)
+                total += loss * batch_weight
+                total_weight += batch_weight
+                progress.update(len(idx), loss)
+        return float(total / total_weight) if total_weight > 0 else 0.0
 
     # ---- prediction -----------------------------------------------------------
 
+    def _validate_X(self, X, dtype):
+        """X -> (X3 (N, T, D) checked, ndim of X as given)."""
+        X3, x_ndim = check_sequences(X, dtype)
+        if self.step_features is not None:
+            if x_ndim != 2:
+                raise ValueError(f"step_features={self.step_features} reads a 2-D X of "
+                                 f"flattened steps, but X is {x_ndim}-D")
+            n_columns = X3.shape[1]
+            if n_columns % self.step_features:
+                raise ValueError(
+                    f"X has {n_columns} columns, not a multiple of step_features="
+                    f"{self.step_features}: expected (n_samples, n_timesteps * step_features)")
+            # row-major: [x_0 features..., x_1 features..., ...]
+            X3 = X3.reshape(X3.shape[0], n_columns // self.step_features, self.step_features)
+        return X3, x_ndim
+
     def _check_X_predict(self, X):
         check_is_fitted(self, "network_")
-        X3 = check_sequences(X, self.network_.dtype)
-        n_features = X3.shape[2] if np.ndim(X) == 3 else X3.shape[1]
-        if np.ndim(X) != self._x_ndim:
+        X3, x_ndim = self._validate_X(X, self.network_.dtype)
+        if x_ndim != self._x_ndim:
             raise ValueError(
-                f"X has {np.ndim(X)} dimensions, but {type(self).__name__} was fitted on "
+                f"X has {x_ndim} dimensions, but {type(self).__name__} was fitted on "
                 f"{self._x_ndim}-D input")
+        n_features = _n_features(X3, x_ndim)
         if n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
@@ -220,6 +371,10 @@ class _BaseLSTM(BaseEstimator):
     def _forward(self, X):
         """Raw head outputs: (N, K), or (N, T, K) when output="sequence"."""
         X3 = self._check_X_predict(X)
+        with _thread_limit(self.n_jobs):
+            return self._forward_checked(X3)
+
+    def _forward_checked(self, X3):
         net = self.network_
         N, T, D = X3.shape
         sequence = self.output == "sequence"
@@ -248,61 +403,106 @@ class _BaseLSTM(BaseEstimator):
         return tags
 
 
-class LSTMRegressor(RegressorMixin, _BaseLSTM):
-    """LSTM network regressor: a stack of LSTM layers and a linear head trained on
-    half the mean squared error.
-
+_PARAMETERS_DOC = """
     Parameters
     ----------
     hidden_layer_sizes : int or tuple of int, default=(100,)
         Hidden units of each stacked LSTM layer: (300, 300) is two layers of 300.
     output : {"last", "sequence"}, default="last"
-        "last": many-to-one, the last step's state feeds the head, y is
-        (n_samples,) or (n_samples, n_outputs). "sequence": one prediction per
-        step, y is (n_samples, n_timesteps) or (n_samples, n_timesteps, n_outputs).
+        "last": many-to-one, the last step's state feeds the head. "sequence":
+        one prediction per time step.
     dropout : float in [0, 1), default=0.0
         Dropout rate on each LSTM layer's output (before the next layer and
         before the head) while training; off at predict.
     solver : {"adam", "sgd"}, default="adam"
+        Adam, or SGD with momentum.
     learning_rate_init : float, default=1e-3
+        Step size of the solver.
     batch_size : int or "auto", default="auto"
-        "auto" is min(200, n_samples), as in MLPRegressor.
+        Samples per minibatch; "auto" is min(200, n_samples), as in MLP.
     max_iter : int, default=200
-        Number of epochs at most.
+        Epochs at most.
     shuffle : bool, default=True
         Shuffle the samples every epoch.
     alpha : float, default=1e-4
-        L2 penalty on the weight matrices (not the biases), scaled as in
-        MLPRegressor: 0.5 * alpha * ||W||^2 / batch size.
-    momentum, nesterovs_momentum : SGD settings, as in MLPRegressor.
-    beta_1, beta_2, epsilon : Adam settings.
+        L2 penalty on the weight matrices (not the biases), scaled as in MLP:
+        0.5 * alpha * ||W||^2 over the (weighted) number of samples in the batch.
+    momentum : float, default=0.9
+        SGD momentum.
+    nesterovs_momentum : bool, default=True
+        Nesterov's momentum for SGD.
+    beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
+        Adam's moment decay rates and its denominator guard.
     clip_grad_norm : float or None, default=None
         Scale the gradient to at most this L2 norm before each update.
-    tol, n_iter_no_change : stop when the epoch loss has not improved by tol
-        for n_iter_no_change epochs in a row.
+    tol : float, default=1e-4
+        Improvement of the training loss (or validation score with
+        early_stopping) that counts as progress.
+    n_iter_no_change : int, default=10
+        Stop after this many epochs in a row without progress.
+    early_stopping : bool, default=False
+        Hold out validation_fraction of the training data (stratified for
+        classifiers), score it after every epoch (R^2 or accuracy), stop when it
+        stops improving and keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    warm_start : bool, default=False
+        fit continues from the fitted weights and solver state instead of
+        starting anew.
+    step_features : int or None, default=None
+        Read a 2-D X as flattened steps, (n_samples, n_timesteps * step_features),
+        each row [x_0 features, x_1 features, ...], so scalers and tools that
+        only move 2-D arrays can sit in front. None: a 2-D X is (n_samples,
+        n_timesteps) of one feature each.
     dtype : None, "float32" or "float64", default=None
         Float type of the computation. None keeps a float32 or float64 X as it
         is and computes anything else (ints, lists) in float32.
-    random_state : int, RandomState or None
-        Seeds the initial weights, the shuffling and dropout.
+    n_jobs : int or None, default=None
+        Threads for the BLAS calls the kernels make, during fit and predict
+        (-1: all cores). None leaves the BLAS default (or the threadpoolctl
+        limit in force).
+    random_state : int, RandomState or None, default=None
+        Seeds the initial weights, the shuffling, dropout and the validation
+        split: the same seed (and thread count) gives the same weights.
     verbose : int, default=0
-        Print the loss and speed of every epoch when > 0.
+        > 0: a progress bar on stderr for every epoch with the loss, the
+        validation score and samples/s. 0: silent.
+"""
 
-    Attributes
-    ----------
+_ATTRIBUTES_DOC = """
     loss_curve_ : list of float
         Mean training loss of each epoch.
+    best_loss_ : float
+        Lowest epoch loss.
+    validation_scores_ : list of float
+        Validation score of each epoch (with early_stopping).
+    best_validation_score_ : float
+        Best validation score (with early_stopping).
     n_iter_ : int
         Epochs run.
     n_features_in_ : int
-        Features per time step for 3-D X; time steps for 2-D X (sklearn's
-        X.shape[1]).
+        X.shape[1] for 2-D X (time steps, or time steps x step_features);
+        features per time step for 3-D X.
     n_timesteps_in_ : int
-    n_outputs_ : int
+        Time steps of each sequence.
     weights_ : dict of str to ndarray
-        The parameters under torch's names (weight_ih_l0, ...), head.weight, head.bias.
+        The parameters under torch's names (weight_ih_l0, weight_hh_l0,
+        bias_ih_l0, bias_hh_l0, ..., head.weight, head.bias), writable views.
     network_ : the fitted network.
+"""
 
+
+class LSTMRegressor(RegressorMixin, _BaseLSTM):
+    __doc__ = """LSTM network regressor: a stack of LSTM layers and a linear head
+    trained on half the mean squared error.
+
+    y is (n_samples,) or (n_samples, n_outputs); with output="sequence",
+    (n_samples, n_timesteps) or (n_samples, n_timesteps, n_outputs).
+""" + _PARAMETERS_DOC + """
+    Attributes
+    ----------
+    n_outputs_ : int
+        Targets per sample (or per step).""" + _ATTRIBUTES_DOC + """
     Examples
     --------
     >>> import numpy as np
@@ -312,9 +512,11 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     >>> model = LSTMRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
     >>> model.predict(X).shape
     (64,)
+    >>> model.n_iter_
+    5
     """
 
-    def _encode_targets(self, y, X3):
+    def _encode_targets(self, y, X3, reset, classes=None):
         y = check_targets(y)
         N, T = X3.shape[:2]
         if y.shape[0] != N:
@@ -324,21 +526,37 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
                 raise ValueError(
                     f"with output='sequence', y must be (n_samples, n_timesteps) or "
                     f"(n_samples, n_timesteps, n_outputs) with n_timesteps={T}, got shape {y.shape}")
-            self._y_ndim = y.ndim
-            y = y.reshape(N, T, -1)
-            self.n_outputs_ = y.shape[2]
+            y_ndim, y = y.ndim, y.reshape(N, T, -1)
         else:
             if y.ndim not in (1, 2):
                 raise ValueError(
                     f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), got shape {y.shape}"
                     "; for one target per time step use output='sequence'")
-            self._y_ndim = y.ndim
-            y = y.reshape(N, -1)
-            self.n_outputs_ = y.shape[1]
+            y_ndim, y = y.ndim, y.reshape(N, -1)
+        if reset:
+            self._y_ndim, self.n_outputs_ = y_ndim, y.shape[-1]
+        elif y.shape[-1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[-1]} outputs, but the model was fitted with "
+                             f"{self.n_outputs_}")
         return y.astype(X3.dtype), self.n_outputs_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def _loss(self, out, targets, weight, dout):
         return _ops.squared_error(out, targets.reshape(out.shape), weight, dout)
+
+    def _validation_score(self, X3, targets, weights):
+        pred = self._forward_checked(X3)                          # (N[, T], K)
+        return float(r2_score(targets.reshape(len(targets), -1), pred.reshape(len(pred), -1),
+                              sample_weight=weights))
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing from the current weights and solver
+        state (starting anew on the first call); returns self."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
         """Predicted values: (n_samples,) or (n_samples, n_outputs) as y was at fit;
@@ -348,21 +566,28 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
             out = out[..., 0]
         return out
 
+    def score(self, X, y, sample_weight=None):
+        """R^2 of predict(X) against y (uniform average over outputs and steps)."""
+        pred = self.predict(X)
+        y = np.asarray(y)
+        return float(r2_score(y.reshape(len(y), -1), pred.reshape(len(pred), -1),
+                              sample_weight=sample_weight))
+
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
-    """LSTM network classifier: a stack of LSTM layers and a softmax head trained on
-    cross-entropy. Labels may be of any type (ints, strings).
+    __doc__ = """LSTM network classifier: a stack of LSTM layers and a softmax head
+    trained on cross-entropy. Labels may be of any type (ints, strings).
 
-    Parameters are those of LSTMRegressor. With output="sequence", y holds one
-    label per time step, (n_samples, n_timesteps).
+    y is (n_samples,) of labels; with output="sequence", (n_samples,
+    n_timesteps), one label per step.
+""" + _PARAMETERS_DOC + """    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss, multiplying sample_weight;
+        "balanced" weighs by n_samples / (n_classes * class count).
 
     Attributes
     ----------
     classes_ : ndarray
-        The class labels.
-    loss_curve_, n_iter_, n_features_in_, n_timesteps_in_, weights_, network_ :
-        as in LSTMRegressor.
-
+        The class labels.""" + _ATTRIBUTES_DOC + """
     Examples
     --------
     >>> import numpy as np
@@ -377,36 +602,91 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     (64, 2)
     """
 
-    def _encode_targets(self, y, X3):
+    def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
+                 solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
+                 shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tol=1e-4,
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 warm_start=False, step_features=None, dtype=None, n_jobs=None,
+                 random_state=None, verbose=0, class_weight=None):
+        super().__init__(
+            hidden_layer_sizes, output=output, dropout=dropout, solver=solver,
+            learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
+            shuffle=shuffle, alpha=alpha, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, clip_grad_norm=clip_grad_norm, tol=tol,
+            n_iter_no_change=n_iter_no_change, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, warm_start=warm_start,
+            step_features=step_features, dtype=dtype, n_jobs=n_jobs,
+            random_state=random_state, verbose=verbose)
+        self.class_weight = class_weight
+
+    def _encode_targets(self, y, X3, reset, classes=None):
         if y is None:
-            raise ValueError("y is required to fit this estimator, got None")
-        y = np.asarray(y)
+            raise ValueError("requires y to be passed, but the target y is None")
         N, T = X3.shape[:2]
-        if y.shape[:1] != (N,):
-            raise ValueError(f"X and y have different numbers of samples: {N} and "
-                             f"{y.shape[0] if y.ndim else 'a scalar'}")
+        y = np.asarray(y)
         if self.output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
                 raise ValueError(f"with output='sequence', y must be (n_samples, n_timesteps) "
                                  f"with n_timesteps={T}, got shape {y.shape}")
-        elif y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        elif y.ndim != 1:
-            raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}; "
-                             "for one label per time step use output='sequence'")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinity")
+        else:
+            if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+                raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}; "
+                                 "for one label per time step use output='sequence'")
+            y = column_or_1d(y, warn=True)
+        if y.shape[0] != N:
+            raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
         if y.dtype.kind == "O" and any(v is None for v in y.ravel()):
             raise ValueError("y contains None")
-        encoder = LabelEncoder()
-        codes = encoder.fit_transform(y.ravel()).reshape(y.shape)
-        self.classes_ = encoder.classes_
-        if len(self.classes_) < 2:
-            raise ValueError(f"y has only one class ({self.classes_[0]!r}): need at least two")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinity")
+        check_classification_targets(y)
+        if reset:
+            labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if classes is not None and not np.isin(y, labels).all():
+                raise ValueError("y has labels that are not in classes: "
+                                 f"{sorted(set(np.unique(y)) - set(labels))!r}")
+            if len(labels) < 2:
+                raise ValueError(f"y has only one class ({labels[0]!r}): need at least two")
+            self.classes_ = labels
+        else:
+            if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+                raise ValueError(f"classes={classes!r} differs from the classes of the first "
+                                 f"partial_fit, {self.classes_!r}")
+            unseen = ~np.isin(y, self.classes_)
+            if unseen.any():
+                raise ValueError(f"y has labels not seen in the first fit: "
+                                 f"{np.unique(y[unseen]).tolist()!r}")
+        codes = np.searchsorted(self.classes_, y)
         return codes.astype(np.int64), len(self.classes_)
+
+    def _weigh_classes(self, weights, targets):
+        if self.class_weight is None:
+            return weights
+        if isinstance(self.class_weight, dict):
+            unknown = set(self.class_weight) - set(self.classes_.tolist())
+            if unknown:
+                raise ValueError(f"class_weight has labels not in the data: {sorted(unknown)!r}")
+        per_step = compute_sample_weight(self.class_weight, self.classes_[targets.ravel()])
+        if self.output == "sequence":  # one weight per sample: the mean over its steps
+            per_step = per_step.reshape(targets.shape).mean(axis=1)
+        return weights * per_step
 
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)
+
+    def _validation_score(self, X3, targets, weights):
+        pred = np.argmax(self._forward_checked(X3), axis=-1)     # (N[, T])
+        return _accuracy(targets, pred, weights)
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y), continuing from the current weights and solver
+        state; returns self. The first call needs `classes`, all the labels that
+        will ever be seen (as in MLPClassifier), unless y already has them all."""
+        first = not hasattr(self, "network_")
+        return self._fit(X, y, sample_weight, incremental=True,
+                         classes=classes if first or classes is not None else None)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), in the order of classes_;
@@ -419,4 +699,19 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
 
     def predict(self, X):
         """Most probable class of each sample (or of each step)."""
-        return self.classes_[np.argmax(self._forward(X), axis=-1)]
+        logits = self._forward(X)
+        return self.classes_[np.argmax(logits, axis=-1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy of predict(X) (per step, with output="sequence")."""
+        return _accuracy(np.asarray(y), self.predict(X), sample_weight)
+
+
+def _accuracy(y_true, y_pred, sample_weight=None):
+    """Accuracy over samples, or over every step of every sample for (N, T) labels."""
+    if y_true.ndim == 2:
+        T = y_true.shape[1]
+        if sample_weight is not None:
+            sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), T)
+        y_true, y_pred = y_true.ravel(), y_pred.ravel()
+    return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))

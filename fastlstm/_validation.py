@@ -17,7 +17,7 @@ def resolve_dtype(X, dtype):
 
 
 def check_sequences(X, dtype, name="X"):
-    """X (n_samples, n_timesteps[, n_features]) -> float array (N, T, D), checked.
+    """X (n_samples, n_timesteps[, n_features]) -> (float array (N, T, D), X's ndim).
 
     A 2-D X holds univariate sequences: (n_samples, n_timesteps) means D = 1.
     """
@@ -32,6 +32,7 @@ def check_sequences(X, dtype, name="X"):
                 f"{name} is ragged: all sequences must have the same number of time steps "
                 f"and features ({err})") from None
         raise
+    given_ndim = X.ndim
     if X.ndim == 2:
         X = X[:, :, None]
     if X.ndim != 3:
@@ -42,13 +43,32 @@ def check_sequences(X, dtype, name="X"):
         raise ValueError(f"{name} has sequences of length 0: need at least one time step")
     if X.shape[2] == 0:
         raise ValueError(f"{name} has 0 features per time step: need at least one")
-    return X
+    return X, given_ndim
+
+
+def check_sample_weight(sample_weight, n_samples):
+    """sample_weight -> (n_samples,) float64: finite, >= 0, not all zero."""
+    if np.isscalar(sample_weight):
+        sample_weight = np.full(n_samples, sample_weight, dtype=np.float64)
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("sample_weight must be numbers") from None
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    if (weights < 0).any():
+        raise ValueError("sample_weight has negative values")
+    if not weights.any():
+        raise ValueError("sample_weight is zero for every sample: nothing to fit")
+    return weights
 
 
 def check_targets(y, name="y"):
     """y as a finite float array, with a clear error for NaN/inf or non-numbers."""
     if y is None:
-        raise ValueError(f"{name} is required to fit this estimator, got None")
+        raise ValueError("requires y to be passed, but the target y is None")
     y = np.asarray(y)
     if y.dtype.kind in "OUSc" or y.dtype.kind == "V":
         try:
@@ -100,7 +120,13 @@ def check_params(est):
     number("epsilon", 0, low_open=True)
     number("tol", 0)
     number("n_iter_no_change", 1, integral=True)
-    number("verbose", 0, integral=True)
+    if not isinstance(est.verbose, bool):
+        number("verbose", 0, integral=True)
+    number("validation_fraction", 0, 1 - 1e-12, low_open=True)
+    if est.step_features is not None:
+        number("step_features", 1, integral=True)
+    if est.n_jobs is not None and (not isinstance(est.n_jobs, numbers.Integral) or est.n_jobs == 0):
+        raise ValueError(f"n_jobs must be None or a non-zero int, got {est.n_jobs!r}")
     if not (isinstance(est.dropout, numbers.Real) and 0 <= est.dropout < 1):
         raise ValueError(f"dropout must be a number in [0, 1), got {est.dropout!r}")
     if est.batch_size != "auto":

@@ -1,0 +1,226 @@
+"""scikit-learn citizenship: sklearn's own checks, early stopping, partial_fit,
+warm_start, sample and class weights, flattened steps, threads."""
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_info
+
+import fastlstm._network
+from fastlstm import LSTMClassifier, LSTMRegressor
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+CHECKED = dict(hidden_layer_sizes=(16,), learning_rate_init=1e-2, max_iter=100, random_state=0)
+
+
+@parametrize_with_checks([LSTMRegressor(**CHECKED), LSTMClassifier(**CHECKED)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def sequences(n=120, T=6, D=2, seed=0, classes=False):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, T, D))
+    y = X[:, :, 0].sum(axis=1) - X[:, -1, D - 1]
+    return (X, (y > 0).astype(int)) if classes else (X, y)
+
+
+# ---- early stopping -------------------------------------------------------------
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_early_stopping_keeps_the_best_epoch(estimator):
+    X, y = sequences(classes=estimator is LSTMClassifier)
+    params = dict(hidden_layer_sizes=(8,), learning_rate_init=0.05, early_stopping=True,
+                  validation_fraction=0.25, n_iter_no_change=3, max_iter=60, random_state=0)
+    model = estimator(**params).fit(X, y)
+    scores = model.validation_scores_
+    assert len(scores) == model.n_iter_ == len(model.loss_curve_)
+    assert model.best_validation_score_ == max(scores)
+    best_epoch = int(np.argmax(scores)) + 1
+    assert best_epoch < model.n_iter_  # it ran past the best epoch and stopped
+    # the same run cut at the best epoch ends with the same weights
+    params["max_iter"] = best_epoch
+    at_best = estimator(**params).fit(X, y)
+    np.testing.assert_array_equal(model.network_.params, at_best.network_.params)
+
+
+def test_early_stopping_split_is_stratified():
+    X, _ = sequences(100)
+    y = np.r_[np.zeros(90, int), np.ones(10, int)]
+    model = LSTMClassifier(hidden_layer_sizes=(2,), early_stopping=True, validation_fraction=0.2,
+                           max_iter=1, random_state=0)
+    seen = {}
+    original = LSTMClassifier._validation_score
+
+    def spy(self, X3, targets, weights):
+        seen["targets"] = targets
+        return original(self, X3, targets, weights)
+
+    LSTMClassifier._validation_score = spy
+    try:
+        model.fit(X, y)
+    finally:
+        LSTMClassifier._validation_score = original
+    assert len(seen["targets"]) == 20 and seen["targets"].sum() == 2
+
+
+# ---- partial_fit and warm_start -------------------------------------------------
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_partial_fit_is_one_epoch_continuing_the_solver(estimator):
+    X, y = sequences(classes=estimator is LSTMClassifier)
+    full = estimator(hidden_layer_sizes=(5,), max_iter=3, tol=0, random_state=1).fit(X, y)
+    step = estimator(hidden_layer_sizes=(5,), random_state=1)
+    for k in range(3):
+        step.partial_fit(X, y)
+        assert step.n_iter_ == k + 1
+    np.testing.assert_array_equal(step.network_.params, full.network_.params)
+    assert step.loss_curve_ == full.loss_curve_
+
+
+def test_warm_start_continues_fit():
+    X, y = sequences()
+    full = LSTMRegressor(hidden_layer_sizes=(5,), max_iter=4, tol=0, random_state=2).fit(X, y)
+    warm = LSTMRegressor(hidden_layer_sizes=(5,), max_iter=2, tol=0, warm_start=True,
+                         random_state=2)
+    warm.fit(X, y).fit(X, y)
+    assert warm.n_iter_ == 4
+    np.testing.assert_array_equal(warm.network_.params, full.network_.params)
+    cold = LSTMRegressor(hidden_layer_sizes=(5,), max_iter=2, tol=0, random_state=2)
+    cold.fit(X, y).fit(X, y)
+    assert cold.n_iter_ == 2
+
+
+def test_classifier_partial_fit_classes():
+    X, y = sequences(classes=True)
+    model = LSTMClassifier(hidden_layer_sizes=(4,), random_state=0)
+    model.partial_fit(X[y == 0], y[y == 0], classes=[0, 1])
+    assert model.classes_.tolist() == [0, 1]
+    model.partial_fit(X, y)
+    with pytest.raises(ValueError, match="not seen"):
+        model.partial_fit(X, np.where(y == 1, 2, y))
+    with pytest.raises(ValueError, match="only one class"):
+        LSTMClassifier().partial_fit(X[y == 0], y[y == 0])
+
+
+# ---- weights ---------------------------------------------------------------------
+
+FULL_BATCH = dict(hidden_layer_sizes=(6,), max_iter=15, shuffle=False, batch_size=10_000,
+                  tol=0, random_state=0)
+
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_integer_weights_equal_repeated_samples_and_zero_ignores(estimator):
+    X, y = sequences(40, classes=estimator is LSTMClassifier)
+    counts = np.random.default_rng(3).integers(0, 3, len(X))
+    counts[:2] = 1                                           # keep both classes present
+    weighted = estimator(**FULL_BATCH).fit(X, y, sample_weight=counts)
+    repeated = estimator(**FULL_BATCH).fit(np.repeat(X, counts, axis=0), np.repeat(y, counts))
+    out_w = weighted.predict_proba(X) if estimator is LSTMClassifier else weighted.predict(X)
+    out_r = repeated.predict_proba(X) if estimator is LSTMClassifier else repeated.predict(X)
+    np.testing.assert_allclose(out_w, out_r, rtol=1e-6, atol=1e-9)
+
+
+def test_sample_weight_changes_the_fit_and_is_checked():
+    X, y = sequences(40)
+    plain = LSTMRegressor(**FULL_BATCH).fit(X, y)
+    weighted = LSTMRegressor(**FULL_BATCH).fit(X, y, sample_weight=np.linspace(0.1, 2, 40))
+    assert not np.allclose(plain.predict(X), weighted.predict(X))
+    for bad, message in [(np.full(40, np.nan), "NaN"), (-np.ones(40), "negative"),
+                         (np.ones(3), "shape"), (np.zeros(40), "zero for every")]:
+        with pytest.raises(ValueError, match=message):
+            LSTMRegressor(max_iter=1).fit(X, y, sample_weight=bad)
+    score = plain.score(X, y, sample_weight=np.r_[np.ones(20), np.zeros(20)])
+    assert score == pytest.approx(plain.score(X[:20], y[:20]))
+
+
+def test_class_weight_equals_its_sample_weight():
+    X, _ = sequences(60)
+    y = np.r_[np.zeros(45, int), np.ones(15, int)]
+    balanced = LSTMClassifier(class_weight="balanced", **FULL_BATCH).fit(X, y)
+    by_hand = LSTMClassifier(**FULL_BATCH).fit(X, y, sample_weight=compute_sample_weight(
+        "balanced", y))
+    np.testing.assert_array_equal(balanced.network_.params, by_hand.network_.params)
+    as_dict = LSTMClassifier(class_weight={0: 1.0, 1: 3.0}, **FULL_BATCH).fit(X, y)
+    assert not np.array_equal(as_dict.network_.params, by_hand.network_.params)
+    with pytest.raises(ValueError, match="class_weight"):
+        LSTMClassifier(class_weight={7: 1.0}, max_iter=1).fit(X, y)
+
+
+def test_sequence_output_scores_per_step():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 4, 1))
+    y = (np.cumsum(X[:, :, 0], axis=1) > 0).astype(int)
+    model = LSTMClassifier(output="sequence", hidden_layer_sizes=(8,), learning_rate_init=0.02,
+                           max_iter=40, random_state=0).fit(X, y)
+    assert model.score(X, y) == pytest.approx(np.mean(model.predict(X) == y))
+
+
+# ---- 2-D input: flattened steps, pipelines, threads -------------------------------
+
+def test_step_features_reads_flattened_steps():
+    X, y = sequences(60, T=5, D=3)
+    flat = X.reshape(60, 15)
+    model3 = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    model2 = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0,
+                           step_features=3).fit(flat, y)
+    np.testing.assert_array_equal(model2.network_.params, model3.network_.params)
+    np.testing.assert_array_equal(model2.predict(flat), model3.predict(X))
+    assert model2.n_features_in_ == 15 and model2.n_timesteps_in_ == 5
+    with pytest.raises(ValueError, match="multiple of step_features"):
+        LSTMRegressor(step_features=4, max_iter=1).fit(flat, y)
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("lstm", LSTMRegressor(hidden_layer_sizes=(4,), step_features=3,
+                                            max_iter=3, random_state=0))])
+    assert pipe.fit(flat, y).predict(flat).shape == (60,)
+
+
+def test_gridsearch_in_parallel_matches_serial():
+    X, y = sequences(80, T=6, D=1)
+    X2 = X[:, :, 0]                                          # (n, T): univariate, 2-D
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("lstm", LSTMRegressor(max_iter=10, random_state=0))])
+    grid = {"lstm__hidden_layer_sizes": [(2,), (12,)], "lstm__learning_rate_init": [1e-3, 2e-2]}
+    serial = GridSearchCV(pipe, grid, cv=2, n_jobs=1).fit(X2, y)
+    parallel = GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X2, y)
+    assert parallel.best_params_ == serial.best_params_
+    np.testing.assert_allclose(parallel.cv_results_["mean_test_score"],
+                               serial.cv_results_["mean_test_score"], rtol=1e-5)
+
+
+def test_n_jobs_limits_blas_threads(monkeypatch):
+    seen = []
+    forward = fastlstm._network.LSTMNetwork.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append({info["num_threads"] for info in threadpool_info()
+                     if info["user_api"] == "blas"})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastlstm._network.LSTMNetwork, "forward", spy)
+    X, y = sequences(20)
+    model = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1, n_jobs=1).fit(X, y)
+    model.predict(X)
+    assert seen and all(threads == {1} for threads in seen)
+    with pytest.raises(ValueError, match="n_jobs"):
+        LSTMRegressor(n_jobs=0).fit(X, y)
+
+
+def test_plot_training(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from fastlstm.plotting import plot_training
+
+    X, y = sequences()
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=5, early_stopping=True,
+                          random_state=0).fit(X, y)
+    ax = plot_training(model)
+    assert len(ax.lines) == 1 and len(ax.figure.axes) == 2      # loss + validation axis
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), model.loss_curve_)
+    ax.figure.savefig(tmp_path / "curve.png")
+    with pytest.raises(ValueError, match="not fitted"):
+        plot_training(LSTMRegressor())
