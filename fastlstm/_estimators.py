@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from . import _ops
 from ._network import LSTMNetwork, _Arena
 from ._validation import (check_params, check_sample_weight, check_sequences, check_targets,
-                          resolve_dtype)
+                          is_sequence_list, pad_sequences, resolve_dtype)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes.
 _PREDICT_CHUNK_BYTES = 64 * 2**20
@@ -162,10 +162,12 @@ class _BaseLSTM(BaseEstimator):
         reset = not hasattr(self, "network_") or not (incremental or self.warm_start)
         if reset:
             dtype = resolve_dtype(X, self.dtype)
-            X3, x_ndim = self._validate_X(X, dtype)
-            targets, n_outputs = self._encode_targets(y, X3, reset=True, classes=classes)
+            X3, x_ndim, lengths = self._validate_X(X, dtype)
+            targets, n_outputs = self._encode_targets(y, X3, reset=True, classes=classes,
+                                                      lengths=lengths)
             self.n_features_in_ = _n_features(X3, x_ndim)
-            self.n_timesteps_in_ = X3.shape[1]
+            # a model fitted on sequences of several lengths takes any length
+            self.n_timesteps_in_ = X3.shape[1] if lengths is None else None
             self._x_ndim = x_ndim
             random_state = check_random_state(self.random_state)
             self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
@@ -185,25 +187,26 @@ class _BaseLSTM(BaseEstimator):
                 raise ValueError(
                     f"hidden_layer_sizes changed from {self.network_.hidden_sizes} to {sizes} "
                     "since the last fit; warm_start and partial_fit need the same network")
-            X3 = self._check_X_predict(X)
-            targets, _ = self._encode_targets(y, X3, reset=False, classes=classes)
-        weights = self._sample_weights(sample_weight, targets, X3.shape[0])
+            X3, lengths = self._check_X_predict(X)
+            targets, _ = self._encode_targets(y, X3, reset=False, classes=classes,
+                                              lengths=lengths)
+        weights = self._sample_weights(sample_weight, targets, X3.shape[0], lengths)
         with _thread_limit(self.n_jobs):
-            self._train(X3, targets, weights, incremental)
+            self._train(X3, targets, weights, incremental, lengths)
         return self
 
-    def _sample_weights(self, sample_weight, targets, n_samples):
+    def _sample_weights(self, sample_weight, targets, n_samples, lengths):
         """(N,) float64 weights: sample_weight times class weights; checked."""
         if sample_weight is None:
             weights = np.ones(n_samples)
         else:
             weights = check_sample_weight(sample_weight, n_samples)
-        return self._weigh_classes(weights, targets)
+        return self._weigh_classes(weights, targets, lengths)
 
-    def _weigh_classes(self, weights, targets):
+    def _weigh_classes(self, weights, targets, lengths):
         return weights
 
-    def _train(self, X3, targets, weights, incremental):
+    def _train(self, X3, targets, weights, incremental, lengths=None):
         """Epochs of minibatch updates on self.network_; stops early on a flat
         loss or validation score (tol, n_iter_no_change), on divergence and on
         Ctrl-C. incremental: one epoch, no validation split (partial_fit)."""
@@ -211,7 +214,8 @@ class _BaseLSTM(BaseEstimator):
         early_stopping = self.early_stopping and not incremental
         validation = None
         if early_stopping:
-            X3, targets, weights, validation = self._split_validation(X3, targets, weights)
+            X3, targets, weights, lengths, validation = self._split_validation(
+                X3, targets, weights, lengths)
         N, T, D = X3.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
@@ -225,7 +229,8 @@ class _BaseLSTM(BaseEstimator):
         try:
             for _ in range(n_epochs):
                 progress = _Progress(self.verbose, self.n_iter_ + 1, N)
-                epoch_loss = self._run_epoch(x_tm, targets, weights, batch_size, arena, progress)
+                epoch_loss = self._run_epoch(x_tm, targets, weights, lengths, batch_size, arena,
+                                             progress)
                 if not (np.isfinite(epoch_loss) and np.isfinite(net.params).all()):
                     stopped = "diverged"
                     break
@@ -272,7 +277,7 @@ class _BaseLSTM(BaseEstimator):
         if early_stopping and self.validation_scores_:
             net.params[...] = best_params                         # the best epoch, not the last
 
-    def _split_validation(self, X3, targets, weights):
+    def _split_validation(self, X3, targets, weights, lengths):
         """Hold out validation_fraction of the samples (stratified by class for
         many-to-one classification), as MLP does."""
         N = X3.shape[0]
@@ -288,9 +293,11 @@ class _BaseLSTM(BaseEstimator):
                                           stratify=stratify)
         except ValueError:  # a class too small to stratify: fall back to a plain split
             train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed)
-        return X3[train], targets[train], weights[train], (X3[val], targets[val], weights[val])
+        take = (lambda rows: None) if lengths is None else (lambda rows: lengths[rows])
+        return (X3[train], targets[train], weights[train], take(train),
+                (X3[val], targets[val], weights[val], take(val)))
 
-    def _run_epoch(self, x_tm, targets, weights, batch_size, arena, progress):
+    def _run_epoch(self, x_tm, targets, weights, lengths, batch_size, arena, progress):
         """One pass over the samples, shuffled if asked; returns the weighted mean
         loss, or NaN as soon as a batch loss is not finite (that batch's update is
         not applied)."""
@@ -309,13 +316,17 @@ class _BaseLSTM(BaseEstimator):
                 if batch_weight == 0:                              # nothing to learn from
                     continue
                 xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
+                lb = None if lengths is None else lengths[idx]     # (B,)
                 if sequence:
                     tb = np.take(targets, idx, axis=1)             # (T, B[, K])
                     tb = tb.reshape((T * len(idx),) + tb.shape[2:])  # (T*B[, K]) time-major
                     wb = np.tile(wb, T)                            # (T*B,) same row order
+                    if lb is not None:                             # padded steps weigh 0
+                        wb *= (np.arange(T)[:, None] < lb[None, :]).ravel()
                 else:
                     tb = targets[idx]                              # (B[, K])
-                out, tape = net.forward(xb, sequence, training=True, rng=self._rng, arena=arena)
+                out, tape = net.forward(xb, sequence, training=True, rng=self._rng, arena=arena,
+                                        lengths=lb)
                 dout = arena.get("dout", out.shape)
                 loss = self._loss(out, tb, wb, dout)
                 net.backward(tape, dout)
@@ -335,7 +346,16 @@ class _BaseLSTM(BaseEstimator):
     # ---- prediction -----------------------------------------------------------
 
     def _validate_X(self, X, dtype):
-        """X -> (X3 (N, T, D) checked, ndim of X as given)."""
+        """X -> (X3 (N, T, D) checked, ndim of X as given, lengths).
+
+        lengths is None, or (N,) int64 for a list of sequences of several
+        lengths, which are then zero-padded at the end to the longest.
+        """
+        if is_sequence_list(X):
+            if self.step_features is not None:
+                raise ValueError("step_features reads a 2-D array, not a list of sequences")
+            X3, lengths = pad_sequences(X, dtype)
+            return X3, 3, lengths
         X3, x_ndim = check_sequences(X, dtype)
         if self.step_features is not None:
             if x_ndim != 2:
@@ -348,11 +368,11 @@ class _BaseLSTM(BaseEstimator):
                     f"{self.step_features}: expected (n_samples, n_timesteps * step_features)")
             # row-major: [x_0 features..., x_1 features..., ...]
             X3 = X3.reshape(X3.shape[0], n_columns // self.step_features, self.step_features)
-        return X3, x_ndim
+        return X3, x_ndim, None
 
     def _check_X_predict(self, X):
         check_is_fitted(self, "network_")
-        X3, x_ndim = self._validate_X(X, self.network_.dtype)
+        X3, x_ndim, lengths = self._validate_X(X, self.network_.dtype)
         if x_ndim != self._x_ndim:
             raise ValueError(
                 f"X has {x_ndim} dimensions, but {type(self).__name__} was fitted on "
@@ -362,19 +382,20 @@ class _BaseLSTM(BaseEstimator):
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input.")
-        if X3.shape[1] != self.n_timesteps_in_:
+        if self.n_timesteps_in_ is not None and X3.shape[1] != self.n_timesteps_in_:
             raise ValueError(
                 f"X has {X3.shape[1]} time steps, but {type(self).__name__} was fitted on "
                 f"sequences of {self.n_timesteps_in_} time steps.")
-        return X3
+        return X3, lengths
 
     def _forward(self, X):
-        """Raw head outputs: (N, K), or (N, T, K) when output="sequence"."""
-        X3 = self._check_X_predict(X)
+        """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
+        output="sequence"; lengths None or (N,) for a list of sequences."""
+        X3, lengths = self._check_X_predict(X)
         with _thread_limit(self.n_jobs):
-            return self._forward_checked(X3)
+            return self._forward_checked(X3, lengths), lengths
 
-    def _forward_checked(self, X3):
+    def _forward_checked(self, X3, lengths=None):
         net = self.network_
         N, T, D = X3.shape
         sequence = self.output == "sequence"
@@ -384,7 +405,8 @@ class _BaseLSTM(BaseEstimator):
         outs = []
         for start in range(0, N, chunk):
             xb = np.ascontiguousarray(X3[start:start + chunk].transpose(1, 0, 2))  # (T, B, D)
-            out, _ = net.forward(xb, sequence, training=False, arena=arena)
+            lb = None if lengths is None else lengths[start:start + chunk]
+            out, _ = net.forward(xb, sequence, training=False, arena=arena, lengths=lb)
             if sequence:  # (T*B, K) time-major -> (B, T, K)
                 out = out.reshape(T, -1, out.shape[1]).transpose(1, 0, 2)
             outs.append(np.array(out))
@@ -516,9 +538,11 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     5
     """
 
-    def _encode_targets(self, y, X3, reset, classes=None):
-        y = check_targets(y)
+    def _encode_targets(self, y, X3, reset, classes=None, lengths=None):
         N, T = X3.shape[:2]
+        if lengths is not None and self.output == "sequence":
+            y = _pad_targets(y, lengths, T, fill=0.0)
+        y = check_targets(y)
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
         if self.output == "sequence":
@@ -548,8 +572,12 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     def _loss(self, out, targets, weight, dout):
         return _ops.squared_error(out, targets.reshape(out.shape), weight, dout)
 
-    def _validation_score(self, X3, targets, weights):
-        pred = self._forward_checked(X3)                          # (N[, T], K)
+    def _validation_score(self, X3, targets, weights, lengths):
+        pred = self._forward_checked(X3, lengths)                 # (N[, T], K)
+        if lengths is not None and self.output == "sequence":     # the real steps only
+            real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
+            return float(r2_score(targets[real], pred[real],
+                                  sample_weight=np.broadcast_to(weights[:, None], real.shape)[real]))
         return float(r2_score(targets.reshape(len(targets), -1), pred.reshape(len(pred), -1),
                               sample_weight=weights))
 
@@ -561,14 +589,20 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     def predict(self, X):
         """Predicted values: (n_samples,) or (n_samples, n_outputs) as y was at fit;
         with output="sequence", (n_samples, n_timesteps[, n_outputs])."""
-        out = self._forward(X)
+        out, lengths = self._forward(X)
         if self._y_ndim == (2 if self.output == "sequence" else 1):
             out = out[..., 0]
-        return out
+        return _unpad(out, lengths) if self.output == "sequence" else out
 
     def score(self, X, y, sample_weight=None):
         """R^2 of predict(X) against y (uniform average over outputs and steps)."""
         pred = self.predict(X)
+        if isinstance(pred, list):  # sequences of several lengths: score every real step
+            counts = [len(p) for p in pred]
+            if sample_weight is not None:
+                sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), counts)
+            pred = np.concatenate(pred)
+            y = np.concatenate([np.asarray(v, dtype=float) for v in y])
         y = np.asarray(y)
         return float(r2_score(y.reshape(len(y), -1), pred.reshape(len(pred), -1),
                               sample_weight=sample_weight))
@@ -621,10 +655,13 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             random_state=random_state, verbose=verbose)
         self.class_weight = class_weight
 
-    def _encode_targets(self, y, X3, reset, classes=None):
+    def _encode_targets(self, y, X3, reset, classes=None, lengths=None):
         if y is None:
             raise ValueError("requires y to be passed, but the target y is None")
         N, T = X3.shape[:2]
+        if lengths is not None and self.output == "sequence":
+            # pad with a label of the sequence itself: the padded steps weigh 0
+            y = _pad_targets(y, lengths, T, fill=None)
         y = np.asarray(y)
         if self.output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
@@ -661,23 +698,31 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         codes = np.searchsorted(self.classes_, y)
         return codes.astype(np.int64), len(self.classes_)
 
-    def _weigh_classes(self, weights, targets):
+    def _weigh_classes(self, weights, targets, lengths):
         if self.class_weight is None:
             return weights
         if isinstance(self.class_weight, dict):
             unknown = set(self.class_weight) - set(self.classes_.tolist())
             if unknown:
                 raise ValueError(f"class_weight has labels not in the data: {sorted(unknown)!r}")
-        per_step = compute_sample_weight(self.class_weight, self.classes_[targets.ravel()])
-        if self.output == "sequence":  # one weight per sample: the mean over its steps
-            per_step = per_step.reshape(targets.shape).mean(axis=1)
-        return weights * per_step
+        if self.output == "sequence":  # one weight per sample: the mean over its real steps
+            real = (np.ones(targets.shape, bool) if lengths is None
+                    else np.arange(targets.shape[1])[None, :] < lengths[:, None])
+            per_step = np.zeros(targets.shape)
+            per_step[real] = compute_sample_weight(self.class_weight,
+                                                   self.classes_[targets[real]])
+            return weights * per_step.sum(axis=1) / real.sum(axis=1)
+        return weights * compute_sample_weight(self.class_weight, self.classes_[targets])
 
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)
 
-    def _validation_score(self, X3, targets, weights):
-        pred = np.argmax(self._forward_checked(X3), axis=-1)     # (N[, T])
+    def _validation_score(self, X3, targets, weights, lengths):
+        pred = np.argmax(self._forward_checked(X3, lengths), axis=-1)     # (N[, T])
+        if lengths is not None and self.output == "sequence":     # the real steps only
+            real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
+            return float(accuracy_score(targets[real], pred[real], sample_weight=np.broadcast_to(
+                weights[:, None], real.shape)[real]))
         return _accuracy(targets, pred, weights)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -691,20 +736,29 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), in the order of classes_;
         with output="sequence", (n_samples, n_timesteps, n_classes)."""
-        logits = self._forward(X)
+        logits, lengths = self._forward(X)
         flat = logits.reshape(-1, logits.shape[-1])
         proba = np.empty_like(flat)
         _ops.softmax(flat, proba)
-        return proba.reshape(logits.shape)
+        proba = proba.reshape(logits.shape)
+        return _unpad(proba, lengths) if self.output == "sequence" else proba
 
     def predict(self, X):
         """Most probable class of each sample (or of each step)."""
-        logits = self._forward(X)
-        return self.classes_[np.argmax(logits, axis=-1)]
+        logits, lengths = self._forward(X)
+        labels = self.classes_[np.argmax(logits, axis=-1)]
+        return _unpad(labels, lengths) if self.output == "sequence" else labels
 
     def score(self, X, y, sample_weight=None):
         """Accuracy of predict(X) (per step, with output="sequence")."""
-        return _accuracy(np.asarray(y), self.predict(X), sample_weight)
+        pred = self.predict(X)
+        if isinstance(pred, list):  # sequences of several lengths: score every real step
+            counts = [len(p) for p in pred]
+            if sample_weight is not None:
+                sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), counts)
+            return float(accuracy_score(np.concatenate([np.asarray(v) for v in y]),
+                                        np.concatenate(pred), sample_weight=sample_weight))
+        return _accuracy(np.asarray(y), pred, sample_weight)
 
 
 def _accuracy(y_true, y_pred, sample_weight=None):
@@ -715,3 +769,28 @@ def _accuracy(y_true, y_pred, sample_weight=None):
             sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), T)
         y_true, y_pred = y_true.ravel(), y_pred.ravel()
     return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+
+
+def _pad_targets(y, lengths, T, fill):
+    """A list of per-step targets (T_i[, K]) -> (N, T[, K]) padded at the end with
+    `fill` (None: the sequence's own first target, so labels stay valid)."""
+    if not isinstance(y, (list, tuple)) or len(y) != len(lengths):
+        raise ValueError("with sequences of several lengths and output='sequence', y must be a "
+                         f"list of {len(lengths)} per-step target arrays")
+    rows = []
+    for n, (target, length) in enumerate(zip(y, lengths)):
+        target = np.asarray(target)
+        if target.ndim == 0 or len(target) != length:
+            raise ValueError(f"y[{n}] has {len(target) if target.ndim else 'no'} steps, but "
+                             f"X[{n}] has {length}")
+        pad = np.repeat(target[:1] if fill is None else np.full_like(target[:1], fill),
+                        T - length, axis=0)
+        rows.append(np.concatenate([target, pad]))
+    return np.stack(rows)
+
+
+def _unpad(per_step, lengths):
+    """(N, T, ...) -> list of (T_i, ...) arrays for padded input, else unchanged."""
+    if lengths is None:
+        return per_step
+    return [per_step[n, :length] for n, length in enumerate(lengths)]

@@ -93,6 +93,60 @@ def _shape(mv, ndim):
     return tuple(mv.shape[:ndim])
 
 
+# ---- padding of variable-length batches ---------------------------------------
+# Sample n is real for t < lengths[n] and padding after. Padded steps are computed
+# like any other (the gemms run on whole batches) and then overwritten here.
+
+cdef const int64_t *_lengths_ptr(const int64_t[::1] lengths, Py_ssize_t N, Py_ssize_t T) except? NULL:
+    if lengths is None:
+        return NULL
+    _check("lengths", _shape(lengths, 1), (N,))
+    cdef Py_ssize_t n
+    for n in range(N):
+        if lengths[n] < 1 or lengths[n] > T:
+            raise ValueError(f"lengths[{n}] = {lengths[n]} is outside [1, {T}]")
+    return &lengths[0] if N > 0 else NULL
+
+
+cdef void carry_padded_state(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t *lengths,
+                             floating *c, floating *tanh_c, floating *h) noexcept nogil:
+    """state[t, n] = state[t-1, n] for samples whose sequence has ended."""
+    cdef Py_ssize_t n, j, now, before
+    for n in range(N):
+        if t >= lengths[n]:
+            now, before = (t * N + n) * H, ((t - 1) * N + n) * H
+            for j in range(H):
+                c[now + j] = c[before + j]
+                tanh_c[now + j] = tanh_c[before + j]
+                h[now + j] = h[before + j]
+
+
+cdef void stash_padded_dc(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t *lengths,
+                          const floating *dc, floating *dc_stash) noexcept nogil:
+    """Keep dc of padded samples aside: the cell backward would scale it by a
+    forget gate the step never had."""
+    cdef Py_ssize_t n, j
+    for n in range(N):
+        if t >= lengths[n]:
+            for j in range(H):
+                dc_stash[n * H + j] = dc[n * H + j]
+
+
+cdef void pass_padded_gradients(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t,
+                                const int64_t *lengths, const floating *dc_stash,
+                                floating *dc, floating *dgates, floating *dh) noexcept nogil:
+    """For padded samples, h[t] = h[t-1] and c[t] = c[t-1]: dc passes unchanged,
+    dh[t] is added to dh[t-1], and the step's gate gradients are zero."""
+    cdef Py_ssize_t n, j
+    for n in range(N):
+        if t >= lengths[n]:
+            for j in range(H):
+                dc[n * H + j] = dc_stash[n * H + j]
+                dh[((t - 1) * N + n) * H + j] += dh[(t * N + n) * H + j]
+            for j in range(4 * H):
+                dgates[n * 4 * H + j] = 0
+
+
 # ---- one LSTM layer, forward -------------------------------------------------
 
 def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
@@ -105,8 +159,14 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                        floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
                        floating[:, :, ::1] c,                # (T, N, H) out
                        floating[:, :, ::1] tanh_c,           # (T, N, H) out
-                       floating[:, :, ::1] h):               # (T, N, H) out
-    """Run one layer over all T steps; keep what the backward pass needs."""
+                       floating[:, :, ::1] h,                # (T, N, H) out
+                       const int64_t[::1] lengths=None):     # (N,) real steps per sample, or None
+    """Run one layer over all T steps; keep what the backward pass needs.
+
+    With lengths, steps t >= lengths[n] of sample n are padding: its state is
+    carried through them unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1]
+    is the state after the sample's last real step.
+    """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
     _check("weight_ih", _shape(weight_ih, 2), (G, D))
@@ -118,6 +178,7 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     _check("gates", _shape(gates, 3), (T, N, G))
     for name, buf in (("c", c), ("tanh_c", tanh_c), ("h", h)):
         _check(name, _shape(buf, 3), (T, N, H))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
     if T == 0 or N == 0 or H == 0:
         return
 
@@ -152,6 +213,8 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                 c_prev = &c0[0, 0]
             cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
                          tc_ptr + t * NH, h_ptr + t * NH)
+            if len_ptr != NULL and t > 0:
+                carry_padded_state(N, H, t, len_ptr, c_ptr, tc_ptr, h_ptr)
 
 
 # ---- one LSTM layer, backward through time -----------------------------------
@@ -172,11 +235,14 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                         floating[:, ::1] dweight_ih,          # (G, D) accumulated into
                         floating[:, ::1] dweight_hh,          # (G, H) accumulated into
-                        floating[::1] dbias):                 # (G,) accumulated into (= d b_ih = d b_hh)
+                        floating[::1] dbias,                  # (G,) accumulated into (= d b_ih = d b_hh)
+                        const int64_t[::1] lengths=None):     # (N,) as in forward, or None
     """Backprop through all T steps of one layer.
 
     dh is used as the running gradient on h_t: the recurrent term dgates[t] @ W_hh
     is added straight into dh[t-1], so the caller's buffer is overwritten.
+    With lengths, padded steps pass dh and dc through to the step before and
+    get zero gate gradients (so dx and the weight gradients ignore them).
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
@@ -193,6 +259,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     _check("dweight_ih", _shape(dweight_ih, 2), (G, D))
     _check("dweight_hh", _shape(dweight_hh, 2), (G, H))
     _check("dbias", _shape(dbias, 1), (G,))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
     if N == 0 or H == 0:
         return
     if T == 0:
@@ -212,12 +279,22 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint has_h0
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
+    cdef floating[:, ::1] dc_stash                            # (N, H) dc of padded samples
+    cdef floating *stash_ptr = NULL
+    if len_ptr != NULL:
+        dc_stash = np.empty_like(dc)
+        stash_ptr = &dc_stash[0, 0]
     with nogil:
         for t in range(T - 1, -1, -1):
             c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
             # dgates[t] and dc <- dc_{t-1}, through the cell
+            if len_ptr != NULL and t > 0:
+                stash_padded_dc(N, H, t, len_ptr, &dc[0, 0], stash_ptr)
             cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
                           dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
+            if len_ptr != NULL and t > 0:
+                pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0],
+                                      dg_ptr + t * NG, dh_ptr)
             if t > 0:
                 gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
                      w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh

@@ -58,8 +58,9 @@ class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
     (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0)."""
 
-    def __init__(self, layers, head_in, sequence_output, arena):
+    def __init__(self, layers, head_in, sequence_output, arena, lengths=None):
         self.layers = layers
+        self.lengths = lengths                 # (N,) or None
         self.head_in = head_in                 # (M, H_last) what the head saw
         self.sequence_output = sequence_output
         self.arena = arena
@@ -122,7 +123,7 @@ class LSTMNetwork:
     # ---- forward and backward -------------------------------------------------
 
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None):
+                initial_state=None, lengths=None):
         """x (T, N, D) -> (output, tape).
 
         output is (N, K), or (T*N, K) in time-major row order if sequence_output.
@@ -131,6 +132,9 @@ class LSTMNetwork:
         when None, so concurrent predictions never share buffers). initial_state
         is [(h0, c0)] per layer, each (N, H); None starts every layer from zeros.
         Gradients do not flow back into initial_state (truncated BPTT).
+        lengths (N,) int64: real steps of each sample of a padded batch; its state
+        is carried unchanged through the padding, so the last step's output is
+        that of its last real step.
         """
         T, N, _ = x.shape
         arena = arena if arena is not None else _Arena(self.dtype)
@@ -150,7 +154,7 @@ class LSTMNetwork:
             _kernels.lstm_layer_forward(
                 layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
                 self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], h0, c0,
-                gates, c, tanh_c, h)
+                gates, c, tanh_c, h, lengths)
             layer_out, uniform = h, None
             if dropping:  # on every layer's output, before the next layer or the head
                 uniform = arena.get(("uniform", k), (T, N, H))
@@ -164,7 +168,7 @@ class LSTMNetwork:
         head_in = layer_in.reshape(T * N, -1) if sequence_output else layer_in[T - 1]
         out = head_in @ self.p["head.weight"].T                   # (M, K)
         out += self.p["head.bias"]
-        return out, _Tape(layers, head_in, sequence_output, arena)
+        return out, _Tape(layers, head_in, sequence_output, arena, lengths)
 
     def backward(self, tape, dout):
         """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
@@ -198,7 +202,8 @@ class LSTMNetwork:
             _kernels.lstm_layer_backward(
                 layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
                 h0, c0, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
-                self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"])
+                self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"],
+                tape.lengths)
             self.g[f"bias_hh_l{k}"][...] = self.g[f"bias_ih_l{k}"]  # b_ih and b_hh enter alike
             dlayer_out = dx
         return self.grads

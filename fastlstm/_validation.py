@@ -7,10 +7,13 @@ from sklearn.utils import check_array
 
 def resolve_dtype(X, dtype):
     """The float type to compute in: `dtype` if given, else X's own float32 or
-    float64, else float32 (ints, bools, lists of numbers)."""
+    float64 (for a list of sequences, the first one's), else float32 (ints,
+    bools, lists of numbers)."""
     if dtype is not None:
         return np.dtype(dtype)
     x_dtype = getattr(X, "dtype", None)
+    if x_dtype is None and isinstance(X, (list, tuple)) and len(X):  # a list of sequences
+        x_dtype = getattr(X[0], "dtype", None)
     if x_dtype in (np.float32, np.float64):
         return np.dtype(x_dtype)
     return np.dtype(np.float32)
@@ -44,6 +47,45 @@ def check_sequences(X, dtype, name="X"):
     if X.shape[2] == 0:
         raise ValueError(f"{name} has 0 features per time step: need at least one")
     return X, given_ndim
+
+
+def is_sequence_list(X):
+    """True for a list/tuple of sequences that do not all have the same length."""
+    if not isinstance(X, (list, tuple)) or len(X) == 0:
+        return False
+    lengths = set()
+    for seq in X:
+        shape = np.shape(seq) if not isinstance(seq, (str, bytes)) else ()
+        if len(shape) == 0:
+            return False
+        lengths.add(shape[0])
+    return len(lengths) > 1
+
+
+def pad_sequences(X, dtype, name="X"):
+    """A list of sequences (T_i, n_features) or (T_i,) of several lengths ->
+    (X3 (N, T_max, D) zero-padded at the end, lengths (N,) int64)."""
+    seqs = []
+    for n, seq in enumerate(X):
+        seq = check_array(seq, dtype=dtype, ensure_2d=False, ensure_all_finite=True,
+                          ensure_min_samples=0, ensure_min_features=0,
+                          input_name=f"{name}[{n}]")
+        if seq.ndim == 1:
+            seq = seq[:, None]
+        if seq.ndim != 2:
+            raise ValueError(f"{name}[{n}] must be (n_timesteps, n_features), got {seq.ndim}-D")
+        if seq.shape[0] == 0:
+            raise ValueError(f"{name}[{n}] has length 0: need at least one time step")
+        seqs.append(seq)
+    n_features = {seq.shape[1] for seq in seqs}
+    if len(n_features) > 1:
+        raise ValueError(f"the sequences of {name} have different numbers of features: "
+                         f"{sorted(n_features)}")
+    lengths = np.array([len(seq) for seq in seqs], dtype=np.int64)
+    X3 = np.zeros((len(seqs), lengths.max(), n_features.pop()), dtype=dtype)
+    for n, seq in enumerate(seqs):
+        X3[n, :len(seq)] = seq
+    return X3, lengths
 
 
 def check_sample_weight(sample_weight, n_samples):

@@ -95,3 +95,39 @@ def test_gradients_with_a_given_initial_state(rng):
     analytic = loss_and_grads()[1]
     numeric = finite_difference(net, lambda: loss_and_grads()[0])
     assert max(relative_errors(net, analytic, numeric).values()) <= 1e-6
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_padded_batch_equals_each_sequence_alone(sequence, rng):
+    """A padded batch with lengths gives, for each sample, the outputs and the
+    gradients of running that sample alone on its real steps."""
+    net = make_network(3, (4, 5), 2)
+    lengths = np.array([6, 2, 4, 1, 6], dtype=np.int64)
+    T, N = 6, 5
+    x = rng.standard_normal((T, N, 3))
+    x[np.arange(T)[:, None] >= lengths[None, :]] = 1e3       # padding must not leak in
+    out, tape = net.forward(x, sequence, lengths=lengths)
+    dout = rng.standard_normal(out.shape)
+    if sequence:  # no gradient from padded steps' outputs (the estimator weighs them 0)
+        dout.reshape(T, N, -1)[np.arange(T)[:, None] >= lengths[None, :]] = 0
+    padded_grads = net.backward(tape, dout).copy()
+
+    summed = np.zeros_like(padded_grads)
+    for n, L in enumerate(lengths):
+        alone, tape_n = net.forward(np.ascontiguousarray(x[:L, n:n + 1]), sequence)
+        if sequence:
+            np.testing.assert_allclose(out.reshape(T, N, -1)[:L, n], alone, atol=1e-12)
+            d_alone = np.ascontiguousarray(dout.reshape(T, N, -1)[:L, n])
+        else:
+            np.testing.assert_allclose(out[n:n + 1], alone, atol=1e-12)
+            d_alone = dout[n:n + 1]
+        summed += net.backward(tape_n, d_alone)
+    np.testing.assert_allclose(padded_grads, summed, rtol=0, atol=1e-12)
+
+
+def test_kernel_rejects_bad_lengths():
+    net = make_network(2, (3,), 1)
+    x = np.zeros((4, 2, 2))
+    for bad in ([0, 4], [5, 1]):
+        with pytest.raises(ValueError, match="lengths"):
+            net.forward(x, lengths=np.array(bad, dtype=np.int64))

@@ -56,9 +56,9 @@ def test_early_stopping_split_is_stratified():
     seen = {}
     original = LSTMClassifier._validation_score
 
-    def spy(self, X3, targets, weights):
+    def spy(self, X3, targets, weights, lengths):
         seen["targets"] = targets
-        return original(self, X3, targets, weights)
+        return original(self, X3, targets, weights, lengths)
 
     LSTMClassifier._validation_score = spy
     try:
@@ -224,3 +224,42 @@ def test_plot_training(tmp_path):
     ax.figure.savefig(tmp_path / "curve.png")
     with pytest.raises(ValueError, match="not fitted"):
         plot_training(LSTMRegressor())
+
+
+# ---- sequences of several lengths ----------------------------------------------
+
+def ragged(n=40, D=2, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 9, n)
+    return [rng.standard_normal((L, D)) for L in lengths], lengths
+
+
+def test_list_of_sequences_many_to_one():
+    X, lengths = ragged()
+    y = np.array([seq[:, 0].sum() for seq in X])
+    model = LSTMRegressor(hidden_layer_sizes=(8,), learning_rate_init=0.02, max_iter=60,
+                          random_state=0).fit(X, y)
+    assert model.n_timesteps_in_ is None
+    pred = model.predict(X)
+    assert pred.shape == (40,) and model.score(X, y) > 0.5
+    # each sequence alone (no padding at all) gives the same prediction
+    alone = [model.predict(seq[None])[0] for seq in X[:6]]
+    np.testing.assert_allclose(pred[:6], alone, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="different numbers of features"):
+        model.predict([np.zeros((3, 2)), np.zeros((2, 3))])
+    with pytest.raises(ValueError, match="length 0"):
+        model.predict([np.zeros((3, 2)), np.zeros((0, 2))])
+
+
+def test_list_of_sequences_per_step_classifier():
+    X, lengths = ragged(60, D=1, seed=1)
+    y = [(np.cumsum(seq[:, 0]) > 0).astype(int) for seq in X]
+    model = LSTMClassifier(output="sequence", hidden_layer_sizes=(8,), learning_rate_init=0.02,
+                           max_iter=40, random_state=0).fit(X, y)
+    pred = model.predict(X)
+    assert [len(p) for p in pred] == list(lengths)
+    assert model.score(X, y) > 0.8
+    for seq, p in list(zip(X, pred))[:5]:
+        np.testing.assert_array_equal(model.predict(seq[None])[0], p)
+    with pytest.raises(ValueError, match="steps"):
+        model.fit(X, [t[:-1] if len(t) > 1 else t[:0] for t in y])
