@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _ops
 from ._network import LSTMNetwork, _Arena
-from ._validation import check_params, check_sequences, check_targets, resolve_dtype
+from ._validation import (check_labels, check_params, check_sequences, check_targets,
+                          resolve_dtype)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes.
 _PREDICT_CHUNK_BYTES = 64 * 2**20
@@ -103,7 +104,11 @@ class _BaseLSTM(BaseEstimator):
 
         random_state = check_random_state(self.random_state)
         rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-        net = LSTMNetwork(D, sizes, n_outputs, dtype=dtype, dropout=self.dropout)
+        try:
+            net = LSTMNetwork(D, sizes, n_outputs, dtype=dtype, dropout=self.dropout)
+        except (MemoryError, ValueError) as err:  # numpy's "array is too big" is a ValueError
+            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} needs more memory "
+                             f"than is available for its parameters ({err})") from None
         net.initialize(rng)
         self.network_ = net
         self.loss_curve_ = []
@@ -315,7 +320,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     """
 
     def _encode_targets(self, y, X3):
-        y = check_targets(y)
+        y = check_targets(y, X3.dtype)
         N, T = X3.shape[:2]
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
@@ -378,9 +383,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     """
 
     def _encode_targets(self, y, X3):
-        if y is None:
-            raise ValueError("y is required to fit this estimator, got None")
-        y = np.asarray(y)
+        y = check_labels(y)
         N, T = X3.shape[:2]
         if y.shape[:1] != (N,):
             raise ValueError(f"X and y have different numbers of samples: {N} and "
@@ -394,10 +397,6 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         elif y.ndim != 1:
             raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}; "
                              "for one label per time step use output='sequence'")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinity")
-        if y.dtype.kind == "O" and any(v is None for v in y.ravel()):
-            raise ValueError("y contains None")
         encoder = LabelEncoder()
         codes = encoder.fit_transform(y.ravel()).reshape(y.shape)
         self.classes_ = encoder.classes_
