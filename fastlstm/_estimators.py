@@ -1,6 +1,7 @@
 """LSTMRegressor and LSTMClassifier: validation, the training loop, the sklearn
 protocol. The math lives in _network (layers, head) and _ops (losses, optimisers).
 """
+import re
 import time
 import warnings
 
@@ -11,7 +12,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _ops
+from . import _ops, _persist
 from ._network import LSTMNetwork, _Arena
 from ._validation import (check_labels, check_params, check_sequences, check_targets,
                           resolve_dtype)
@@ -240,6 +241,54 @@ class _BaseLSTM(BaseEstimator):
             outs.append(np.array(out))
         return np.concatenate(outs, axis=0)
 
+    # ---- model files (no pickle) ---------------------------------------------
+
+    def save(self, path):
+        """Save the fitted model in a file that executes no code when loaded.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+            Where to write. The file is a NumPy ``.npz`` archive (the name is used
+            as given) holding the parameters as arrays and everything else as JSON;
+            a path is written atomically (temporary file, then rename).
+
+        See Also
+        --------
+        fastlstm.load : read the file back; ``predict`` then gives bit-identical
+            results.
+        """
+        check_is_fitted(self, "network_")
+        params = self.get_params(deep=False)
+        fitted = {name: value for name, value in vars(self).items()
+                  if name not in params and name != "network_"
+                  and (name.endswith("_") or name.startswith("_"))}
+        _persist.write(path, type(self).__name__, params, fitted,
+                       self.network_.__getstate__()["args"], self.network_.params)
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by ``save``; it must hold this class of estimator.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+
+        Returns
+        -------
+        estimator : fitted instance of this class
+
+        Raises
+        ------
+        ValueError
+            If the file is not a fastlstm model file, is damaged, was written by a
+            newer format version, or holds another estimator class.
+        """
+        est = load(path)
+        if not isinstance(est, cls):
+            raise ValueError(f"{path!r} holds a {type(est).__name__}, not a {cls.__name__}")
+        return est
+
     @property
     def weights_(self):
         """{torch name: array} views of the fitted parameters (writable)."""
@@ -419,3 +468,66 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def predict(self, X):
         """Most probable class of each sample (or of each step)."""
         return self.classes_[np.argmax(self._forward(X), axis=-1)]
+
+
+# Fitted attribute names a model file may set: public ones end in "_", private ones
+# start with one "_"; neither may shadow anything the class defines (methods).
+_ATTRIBUTE_NAME = re.compile(r"^(_[A-Za-z][A-Za-z0-9_]*|[A-Za-z][A-Za-z0-9_]*_)$")
+
+
+def load(path):
+    """Load an estimator written by ``save``, executing no code from the file.
+
+    Parameters
+    ----------
+    path : str, path-like or binary file object
+
+    Returns
+    -------
+    estimator : fitted LSTMRegressor or LSTMClassifier
+        Its predictions are bit-identical to those of the saved estimator.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a fastlstm model file, is damaged (failed checksum,
+        missing or inconsistent entries), or was written by a newer format version.
+    """
+    meta, flat, arrays = _persist.read(path)
+    classes = {c.__name__: c for c in (LSTMRegressor, LSTMClassifier)}
+    cls = classes.get(meta["class"])
+    if cls is None:
+        raise ValueError(f"{path!r} holds an unknown estimator class {meta['class']!r}")
+
+    def damaged(why):
+        return ValueError(f"{path!r} is a damaged fastlstm model file: {why}")
+
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+    unknown = set(params) - set(cls._get_param_names())
+    if unknown:
+        raise damaged(f"unknown parameters {sorted(unknown)}")
+    est = cls(**params)
+    try:
+        check_params(est)
+        n_features, hidden_sizes, n_outputs, dtype, dropout = meta["network"]
+        net = LSTMNetwork(n_features, hidden_sizes, n_outputs, dtype=np.dtype(dtype),
+                          dropout=dropout)
+    except (TypeError, ValueError) as err:
+        raise damaged(err) from None
+    if net.params.shape != flat.shape or net.params.dtype != flat.dtype:
+        raise damaged(f"{flat.dtype} params of shape {flat.shape} do not fit the network "
+                      f"({net.params.dtype}, {net.params.shape})")
+    net.params[...] = flat
+    fitted = {**meta["fitted"], **arrays}
+    for name, value in fitted.items():
+        if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
+            raise damaged(f"bad attribute name {name!r}")
+        setattr(est, name, value)
+    required = {"n_features_in_", "n_timesteps_in_", "_x_ndim"}
+    required |= {"classes_"} if cls is LSTMClassifier else {"_y_ndim", "n_outputs_"}
+    if not required <= set(fitted):
+        raise damaged(f"missing fitted attributes {sorted(required - set(fitted))}")
+    if cls is LSTMClassifier and np.shape(est.classes_) != (net.n_outputs,):
+        raise damaged(f"{np.size(est.classes_)} classes for a head of {net.n_outputs} outputs")
+    est.network_ = net
+    return est
