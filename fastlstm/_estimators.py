@@ -57,7 +57,7 @@ class _BaseLSTM(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tol=1e-4,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None, tol=1e-4,
                  n_iter_no_change=10, dtype=None, random_state=None, verbose=0):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.output = output
@@ -74,6 +74,7 @@ class _BaseLSTM(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.clip_grad_norm = clip_grad_norm
+        self.tbptt_steps = tbptt_steps
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
@@ -173,11 +174,16 @@ class _BaseLSTM(BaseEstimator):
 
     def _run_epoch(self, x_tm, targets, order, batch_size, optimizer, arena, rng):
         """One pass over the samples in `order`; returns the mean loss, or NaN as
-        soon as a batch loss is not finite (that batch's update is not applied)."""
+        soon as a batch loss is not finite (that batch's update is not applied).
+
+        With tbptt_steps, each batch's time axis is cut into windows of that many
+        steps and every window with a loss gets its own backward pass and update.
+        """
         net = self.network_
         T, N = x_tm.shape[:2]
         sequence = self.output == "sequence"
         n_weights = net.n_weights
+        window = T if self.tbptt_steps is None else min(self.tbptt_steps, T)
         total = 0.0
         # overflow on the way to a non-finite loss is expected, and reported by the caller
         with np.errstate(over="ignore", invalid="ignore"):
@@ -185,22 +191,32 @@ class _BaseLSTM(BaseEstimator):
                 idx = order[start:start + batch_size]
                 B = len(idx)
                 xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
-                if sequence:
-                    tb = np.take(targets, idx, axis=1)             # (T, B[, K])
-                    tb = tb.reshape((T * B,) + tb.shape[2:])       # (T*B[, K]) time-major rows
-                else:
-                    tb = targets[idx]                              # (B[, K])
-                out, tape = net.forward(xb, sequence, training=True, rng=rng, arena=arena)
-                dout = arena.get("dout", out.shape)
-                loss = self._loss(out, tb, optimizer.unit_weights(out.shape[0]), dout)
-                net.backward(tape, dout)
-                if self.alpha > 0:  # MLP's L2: 0.5 * alpha * ||W||^2 / batch size
-                    loss += _ops.add_l2_penalty(net.params[:n_weights], net.grads[:n_weights],
-                                                self.alpha / B)
-                if not np.isfinite(loss):
-                    return np.nan
-                optimizer.step(net.params, net.grads)
-                total += loss * B
+                # (T, B[, K]) per-step targets, or (B[, K]) for the last step
+                tb = np.take(targets, idx, axis=1) if sequence else targets[idx]
+                # Truncated BPTT: windows of `window` steps; (h, c) flows forward from
+                # one window into the next, gradients stop at the window's start.
+                state = None
+                for t0 in range(0, T, window):
+                    t1 = min(t0 + window, T)
+                    out, tape = net.forward(xb[t0:t1], sequence, training=True, rng=rng,
+                                            arena=arena, initial_state=state)
+                    if t1 < T:
+                        state = tape.final_state()
+                        if not sequence:  # many-to-one: only the last window has a loss
+                            continue
+                    # (W*B[, K]) time-major rows of this window, or (B[, K])
+                    tw = tb[t0:t1].reshape(((t1 - t0) * B,) + tb.shape[2:]) if sequence else tb
+                    dout = arena.get("dout", out.shape)
+                    loss = self._loss(out, tw, optimizer.unit_weights(out.shape[0]), dout)
+                    net.backward(tape, dout)
+                    if self.alpha > 0:  # MLP's L2: 0.5 * alpha * ||W||^2 / batch size
+                        loss += _ops.add_l2_penalty(net.params[:n_weights],
+                                                    net.grads[:n_weights], self.alpha / B)
+                    if not np.isfinite(loss):
+                        return np.nan
+                    optimizer.step(net.params, net.grads)
+                    # a window's loss is the mean over its steps: weight it by its share
+                    total += loss * B * ((t1 - t0) / T if sequence else 1.0)
         return float(total / N)
 
     # ---- prediction -----------------------------------------------------------
@@ -224,21 +240,34 @@ class _BaseLSTM(BaseEstimator):
         return X3
 
     def _forward(self, X):
-        """Raw head outputs: (N, K), or (N, T, K) when output="sequence"."""
+        """Raw head outputs: (N, K), or (N, T, K) when output="sequence".
+
+        Runs in batches of samples and, for sequences too long for the memory
+        budget, in windows of steps with the state carried across: the scratch
+        memory stays near _PREDICT_CHUNK_BYTES whatever N and T are.
+        """
         X3 = self._check_X_predict(X)
         net = self.network_
         N, T, D = X3.shape
         sequence = self.output == "sequence"
-        per_sample = T * (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
-        chunk = int(np.clip(_PREDICT_CHUNK_BYTES // per_sample, 1, N))
+        # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
+        per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
+        batch = int(np.clip(_PREDICT_CHUNK_BYTES // (T * per_step), 1, N))
+        window = int(np.clip(_PREDICT_CHUNK_BYTES // (batch * per_step), 1, T))
         arena = _Arena(net.dtype)  # private to this call: predict is thread-safe
         outs = []
-        for start in range(0, N, chunk):
-            xb = np.ascontiguousarray(X3[start:start + chunk].transpose(1, 0, 2))  # (T, B, D)
-            out, _ = net.forward(xb, sequence, training=False, arena=arena)
-            if sequence:  # (T*B, K) time-major -> (B, T, K)
-                out = out.reshape(T, -1, out.shape[1]).transpose(1, 0, 2)
-            outs.append(np.array(out))
+        for start in range(0, N, batch):
+            xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
+            B = xb.shape[1]
+            state, steps = None, []
+            for t0 in range(0, T, window):
+                out, tape = net.forward(xb[t0:t0 + window], sequence, training=False,
+                                        arena=arena, initial_state=state)
+                if t0 + window < T:
+                    state = tape.final_state()
+                if sequence:  # (W*B, K) time-major -> (B, W, K)
+                    steps.append(np.array(out).reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
+            outs.append(np.concatenate(steps, axis=1) if sequence else np.array(out))
         return np.concatenate(outs, axis=0)
 
     # ---- model files (no pickle) ---------------------------------------------
@@ -332,6 +361,14 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     beta_1, beta_2, epsilon : Adam settings.
     clip_grad_norm : float or None, default=None
         Scale the gradient to at most this L2 norm before each update.
+    tbptt_steps : int or None, default=None
+        Truncated backpropagation through time. None: backprop through all
+        n_timesteps. An int k: each batch's sequences are processed in windows of
+        k steps; the LSTM state (h, c) is carried from one window into the next,
+        gradients stop at each window's start, and each window with a loss gets
+        its own update (output="sequence": every window; output="last": only the
+        last window, the earlier ones just carry the state). Training memory then
+        grows with k, not with n_timesteps. k >= n_timesteps is the same as None.
     tol, n_iter_no_change : stop when the epoch loss has not improved by tol
         for n_iter_no_change epochs in a row.
     dtype : None, "float32" or "float64", default=None

@@ -189,6 +189,8 @@ def check_params(est):
         number("batch_size", 1, integral=True)
     if est.clip_grad_norm is not None:
         number("clip_grad_norm", 0, low_open=True)
+    if est.tbptt_steps is not None:
+        number("tbptt_steps", 1, integral=True)
     for name in ("shuffle", "nesterovs_momentum"):
         if not isinstance(getattr(est, name), (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {getattr(est, name)!r}")
