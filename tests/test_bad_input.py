@@ -237,3 +237,14 @@ def test_raw_kernels_refuse_bad_buffers():
         ro = out[0].copy()
         ro.flags.writeable = False
         _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, ro, *out[1:])
+
+
+def test_batches_beyond_32_bit_blas_sizes_are_refused():
+    """BLAS counts rows in 32 bits: a batch with T * N >= 2**31 rows would overflow it.
+    (A broadcast view: the check happens before any memory is touched.)"""
+    from fastlstm._network import LSTMNetwork
+
+    net = LSTMNetwork(1, (2,), 1)
+    huge = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (2**16, 2**15, 1))
+    with pytest.raises(ValueError, match="T \\* N must stay below 2\\*\\*31"):
+        net.forward(huge)
