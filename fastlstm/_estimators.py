@@ -3,6 +3,7 @@ protocol. The math lives in _network (layers, head) and _ops (losses, optimisers
 """
 import contextlib
 import os
+import re
 import sys
 import time
 import warnings
@@ -19,10 +20,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from threadpoolctl import threadpool_limits
 
-from . import _ops
+from . import _ops, _persist
 from ._network import LSTMNetwork, _Arena
-from ._validation import (check_params, check_sample_weight, check_sequences, check_targets,
-                          is_sequence_list, pad_sequences, resolve_dtype)
+from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
+                          check_targets, is_sequence_list, pad_sequences, resolve_dtype)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes.
 _PREDICT_CHUNK_BYTES = 64 * 2**20
@@ -110,7 +111,8 @@ class _BaseLSTM(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tol=1e-4,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
+                 tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0):
@@ -129,6 +131,7 @@ class _BaseLSTM(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.clip_grad_norm = clip_grad_norm
+        self.tbptt_steps = tbptt_steps
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.early_stopping = early_stopping
@@ -171,7 +174,12 @@ class _BaseLSTM(BaseEstimator):
             self._x_ndim = x_ndim
             random_state = check_random_state(self.random_state)
             self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-            net = LSTMNetwork(X3.shape[2], sizes, n_outputs, dtype=dtype, dropout=self.dropout)
+            try:
+                net = LSTMNetwork(X3.shape[2], sizes, n_outputs, dtype=dtype,
+                                  dropout=self.dropout)
+            except (MemoryError, ValueError) as err:  # numpy's "array is too big": ValueError
+                raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} needs more "
+                                 f"memory than is available for its parameters ({err})") from None
             net.initialize(self._rng)
             self.network_ = net
             self._optimizer = _Optimizer(net.params)
@@ -190,6 +198,13 @@ class _BaseLSTM(BaseEstimator):
             X3, lengths = self._check_X_predict(X)
             targets, _ = self._encode_targets(y, X3, reset=False, classes=classes,
                                               lengths=lengths)
+            if not hasattr(self, "_optimizer"):  # loaded from a model file: fresh solver state
+                random_state = check_random_state(self.random_state)
+                self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+                self._optimizer = _Optimizer(self.network_.params)
+        if lengths is not None and self.tbptt_steps is not None:
+            raise ValueError("tbptt_steps does not work with sequences of several lengths yet; "
+                             "pad them to one length or leave tbptt_steps=None")
         weights = self._sample_weights(sample_weight, targets, X3.shape[0], lengths)
         with _thread_limit(self.n_jobs):
             self._train(X3, targets, weights, incremental, lengths)
@@ -300,12 +315,17 @@ class _BaseLSTM(BaseEstimator):
     def _run_epoch(self, x_tm, targets, weights, lengths, batch_size, arena, progress):
         """One pass over the samples, shuffled if asked; returns the weighted mean
         loss, or NaN as soon as a batch loss is not finite (that batch's update is
-        not applied)."""
+        not applied).
+
+        With tbptt_steps, each batch's time axis is cut into windows of that many
+        steps and every window with a loss gets its own backward pass and update.
+        """
         net = self.network_
         T, N = x_tm.shape[:2]
         sequence = self.output == "sequence"
         n_weights = net.n_weights
         order = self._rng.permutation(N) if self.shuffle else np.arange(N)
+        window = T if self.tbptt_steps is None else min(self.tbptt_steps, T)
         total, total_weight = 0.0, 0.0
         # overflow on the way to a non-finite loss is expected, and reported by the caller
         with np.errstate(over="ignore", invalid="ignore"):
@@ -317,28 +337,41 @@ class _BaseLSTM(BaseEstimator):
                     continue
                 xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
                 lb = None if lengths is None else lengths[idx]     # (B,)
-                if sequence:
-                    tb = np.take(targets, idx, axis=1)             # (T, B[, K])
-                    tb = tb.reshape((T * len(idx),) + tb.shape[2:])  # (T*B[, K]) time-major
-                    wb = np.tile(wb, T)                            # (T*B,) same row order
-                    if lb is not None:                             # padded steps weigh 0
-                        wb *= (np.arange(T)[:, None] < lb[None, :]).ravel()
-                else:
-                    tb = targets[idx]                              # (B[, K])
-                out, tape = net.forward(xb, sequence, training=True, rng=self._rng, arena=arena,
-                                        lengths=lb)
-                dout = arena.get("dout", out.shape)
-                loss = self._loss(out, tb, wb, dout)
-                net.backward(tape, dout)
-                if self.alpha > 0:
-                    # MLP's L2, 0.5 * alpha * ||W||^2 / batch size, with the batch size
-                    # counted in sample weight so integer weights equal repeated samples
-                    loss += _ops.add_l2_penalty(net.params[:n_weights], net.grads[:n_weights],
-                                                self.alpha / batch_weight)
-                if not np.isfinite(loss):
-                    return np.nan
-                self._optimizer.step(self, net.params, net.grads)
-                total += loss * batch_weight
+                # (T, B[, K]) per-step targets, or (B[, K]) for the last step
+                tb = np.take(targets, idx, axis=1) if sequence else targets[idx]
+                # Truncated BPTT: windows of `window` steps; (h, c) flows forward from
+                # one window into the next, gradients stop at the window's start.
+                state = None
+                for t0 in range(0, T, window):
+                    t1 = min(t0 + window, T)
+                    out, tape = net.forward(xb[t0:t1], sequence, training=True, rng=self._rng,
+                                            arena=arena, initial_state=state, lengths=lb)
+                    if t1 < T:
+                        state = tape.final_state()
+                        if not sequence:  # many-to-one: only the last window has a loss
+                            continue
+                    if sequence:  # (W*B[, K]) time-major rows, weights in the same order
+                        tw = tb[t0:t1].reshape(((t1 - t0) * len(idx),) + tb.shape[2:])
+                        ww = np.tile(wb, t1 - t0)
+                        if lb is not None:                         # padded steps weigh 0
+                            ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
+                    else:
+                        tw, ww = tb, wb
+                    dout = arena.get("dout", out.shape)
+                    loss = self._loss(out, tw, ww, dout)
+                    net.backward(tape, dout)
+                    if self.alpha > 0:
+                        # MLP's L2, 0.5 * alpha * ||W||^2 / batch size, with the batch
+                        # size counted in sample weight: integer weights = repeats
+                        loss += _ops.add_l2_penalty(net.params[:n_weights],
+                                                    net.grads[:n_weights],
+                                                    self.alpha / batch_weight)
+                    if not np.isfinite(loss):
+                        return np.nan
+                    self._optimizer.step(self, net.params, net.grads)
+                    # a window's loss is the mean over its steps: weight it by its share
+                    share = (t1 - t0) / T if sequence else 1.0
+                    total += loss * batch_weight * share
                 total_weight += batch_weight
                 progress.update(len(idx), loss)
         return float(total / total_weight) if total_weight > 0 else 0.0
@@ -382,6 +415,12 @@ class _BaseLSTM(BaseEstimator):
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input.")
+        if self.n_timesteps_in_ is not None and lengths is not None and (
+                lengths != self.n_timesteps_in_).any():
+            raise ValueError(
+                f"X has sequences of {sorted(set(lengths.tolist()))} time steps, but "
+                f"{type(self).__name__} was fitted on sequences of {self.n_timesteps_in_} "
+                "time steps (fit on a list of sequences of several lengths to take any)")
         if self.n_timesteps_in_ is not None and X3.shape[1] != self.n_timesteps_in_:
             raise ValueError(
                 f"X has {X3.shape[1]} time steps, but {type(self).__name__} was fitted on "
@@ -396,21 +435,83 @@ class _BaseLSTM(BaseEstimator):
             return self._forward_checked(X3, lengths), lengths
 
     def _forward_checked(self, X3, lengths=None):
+        """Head outputs for checked X3 (N, T, D), in batches of samples and, for
+        sequences too long for the memory budget, in windows of steps with the
+        state carried across: scratch memory stays near _PREDICT_CHUNK_BYTES
+        whatever N and T are (padded batches, lengths given, are not windowed)."""
         net = self.network_
         N, T, D = X3.shape
         sequence = self.output == "sequence"
-        per_sample = T * (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
-        chunk = int(np.clip(_PREDICT_CHUNK_BYTES // per_sample, 1, N))
+        # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
+        per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
+        batch = int(np.clip(_PREDICT_CHUNK_BYTES // (T * per_step), 1, N))
+        window = T if lengths is not None else int(
+            np.clip(_PREDICT_CHUNK_BYTES // (batch * per_step), 1, T))
         arena = _Arena(net.dtype)  # private to this call: predict is thread-safe
         outs = []
-        for start in range(0, N, chunk):
-            xb = np.ascontiguousarray(X3[start:start + chunk].transpose(1, 0, 2))  # (T, B, D)
-            lb = None if lengths is None else lengths[start:start + chunk]
-            out, _ = net.forward(xb, sequence, training=False, arena=arena, lengths=lb)
-            if sequence:  # (T*B, K) time-major -> (B, T, K)
-                out = out.reshape(T, -1, out.shape[1]).transpose(1, 0, 2)
-            outs.append(np.array(out))
+        for start in range(0, N, batch):
+            xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
+            lb = None if lengths is None else lengths[start:start + batch]
+            B = xb.shape[1]
+            state, steps = None, []
+            for t0 in range(0, T, window):
+                out, tape = net.forward(xb[t0:t0 + window], sequence, training=False,
+                                        arena=arena, initial_state=state, lengths=lb)
+                if t0 + window < T:
+                    state = tape.final_state()
+                if sequence:  # (W*B, K) time-major -> (B, W, K)
+                    steps.append(np.array(out).reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
+            outs.append(np.concatenate(steps, axis=1) if sequence else np.array(out))
         return np.concatenate(outs, axis=0)
+
+    # ---- model files (no pickle) ---------------------------------------------
+
+    def save(self, path):
+        """Save the fitted model in a file that executes no code when loaded.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+            Where to write. The file is a NumPy ``.npz`` archive (the name is used
+            as given) holding the parameters as arrays and everything else as JSON;
+            a path is written atomically (temporary file, then rename).
+
+        See Also
+        --------
+        fastlstm.load : read the file back; ``predict`` then gives bit-identical
+            results. The solver state is not saved: training a loaded model
+            (warm_start, partial_fit) continues from a fresh solver state.
+        """
+        check_is_fitted(self, "network_")
+        params = self.get_params(deep=False)
+        fitted = {name: value for name, value in vars(self).items()
+                  if name not in params and name != "network_"
+                  and (name.endswith("_") or name.startswith("_"))}
+        _persist.write(path, type(self).__name__, params, fitted,
+                       self.network_.__getstate__()["args"], self.network_.params)
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by ``save``; it must hold this class of estimator.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file object
+
+        Returns
+        -------
+        estimator : fitted instance of this class
+
+        Raises
+        ------
+        ValueError
+            If the file is not a fastlstm model file, is damaged, was written by a
+            newer format version, or holds another estimator class.
+        """
+        est = load(path)
+        if not isinstance(est, cls):
+            raise ValueError(f"{path!r} holds a {type(est).__name__}, not a {cls.__name__}")
+        return est
 
     @property
     def weights_(self):
@@ -457,6 +558,14 @@ _PARAMETERS_DOC = """
         Adam's moment decay rates and its denominator guard.
     clip_grad_norm : float or None, default=None
         Scale the gradient to at most this L2 norm before each update.
+    tbptt_steps : int or None, default=None
+        Truncated backpropagation through time. None: backprop through all
+        n_timesteps. An int k: each batch's sequences are processed in windows of
+        k steps; the state (h, c) is carried from one window into the next,
+        gradients stop at each window's start, and each window with a loss gets
+        its own update (output="sequence": every window; output="last": only the
+        last window, the earlier ones just carry the state). Training memory then
+        grows with k, not with n_timesteps. k >= n_timesteps is the same as None.
     tol : float, default=1e-4
         Improvement of the training loss (or validation score with
         early_stopping) that counts as progress.
@@ -540,9 +649,11 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
 
     def _encode_targets(self, y, X3, reset, classes=None, lengths=None):
         N, T = X3.shape[:2]
+        if y is None:
+            raise ValueError("requires y to be passed, but the target y is None")
         if lengths is not None and self.output == "sequence":
             y = _pad_targets(y, lengths, T, fill=0.0)
-        y = check_targets(y)
+        y = check_targets(y, X3.dtype)
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
         if self.output == "sequence":
@@ -639,7 +750,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tol=1e-4,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
+                 tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0, class_weight=None):
@@ -648,7 +760,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, clip_grad_norm=clip_grad_norm, tol=tol,
+            epsilon=epsilon, clip_grad_norm=clip_grad_norm, tbptt_steps=tbptt_steps, tol=tol,
             n_iter_no_change=n_iter_no_change, early_stopping=early_stopping,
             validation_fraction=validation_fraction, warm_start=warm_start,
             step_features=step_features, dtype=dtype, n_jobs=n_jobs,
@@ -662,7 +774,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if lengths is not None and self.output == "sequence":
             # pad with a label of the sequence itself: the padded steps weigh 0
             y = _pad_targets(y, lengths, T, fill=None)
-        y = np.asarray(y)
+        y = check_labels(y)
         if self.output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
                 raise ValueError(f"with output='sequence', y must be (n_samples, n_timesteps) "
@@ -794,3 +906,66 @@ def _unpad(per_step, lengths):
     if lengths is None:
         return per_step
     return [per_step[n, :length] for n, length in enumerate(lengths)]
+
+
+# Fitted attribute names a model file may set: public ones end in "_", private ones
+# start with one "_"; neither may shadow anything the class defines (methods).
+_ATTRIBUTE_NAME = re.compile(r"^(_[A-Za-z][A-Za-z0-9_]*|[A-Za-z][A-Za-z0-9_]*_)$")
+
+
+def load(path):
+    """Load an estimator written by ``save``, executing no code from the file.
+
+    Parameters
+    ----------
+    path : str, path-like or binary file object
+
+    Returns
+    -------
+    estimator : fitted LSTMRegressor or LSTMClassifier
+        Its predictions are bit-identical to those of the saved estimator.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a fastlstm model file, is damaged (failed checksum,
+        missing or inconsistent entries), or was written by a newer format version.
+    """
+    meta, flat, arrays = _persist.read(path)
+    classes = {c.__name__: c for c in (LSTMRegressor, LSTMClassifier)}
+    cls = classes.get(meta["class"])
+    if cls is None:
+        raise ValueError(f"{path!r} holds an unknown estimator class {meta['class']!r}")
+
+    def damaged(why):
+        return ValueError(f"{path!r} is a damaged fastlstm model file: {why}")
+
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+    unknown = set(params) - set(cls._get_param_names())
+    if unknown:
+        raise damaged(f"unknown parameters {sorted(unknown)}")
+    est = cls(**params)
+    try:
+        check_params(est)
+        n_features, hidden_sizes, n_outputs, dtype, dropout = meta["network"]
+        net = LSTMNetwork(n_features, hidden_sizes, n_outputs, dtype=np.dtype(dtype),
+                          dropout=dropout)
+    except (TypeError, ValueError) as err:
+        raise damaged(err) from None
+    if net.params.shape != flat.shape or net.params.dtype != flat.dtype:
+        raise damaged(f"{flat.dtype} params of shape {flat.shape} do not fit the network "
+                      f"({net.params.dtype}, {net.params.shape})")
+    net.params[...] = flat
+    fitted = {**meta["fitted"], **arrays}
+    for name, value in fitted.items():
+        if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
+            raise damaged(f"bad attribute name {name!r}")
+        setattr(est, name, value)
+    required = {"n_features_in_", "n_timesteps_in_", "_x_ndim"}
+    required |= {"classes_"} if cls is LSTMClassifier else {"_y_ndim", "n_outputs_"}
+    if not required <= set(fitted):
+        raise damaged(f"missing fitted attributes {sorted(required - set(fitted))}")
+    if cls is LSTMClassifier and np.shape(est.classes_) != (net.n_outputs,):
+        raise damaged(f"{np.size(est.classes_)} classes for a head of {net.n_outputs} outputs")
+    est.network_ = net
+    return est

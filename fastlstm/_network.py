@@ -137,6 +137,10 @@ class LSTMNetwork:
         that of its last real step.
         """
         T, N, _ = x.shape
+        if T * N >= 2**31 or 4 * max(self.hidden_sizes) >= 2**31:
+            # BLAS takes 32-bit sizes: T*N rows is one gemm's row count
+            raise ValueError(f"a batch of {N} sequences of {T} steps is too large for one pass "
+                             f"(T * N must stay below 2**31); use a smaller batch_size or tbptt_steps")
         arena = arena if arena is not None else _Arena(self.dtype)
         dropping = training and self.dropout > 0
         layers = []

@@ -2,7 +2,7 @@
 import numbers
 
 import numpy as np
-from sklearn.utils import check_array
+import scipy.sparse
 
 
 def resolve_dtype(X, dtype):
@@ -19,34 +19,84 @@ def resolve_dtype(X, dtype):
     return np.dtype(np.float32)
 
 
-def check_sequences(X, dtype, name="X"):
-    """X (n_samples, n_timesteps[, n_features]) -> (float array (N, T, D), X's ndim).
-
-    A 2-D X holds univariate sequences: (n_samples, n_timesteps) means D = 1.
-    """
-    if isinstance(X, (str, bytes)):
+def _as_number_array(value, name):
+    """np.asarray(value) with a clear error for what cannot be an array of numbers
+    (None, strings, mappings, ragged nesting, sparse matrices, non-numeric dtypes)."""
+    if value is None:
+        raise TypeError(f"{name} is required, got None")
+    if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be an array of numbers, got a string")
+    if scipy.sparse.issparse(value):  # before the dict check: dok matrices are dicts
+        raise TypeError(f"{name} is a sparse matrix: sparse input is not supported, pass a "
+                        "dense array (sequences are dense)")
+    if isinstance(value, (dict, set, frozenset)):
+        raise TypeError(f"{name} must be an array of numbers, got a {type(value).__name__}")
     try:
-        X = check_array(X, dtype=dtype, allow_nd=True, ensure_all_finite=True,
-                        input_name=name, order="C")
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":  # e.g. lists of numbers and None: None becomes NaN below
+            arr = arr.astype(np.float64)
     except ValueError as err:
-        if "inhomogeneous" in str(err) or "setting an array element with a sequence" in str(err):
+        if "inhomogeneous" in str(err) or "with a sequence" in str(err):
             raise ValueError(
                 f"{name} is ragged: all sequences must have the same number of time steps "
-                f"and features ({err})") from None
-        raise
-    given_ndim = X.ndim
-    if X.ndim == 2:
-        X = X[:, :, None]
-    if X.ndim != 3:
+                f"and features") from None
+        raise ValueError(f"{name} must hold numbers only ({err})") from None
+    except TypeError as err:
+        raise TypeError(f"{name} must hold numbers only ({err})") from None
+    kind = arr.dtype.kind
+    if kind == "c":  # sklearn's wording, which its own estimator checks look for
+        raise ValueError(f"Complex data not supported: {name} is complex; only real numbers "
+                         "are supported")
+    if kind in "US":
+        raise TypeError(f"{name} holds strings (dtype {arr.dtype}); it must hold numbers")
+    if kind not in "biuf":  # datetimes, timedeltas, structured records, ...
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_finite(arr, name):
+    """ValueError if arr (already float) holds NaN or +-inf. One reduction first:
+    a finite float64 sum means every element is finite (NaN and inf propagate)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
+            return
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN (or None)")
+    if np.isinf(arr).any():
+        too_large = "" if arr.dtype == np.float64 else f", or values too large for {arr.dtype}"
+        raise ValueError(f"{name} contains infinity{too_large}")
+
+
+def check_sequences(X, dtype, name="X"):
+    """X (n_samples, n_timesteps[, n_features]) -> (C-contiguous float array (N, T, D),
+    X's ndim).
+
+    A 2-D X holds univariate sequences: (n_samples, n_timesteps) means D = 1.
+    Every way X can be unusable gets a TypeError or ValueError naming X.
+    """
+    arr = _as_number_array(X, name)
+    if arr.ndim not in (2, 3):
+        got = "a scalar" if arr.ndim == 0 else f"an array with {arr.ndim} dimensions"
+        hint = (". Reshape your data: one sequence of n steps is X.reshape(1, -1)"
+                if arr.ndim == 1 else "")
         raise ValueError(
             f"{name} must be 2-D (n_samples, n_timesteps) or 3-D (n_samples, n_timesteps, "
-            f"n_features), got an array with {X.ndim} dimensions")
-    if X.shape[1] == 0:
-        raise ValueError(f"{name} has sequences of length 0: need at least one time step")
-    if X.shape[2] == 0:
+            f"n_features), got {got} of shape {arr.shape}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has 0 samples (shape {arr.shape}): need at least one")
+    if arr.shape[1] == 0:  # for 2-D X also in sklearn's words, which its checks look for
+        raise ValueError(f"{name} has sequences of length 0: need at least one time step "
+                         f"(found array with 0 feature(s) (shape={arr.shape}) while a minimum "
+                         "of 1 is required.)")
+    if arr.ndim == 3 and arr.shape[2] == 0:
         raise ValueError(f"{name} has 0 features per time step: need at least one")
-    return X, given_ndim
+    with np.errstate(over="ignore"):  # float64 -> float32 overflow is reported as inf
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    _check_finite(arr, name)
+    given_ndim = arr.ndim
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr, given_ndim
 
 
 def is_sequence_list(X):
@@ -55,7 +105,10 @@ def is_sequence_list(X):
         return False
     lengths = set()
     for seq in X:
-        shape = np.shape(seq) if not isinstance(seq, (str, bytes)) else ()
+        try:
+            shape = np.shape(seq) if not isinstance(seq, (str, bytes)) else ()
+        except ValueError:  # itself ragged: not a sequence of steps
+            return False
         if len(shape) == 0:
             return False
         lengths.add(shape[0])
@@ -67,15 +120,17 @@ def pad_sequences(X, dtype, name="X"):
     (X3 (N, T_max, D) zero-padded at the end, lengths (N,) int64)."""
     seqs = []
     for n, seq in enumerate(X):
-        seq = check_array(seq, dtype=dtype, ensure_2d=False, ensure_all_finite=True,
-                          ensure_min_samples=0, ensure_min_features=0,
-                          input_name=f"{name}[{n}]")
+        seq_name = f"{name}[{n}]"
+        seq = _as_number_array(seq, seq_name)
         if seq.ndim == 1:
             seq = seq[:, None]
         if seq.ndim != 2:
-            raise ValueError(f"{name}[{n}] must be (n_timesteps, n_features), got {seq.ndim}-D")
+            raise ValueError(f"{seq_name} must be (n_timesteps, n_features), got {seq.ndim}-D")
         if seq.shape[0] == 0:
-            raise ValueError(f"{name}[{n}] has length 0: need at least one time step")
+            raise ValueError(f"{seq_name} has length 0: need at least one time step")
+        with np.errstate(over="ignore"):
+            seq = seq.astype(dtype)
+        _check_finite(seq, seq_name)
         seqs.append(seq)
     n_features = {seq.shape[1] for seq in seqs}
     if len(n_features) > 1:
@@ -88,43 +143,62 @@ def pad_sequences(X, dtype, name="X"):
     return X3, lengths
 
 
-def check_sample_weight(sample_weight, n_samples):
-    """sample_weight -> (n_samples,) float64: finite, >= 0, not all zero."""
-    if np.isscalar(sample_weight):
-        sample_weight = np.full(n_samples, sample_weight, dtype=np.float64)
-    try:
-        weights = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("sample_weight must be numbers") from None
-    if weights.shape != (n_samples,):
-        raise ValueError(f"sample_weight must have shape ({n_samples},), got {weights.shape}")
-    if not np.isfinite(weights).all():
-        raise ValueError("sample_weight contains NaN or infinity")
-    if (weights < 0).any():
-        raise ValueError("sample_weight has negative values")
-    if not weights.any():
-        raise ValueError("sample_weight is zero for every sample: nothing to fit")
-    return weights
-
-
-def check_targets(y, name="y"):
-    """y as a finite float array, with a clear error for NaN/inf or non-numbers."""
-    if y is None:
-        raise ValueError("requires y to be passed, but the target y is None")
-    y = np.asarray(y)
-    if y.dtype.kind in "OUSc" or y.dtype.kind == "V":
-        try:
-            y = y.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be numeric for regression, got dtype {y.dtype}") from None
-    if y.dtype.kind == "c":
-        raise ValueError(f"{name} must be real, got complex values")
-    y = y.astype(np.float64, copy=False)
+def check_targets(y, dtype=np.float64, name="y"):
+    """Regression targets as a finite float array of `dtype` (at least 1-D)."""
+    y = _as_number_array(y, name)
+    if y.ndim == 0:
+        raise ValueError(f"{name} must be an array with one entry per sample, got a scalar")
     if y.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN or infinity")
+        raise ValueError(f"{name} is empty (shape {y.shape})")
+    with np.errstate(over="ignore"):
+        y = y.astype(dtype, copy=False)
+    _check_finite(y, name)
     return y
+
+
+def check_labels(y, name="y"):
+    """Class labels as an array (at least 1-D): numbers or strings, never NaN/None,
+    never a mix of the two."""
+    if y is None:
+        raise TypeError(f"{name} is required, got None")
+    try:
+        y = np.asarray(y)
+    except ValueError:
+        raise ValueError(f"{name} is ragged: every sample needs the same number of labels") from None
+    if y.ndim == 0:
+        raise ValueError(f"{name} must be an array with one label per sample, got a scalar")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty (shape {y.shape})")
+    if y.dtype.kind == "c":
+        raise ValueError(f"{name} is complex; labels must be ints, strings or real numbers")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    if y.dtype.kind == "O":
+        values = y.ravel()
+        if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values):
+            raise ValueError(f"{name} contains None, NaN or infinity")
+        if len({isinstance(v, str) for v in values}) > 1:
+            raise TypeError(f"{name} mixes strings and numbers; labels must be all one kind")
+    return y
+
+
+def check_sample_weight(sample_weight, n_samples, dtype=np.float64, name="sample_weight"):
+    """(n_samples,) finite, non-negative weights with a positive sum; None -> ones."""
+    if sample_weight is None:
+        return np.ones(n_samples, dtype=dtype)
+    w = _as_number_array(sample_weight, name)
+    if w.ndim == 0:
+        w = np.full(n_samples, w)
+    if w.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), one weight per sample, "
+                         f"got shape {w.shape}")
+    w = w.astype(dtype)
+    _check_finite(w, name)
+    if (w < 0).any():
+        raise ValueError(f"{name} has negative values")
+    if not w.sum() > 0:
+        raise ValueError(f"{name} sums to zero: at least one sample needs a positive weight")
+    return w
 
 
 def check_params(est):
@@ -132,6 +206,8 @@ def check_params(est):
     sizes = est.hidden_layer_sizes
     if isinstance(sizes, numbers.Integral):
         sizes = (sizes,)
+    if isinstance(sizes, (str, bytes)):
+        raise ValueError(f"hidden_layer_sizes must be an int or a sequence of ints, got {sizes!r}")
     try:
         sizes = tuple(sizes)
     except TypeError:
@@ -162,19 +238,24 @@ def check_params(est):
     number("epsilon", 0, low_open=True)
     number("tol", 0)
     number("n_iter_no_change", 1, integral=True)
-    if not isinstance(est.verbose, bool):
-        number("verbose", 0, integral=True)
     number("validation_fraction", 0, 1 - 1e-12, low_open=True)
     if est.step_features is not None:
         number("step_features", 1, integral=True)
     if est.n_jobs is not None and (not isinstance(est.n_jobs, numbers.Integral) or est.n_jobs == 0):
         raise ValueError(f"n_jobs must be None or a non-zero int, got {est.n_jobs!r}")
+    if not isinstance(est.verbose, bool):
+        number("verbose", 0, integral=True)
     if not (isinstance(est.dropout, numbers.Real) and 0 <= est.dropout < 1):
         raise ValueError(f"dropout must be a number in [0, 1), got {est.dropout!r}")
     if est.batch_size != "auto":
         number("batch_size", 1, integral=True)
     if est.clip_grad_norm is not None:
         number("clip_grad_norm", 0, low_open=True)
+    if est.tbptt_steps is not None:
+        number("tbptt_steps", 1, integral=True)
+    for name in ("shuffle", "nesterovs_momentum"):
+        if not isinstance(getattr(est, name), (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {getattr(est, name)!r}")
     if est.solver not in ("adam", "sgd"):
         raise ValueError(f"solver must be 'adam' or 'sgd', got {est.solver!r}")
     if est.output not in ("last", "sequence"):

@@ -206,7 +206,7 @@ def test_predict_before_fit_raises_not_fitted():
 
 
 @pytest.mark.parametrize("X, message", [
-    (np.zeros(5), "2D array"),
+    (np.zeros(5), "2-D .* or 3-D"),
     (np.zeros((4, 3, 2, 1)), "4 dimensions"),
     (np.full((4, 3, 1), np.nan), "NaN"),
     (np.full((4, 3, 1), np.inf), "infinity"),

@@ -131,7 +131,7 @@ def test_sample_weight_changes_the_fit_and_is_checked():
     weighted = LSTMRegressor(**FULL_BATCH).fit(X, y, sample_weight=np.linspace(0.1, 2, 40))
     assert not np.allclose(plain.predict(X), weighted.predict(X))
     for bad, message in [(np.full(40, np.nan), "NaN"), (-np.ones(40), "negative"),
-                         (np.ones(3), "shape"), (np.zeros(40), "zero for every")]:
+                         (np.ones(3), "shape"), (np.zeros(40), "sums to zero")]:
         with pytest.raises(ValueError, match=message):
             LSTMRegressor(max_iter=1).fit(X, y, sample_weight=bad)
     score = plain.score(X, y, sample_weight=np.r_[np.ones(20), np.zeros(20)])

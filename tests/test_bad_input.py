@@ -1,0 +1,251 @@
+"""Every kind of bad input gets a TypeError/ValueError that names the argument and
+the problem, at fit and at predict, never a crash or an error from deep inside."""
+import numpy as np
+import pytest
+
+from fastlstm import LSTMClassifier, LSTMRegressor, _kernels
+from fastlstm._validation import check_sample_weight
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((10, 4, 2)).astype(np.float32)
+Y = X[:, 0, 0].astype(np.float64)
+LABELS = np.array(["a", "b"] * 5)
+
+
+def fit_reg(X_=X, y=Y, **params):
+    return LSTMRegressor(hidden_layer_sizes=3, max_iter=1, **params).fit(X_, y)
+
+
+def fit_clf(X_=X, y=LABELS, **params):
+    return LSTMClassifier(hidden_layer_sizes=3, max_iter=1, **params).fit(X_, y)
+
+
+@pytest.mark.parametrize("bad_X, error, message", [
+    (None, TypeError, "X is required"),
+    ("abc", TypeError, "X must be an array of numbers, got a string"),
+    ({"a": 1}, TypeError, "X must be an array of numbers, got a dict"),
+    (3.0, ValueError, "X must be 2-D .* got a scalar"),
+    (np.zeros(8), ValueError, "X must be 2-D .* 1 dimensions"),
+    (np.zeros((2, 3, 1, 1)), ValueError, "X must be 2-D .* 4 dimensions"),
+    # (lists of sequences of several lengths are valid input: see test_sklearn.py)
+    ([[[1, 2], [3, 4]], [[1]]], ValueError, "different numbers of features"),
+    ([[1, [2, 3]], [1, 2]], ValueError, "X is ragged"),
+    (np.array([[1.0, 2.0], [3.0]], dtype=object), ValueError, "X is ragged"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, "X holds strings"),
+    (np.array([["1", "2"], ["3", "4"]]), TypeError, "X holds strings"),  # no silent parsing
+    (np.array([[1, None], [3, 4]], dtype=object), ValueError, "X contains NaN"),
+    (np.array([[1, "a"], [3, 4]], dtype=object), ValueError, "X must hold numbers"),
+    (np.zeros((2, 3, 1), dtype=complex), ValueError, "X is complex"),
+    (np.zeros((2, 3, 1), dtype="datetime64[s]"), TypeError, "X must hold numbers, got dtype datetime"),
+    (np.zeros((2, 3), dtype=[("a", "f4")]), TypeError, "X must hold numbers"),
+    (np.zeros((0, 3, 1)), ValueError, "X has 0 samples"),
+    (np.zeros((2, 0, 1)), ValueError, "X has sequences of length 0"),
+    (np.zeros((2, 0)), ValueError, "X has sequences of length 0"),
+    (np.zeros((2, 3, 0)), ValueError, "X has 0 features"),
+    (np.full((2, 3, 1), np.nan), ValueError, "X contains NaN"),
+    (np.full((2, 3, 1), -np.inf), ValueError, "X contains infinity"),
+    (np.full((2, 3, 1), 1e300), ValueError, "X contains infinity, or values too large for float32"),
+])
+def test_bad_X_at_fit(bad_X, error, message):
+    with pytest.raises(error, match=message):
+        LSTMRegressor(max_iter=1, dtype="float32").fit(bad_X, np.zeros(2))
+    with pytest.raises(error, match=message):
+        LSTMClassifier(max_iter=1, dtype="float32").fit(bad_X, [0, 1])
+
+
+def test_sparse_X_is_refused_by_name():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="X is a sparse matrix"):
+        fit_reg(sparse.csr_matrix(np.ones((10, 4))))
+
+
+def test_float64_values_fine_in_float64():
+    model = fit_reg(np.full((2, 3, 1), 1e300), np.zeros(2), dtype="float64")  # finite in float64
+    assert model.network_.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad_y, error, message", [
+    (None, ValueError, "requires y to be passed"),
+    (3.0, ValueError, "y must be an array with one entry per sample, got a scalar"),
+    ([], ValueError, "y is empty"),
+    (np.zeros((10, 0)), ValueError, "y is empty"),
+    (Y[:-1], ValueError, "different numbers of samples: 10 and 9"),
+    (np.where(Y > 0, np.nan, Y), ValueError, "y contains NaN"),
+    (np.full(10, np.inf), ValueError, "y contains infinity"),
+    (np.full(10, 1e300), ValueError, "y contains infinity, or values too large for float32"),
+    (np.array([None] * 10), ValueError, "y contains NaN"),
+    (LABELS, TypeError, "y holds strings"),
+    (np.zeros(10, dtype=complex), ValueError, "y is complex"),
+    (np.zeros((10, 2, 2)), ValueError, "y must be 1-D .* or 2-D"),
+    ([[1.0], [2.0, 3.0]] * 5, ValueError, "y is ragged"),
+])
+def test_bad_regression_targets(bad_y, error, message):
+    with pytest.raises(error, match=message):
+        fit_reg(y=bad_y)
+
+
+@pytest.mark.parametrize("bad_y, error, message", [
+    (None, ValueError, "requires y to be passed"),
+    ("a", ValueError, "y must be an array with one label per sample, got a scalar"),
+    ([], ValueError, "y is empty"),
+    (LABELS[:-1], ValueError, "different numbers of samples"),
+    (np.r_[np.nan, np.arange(9) % 2], ValueError, "y contains NaN"),
+    (np.array(["a", None] * 5, dtype=object), ValueError, "y contains None"),
+    (np.array([1.0, np.nan] * 5, dtype=object), ValueError, "y contains None, NaN"),
+    (np.array(["a", 1] * 5, dtype=object), TypeError, "y mixes strings and numbers"),
+    (np.zeros(10, dtype=complex), ValueError, "y is complex"),
+    (np.zeros((10, 3)), ValueError, "y must be 1-D"),
+    (np.zeros(10), ValueError, "y has only one class"),
+])
+def test_bad_class_labels(bad_y, error, message):
+    with pytest.raises(error, match=message):
+        fit_clf(y=bad_y)
+
+
+def test_sequence_targets_must_match_time_steps():
+    with pytest.raises(ValueError, match="n_timesteps=4, got shape"):
+        fit_clf(y=np.zeros((10, 3)), output="sequence")
+    with pytest.raises(ValueError, match="n_timesteps=4, got shape"):
+        fit_reg(y=np.zeros((10, 3)), output="sequence")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return {"3d": fit_reg(), "2d": fit_reg(X[:, :, 0]), "clf": fit_clf()}
+
+
+@pytest.mark.parametrize("model, bad_X, message", [
+    ("3d", X[:, :, :1], "X has 1 features, but LSTMRegressor is expecting 2"),
+    ("3d", X[:, :3], "X has 3 time steps, but LSTMRegressor was fitted on sequences of 4"),
+    ("3d", X[:, :, 0], "X has 2 dimensions, but LSTMRegressor was fitted on 3-D input"),
+    ("2d", X, "X has 3 dimensions, but LSTMRegressor was fitted on 2-D input"),
+    ("2d", X[:, :3, 0], "X has 3 features, but LSTMRegressor is expecting 4"),
+    ("3d", np.zeros((0, 4, 2)), "X has 0 samples"),
+    ("3d", np.full((1, 4, 2), np.inf), "X contains infinity"),
+    ("3d", np.full((1, 4, 2), np.nan), "X contains NaN"),
+    ("3d", "abc", "got a string"),
+    ("3d", [[[1, 2]] * 4, [[1, 2]] * 3], "time steps"),
+    ("3d", X.astype(complex), "X is complex"),
+    ("3d", np.zeros(8), "X must be 2-D"),
+    ("clf", X[:, :, :1], "X has 1 features, but LSTMClassifier is expecting 2"),
+])
+def test_bad_X_at_predict(fitted, model, bad_X, message):
+    est = fitted[model]
+    methods = [est.predict, est.score] if model != "clf" else [est.predict, est.predict_proba]
+    y = np.zeros(1 if isinstance(bad_X, str) else len(bad_X))
+    for method in methods:
+        with pytest.raises((TypeError, ValueError), match=message):
+            method(bad_X, y) if method == est.score else method(bad_X)
+
+
+def test_unseen_labels_at_score_count_as_errors(fitted):
+    """Labels never seen at fit cannot be predicted: score counts them wrong, no crash."""
+    clf = fitted["clf"]
+    assert clf.score(X, np.array(["c", "d"] * 5)) == 0.0
+
+
+def test_predict_accepts_other_float_types_and_lists(fitted):
+    model = fitted["3d"]
+    expected = model.predict(X)
+    np.testing.assert_allclose(model.predict(X.astype(np.float64)), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(X.tolist()), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(hidden_layer_sizes="10"), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=2.5), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=(4, 0)), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=(True,)), "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=10**12), "hidden_layer_sizes=.* needs more memory"),
+    (dict(learning_rate_init=np.nan), "learning_rate_init"),
+    (dict(learning_rate_init=np.inf), "learning_rate_init"),
+    (dict(learning_rate_init="x"), "learning_rate_init"),
+    (dict(learning_rate_init=-1e-3), "learning_rate_init"),
+    (dict(dropout=np.nan), "dropout"),
+    (dict(dropout=True), "dropout"),
+    (dict(dropout=1), "dropout"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(batch_size="big"), "batch_size"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(max_iter=2.0), "max_iter"),
+    (dict(max_iter=-5), "max_iter"),
+    (dict(momentum=1.5), "momentum"),
+    (dict(beta_1=1.0), "beta_1"),
+    (dict(beta_2=-0.1), "beta_2"),
+    (dict(epsilon=0), "epsilon"),
+    (dict(tol=np.nan), "tol"),
+    (dict(n_iter_no_change=0), "n_iter_no_change"),
+    (dict(verbose=-1), "verbose"),
+    (dict(clip_grad_norm=np.nan), "clip_grad_norm"),
+    (dict(clip_grad_norm=np.inf), "clip_grad_norm"),
+    (dict(clip_grad_norm=-1.0), "clip_grad_norm"),
+    (dict(shuffle="yes"), "shuffle must be True or False"),
+    (dict(nesterovs_momentum=None), "nesterovs_momentum must be True or False"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(dtype=object), "dtype"),
+    (dict(dtype="blah"), "dtype"),
+    (dict(random_state="x"), "seed"),
+])
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_bad_parameters_are_named(estimator, params, message):
+    y = Y if estimator is LSTMRegressor else LABELS
+    with pytest.raises(ValueError, match=message):
+        estimator(**{"max_iter": 1, **params}).fit(X, y)
+
+
+@pytest.mark.parametrize("weight, message", [
+    (np.r_[np.nan, np.ones(9)], "sample_weight contains NaN"),
+    (np.r_[np.inf, np.ones(9)], "sample_weight contains infinity"),
+    (np.r_[-1.0, np.ones(9)], "sample_weight has negative values"),
+    (np.zeros(10), "sample_weight sums to zero"),
+    (np.ones(9), r"sample_weight must have shape \(10,\)"),
+    (np.ones((10, 1)), r"sample_weight must have shape \(10,\)"),
+    (["a"] * 10, "sample_weight holds strings"),
+])
+def test_bad_sample_weight_is_named(weight, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        check_sample_weight(weight, 10)
+
+
+def test_sample_weight_defaults_and_scalars():
+    np.testing.assert_array_equal(check_sample_weight(None, 3), np.ones(3))
+    np.testing.assert_array_equal(check_sample_weight(2, 3), np.full(3, 2.0))
+
+
+def test_raw_kernels_refuse_bad_buffers():
+    """The compiled entry points check dtype, contiguity and shape before any pointer
+    is touched."""
+    T, N, D, H = 3, 2, 4, 5
+    x = np.zeros((T, N, D), np.float32)
+    w_ih, w_hh = np.zeros((4 * H, D), np.float32), np.zeros((4 * H, H), np.float32)
+    b = np.zeros(4 * H, np.float32)
+    h0 = np.zeros((N, H), np.float32)
+    out = [np.zeros((T, N, 4 * H), np.float32)] + [np.zeros((T, N, H), np.float32) for _ in range(3)]
+    _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, *out)  # the good call works
+    with pytest.raises(ValueError, match="dtype mismatch"):  # float64 weights, float32 data
+        _kernels.lstm_layer_forward(x, w_ih.astype(np.float64), w_hh, b, b, h0, h0, *out)
+    with pytest.raises(ValueError, match="contiguous"):
+        _kernels.lstm_layer_forward(np.asfortranarray(x), w_ih, w_hh, b, b, h0, h0, *out)
+    with pytest.raises(ValueError, match="h0 has shape"):
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0[:1], h0, *out)
+    with pytest.raises(ValueError, match="bias_hh has shape"):
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b[:-1], h0, h0, *out)
+    with pytest.raises(ValueError, match="h has shape .2, 2, 5., expected .3, 2, 5."):
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], out[3][:2].copy())
+    with pytest.raises(ValueError):  # read-only output buffer
+        ro = out[0].copy()
+        ro.flags.writeable = False
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, ro, *out[1:])
+
+
+def test_batches_beyond_32_bit_blas_sizes_are_refused():
+    """BLAS counts rows in 32 bits: a batch with T * N >= 2**31 rows would overflow it.
+    (A broadcast view: the check happens before any memory is touched.)"""
+    from fastlstm._network import LSTMNetwork
+
+    net = LSTMNetwork(1, (2,), 1)
+    huge = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (2**16, 2**15, 1))
+    with pytest.raises(ValueError, match="T \\* N must stay below 2\\*\\*31"):
+        net.forward(huge)
