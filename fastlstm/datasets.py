@@ -12,18 +12,26 @@ def noisy_sine(n_points=1000, stop=50.0, noise=0.1, random_state=0):
     return (np.sin(t) + rng.normal(0.0, noise, n_points)).astype(np.float32)
 
 
-def make_windows(series, time_step, horizon=1):
+def make_windows(series, time_step, horizon=1, *, targets="next"):
     """Cut a series into supervised windows.
 
-    series (n,) or (n, n_features) -> X (m, time_step, n_features) and the value
-    `horizon` steps after each window, y (m,) or (m, n_features), with
-    m = n - time_step - horizon + 1.
+    series (n,) or (n, n_features) -> X (m, time_step, n_features) and y, with
+    m = n - time_step - horizon + 1 windows, one starting at every point.
+
+    targets="next" (default): y is the value `horizon` steps after each window,
+    (m,) or (m, n_features), for a many-to-one model (output="last").
+    targets="sequence": y is the window shifted by `horizon`, the value
+    `horizon` steps ahead of every step, (m, time_step) or (m, time_step,
+    n_features), for output="sequence"; such a model keeps forecasting well
+    when `LSTMRegressor.forecast` carries its state past time_step.
     """
     series = np.asarray(series)
     if series.ndim not in (1, 2):
         raise ValueError(f"series must be 1-D or 2-D (n, n_features), got {series.ndim}-D")
     if time_step < 1 or horizon < 1:
         raise ValueError(f"time_step and horizon must be >= 1, got {time_step} and {horizon}")
+    if targets not in ("next", "sequence"):
+        raise ValueError(f"targets must be 'next' or 'sequence', got {targets!r}")
     m = len(series) - time_step - horizon + 1
     if m < 1:
         raise ValueError(f"series of length {len(series)} is too short for windows of "
@@ -31,8 +39,11 @@ def make_windows(series, time_step, horizon=1):
     table = series.reshape(len(series), -1)                      # (n, n_features)
     X = np.lib.stride_tricks.sliding_window_view(table[:m + time_step - 1], time_step, axis=0)
     X = np.ascontiguousarray(X.transpose(0, 2, 1))               # (m, time_step, n_features)
-    y = series[time_step + horizon - 1:]                         # (m,) or (m, n_features)
-    return X, y.copy()
+    if targets == "next":
+        y = series[time_step + horizon - 1:]                     # (m,) or (m, n_features)
+        return X, y.copy()
+    window = np.arange(m)[:, None] + np.arange(time_step) + horizon   # (m, time_step) positions
+    return X, series[window]                                     # (m, time_step[, n_features])
 
 
 def binary_addition(n_bits=8, random_state=0):
@@ -197,3 +208,19 @@ def char_windows(text, seq_len, vocabulary, *, step=1, targets="next", one_hot=T
     chars = np.array(list(text))                                 # (n,) '<U1'
     y = chars[window + 1] if targets == "sequence" else chars[starts + seq_len]
     return (vocabulary.one_hot(X) if one_hot else X), y
+
+
+def pydoc_topics_text():
+    """The text of Python's own help topics: a corpus that ships with Python.
+
+    The entries of the standard library's ``pydoc_data.topics`` (what
+    ``help("assert")`` and friends show), joined in the order of their keys:
+    about half a million characters of English prose and code, no download.
+    The exact text follows the Python version.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions package the help texts separately
+        raise ImportError("this Python has no pydoc_data.topics (the help texts of the "
+                          "standard library); install your distribution's full stdlib") from None
+    return "\n".join(topics[key] for key in sorted(topics))

@@ -262,3 +262,17 @@ def test_generate_rejects_bad_input(char_model):
         numbers.generate("the", 5, vocabulary=vocab)
     with pytest.raises(NotFittedError):
         LSTMClassifier().generate("the", 5, vocabulary=vocab)
+
+
+def test_make_windows_sequence_targets_are_the_shifted_window():
+    series = np.arange(20.0)
+    X, y = make_windows(series, time_step=4, horizon=2, targets="sequence")
+    assert X.shape == (15, 4, 1) and y.shape == (15, 4)
+    np.testing.assert_array_equal(y[3], [5, 6, 7, 8])            # X[3] is 3, 4, 5, 6
+    np.testing.assert_array_equal(y[:, -1], make_windows(series, 4, 2)[1])
+    multi = np.c_[series, -series]
+    X, y = make_windows(multi, time_step=3, targets="sequence")
+    assert y.shape == (17, 3, 2)
+    np.testing.assert_array_equal(y[5], multi[6:9])
+    with pytest.raises(ValueError, match="targets"):
+        make_windows(series, 3, targets="all")
