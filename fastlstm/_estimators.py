@@ -20,7 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from threadpoolctl import threadpool_limits
 
-from . import _ops, _persist
+from . import _ops, _persist, _stepping
 from ._network import LSTMNetwork, _Arena
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
@@ -57,9 +57,11 @@ class _Progress:
         self.width = width
         self.done = 0
         self.tic = self.last_draw = time.perf_counter()
+        # redraw in place only on a terminal: logs get one line per epoch
+        self.live = verbose and getattr(sys.stderr, "isatty", lambda: False)()
 
     def update(self, n, loss):
-        if not self.verbose:
+        if not self.live:
             return
         self.done += n
         now = time.perf_counter()
@@ -526,6 +528,43 @@ class _BaseLSTM(BaseEstimator):
         return tags
 
 
+    # ---- stepping: run on from a carried state --------------------------------
+
+    def step(self, X, state=None):
+        """Run sequences on from a state, one step or a chunk at a time.
+
+        Feeding a sequence in chunks, each call passing on the state the last
+        one returned, gives the same outputs as feeding it whole: the state
+        carries everything the network remembers. The chunks run in the same
+        compiled kernels as `predict`; dropout is off.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_sequences, n_steps, n_features)
+            The next `n_steps` inputs of each sequence, any n_steps >= 1. A 2-D
+            X is (n_sequences, n_steps) of a model with one feature per step.
+        state : list of (h, c) or None, default=None
+            The state returned by the previous call, one (h, c) pair per LSTM
+            layer, each of shape (n_sequences, hidden units of that layer).
+            None starts every sequence from zeros, as `fit` and `predict` do.
+
+        Returns
+        -------
+        outputs : ndarray
+            The prediction after every step: LSTMRegressor gives values of
+            shape (n_sequences, n_steps) or (n_sequences, n_steps, n_outputs),
+            as y was at fit; LSTMClassifier gives class probabilities
+            (n_sequences, n_steps, n_classes). For a model fitted with
+            output="last", ``outputs[:, -1]`` of a whole sequence from
+            state=None is what `predict` (`predict_proba`) gives.
+        state : list of (h, c)
+            The state after the last step, to pass to the next call.
+        """
+        X3 = _stepping.check_step_input(self, X)
+        state = _stepping.check_state(self.network_, state, X3.shape[0])
+        raw, state = _stepping.run(self.network_, X3, state)
+        return self._step_outputs(raw), state
+
 _PARAMETERS_DOC = """
     Parameters
     ----------
@@ -719,6 +758,36 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
                               sample_weight=sample_weight))
 
 
+    def _step_outputs(self, raw):
+        """(N, T, K) head outputs -> predictions, K dropped if y had no output axis."""
+        return raw[..., 0] if self._y_ndim == (2 if self.output == "sequence" else 1) else raw
+
+    def forecast(self, X, n_steps):
+        """Forecast n_steps ahead autoregressively from a history.
+
+        The model predicts the next value from the history, that prediction is
+        fed back as the next input, and so on; the (h, c) state is carried
+        from step to step (each new step is one T=1 run of the compiled
+        kernels, the history is not re-run). The model must predict as many
+        values as it takes per step, e.g. a univariate next-value model trained
+        on `fastlstm.datasets.make_windows`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_sequences, n_timesteps, n_features)
+            The history of each sequence, any length; a 2-D X is
+            (n_sequences, n_timesteps) of a univariate series.
+        n_steps : int
+            How many steps to forecast.
+
+        Returns
+        -------
+        ndarray of shape (n_sequences, n_steps), or (n_sequences, n_steps,
+        n_features) if the model was fitted on y with an output axis.
+        """
+        preds = _stepping.forecast(self, X, n_steps)               # (n_steps, N, K)
+        return self._step_outputs(np.ascontiguousarray(preds.transpose(1, 0, 2)))
+
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     __doc__ = """LSTM network classifier: a stack of LSTM layers and a softmax head
     trained on cross-entropy. Labels may be of any type (ints, strings).
@@ -872,6 +941,44 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                                         np.concatenate(pred), sample_weight=sample_weight))
         return _accuracy(np.asarray(y), pred, sample_weight)
 
+
+    def _step_outputs(self, raw):
+        """(N, T, C) logits -> class probabilities."""
+        flat = raw.reshape(-1, raw.shape[-1])
+        proba = np.empty_like(flat)
+        _ops.softmax(flat, proba)
+        return proba.reshape(raw.shape)
+
+    def generate(self, seed, n_chars, *, vocabulary, temperature=1.0, random_state=None):
+        """Sample text from a classifier trained on next-character prediction.
+
+        The seed is run through the network once; then each sampled character
+        is fed back as the next input (its one-hot row in `vocabulary`) with
+        the (h, c) state carried from step to step, one T=1 run of the
+        compiled kernels per character. The result equals sampling from
+        ``step`` run over seed + generated text as one sequence.
+
+        Parameters
+        ----------
+        seed : str
+            Text to start from (at least one character, all in `vocabulary`).
+        n_chars : int
+            Characters to generate.
+        vocabulary : fastlstm.datasets.CharVocabulary
+            The vocabulary the training windows were encoded with (one-hot rows
+            of len(vocabulary) features, or integer codes as 1 feature).
+        temperature : float >= 0, default=1.0
+            Divides the logits before the softmax: below 1 the text is more
+            conservative, above 1 more surprising; 0 always takes the most
+            probable character.
+        random_state : int, RandomState or None, default=None
+            Seeds the sampling: the same value gives the same text.
+
+        Returns
+        -------
+        str of n_chars characters, the continuation (without the seed).
+        """
+        return _stepping.generate(self, seed, n_chars, vocabulary, temperature, random_state)
 
 def _accuracy(y_true, y_pred, sample_weight=None):
     """Accuracy over samples, or over every step of every sample for (N, T) labels."""

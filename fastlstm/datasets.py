@@ -12,18 +12,26 @@ def noisy_sine(n_points=1000, stop=50.0, noise=0.1, random_state=0):
     return (np.sin(t) + rng.normal(0.0, noise, n_points)).astype(np.float32)
 
 
-def make_windows(series, time_step, horizon=1):
+def make_windows(series, time_step, horizon=1, *, targets="next"):
     """Cut a series into supervised windows.
 
-    series (n,) or (n, n_features) -> X (m, time_step, n_features) and the value
-    `horizon` steps after each window, y (m,) or (m, n_features), with
-    m = n - time_step - horizon + 1.
+    series (n,) or (n, n_features) -> X (m, time_step, n_features) and y, with
+    m = n - time_step - horizon + 1 windows, one starting at every point.
+
+    targets="next" (default): y is the value `horizon` steps after each window,
+    (m,) or (m, n_features), for a many-to-one model (output="last").
+    targets="sequence": y is the window shifted by `horizon`, the value
+    `horizon` steps ahead of every step, (m, time_step) or (m, time_step,
+    n_features), for output="sequence"; such a model keeps forecasting well
+    when `LSTMRegressor.forecast` carries its state past time_step.
     """
     series = np.asarray(series)
     if series.ndim not in (1, 2):
         raise ValueError(f"series must be 1-D or 2-D (n, n_features), got {series.ndim}-D")
     if time_step < 1 or horizon < 1:
         raise ValueError(f"time_step and horizon must be >= 1, got {time_step} and {horizon}")
+    if targets not in ("next", "sequence"):
+        raise ValueError(f"targets must be 'next' or 'sequence', got {targets!r}")
     m = len(series) - time_step - horizon + 1
     if m < 1:
         raise ValueError(f"series of length {len(series)} is too short for windows of "
@@ -31,8 +39,11 @@ def make_windows(series, time_step, horizon=1):
     table = series.reshape(len(series), -1)                      # (n, n_features)
     X = np.lib.stride_tricks.sliding_window_view(table[:m + time_step - 1], time_step, axis=0)
     X = np.ascontiguousarray(X.transpose(0, 2, 1))               # (m, time_step, n_features)
-    y = series[time_step + horizon - 1:]                         # (m,) or (m, n_features)
-    return X, y.copy()
+    if targets == "next":
+        y = series[time_step + horizon - 1:]                     # (m,) or (m, n_features)
+        return X, y.copy()
+    window = np.arange(m)[:, None] + np.arange(time_step) + horizon   # (m, time_step) positions
+    return X, series[window]                                     # (m, time_step[, n_features])
 
 
 def binary_addition(n_bits=8, random_state=0):
@@ -55,3 +66,161 @@ def bits_to_int(bits):
     """(..., n_bits) least significant first -> integers (...)."""
     bits = np.asarray(bits)
     return (bits.astype(np.int64) << np.arange(bits.shape[-1])).sum(axis=-1)
+
+
+class CharVocabulary:
+    """The characters of a text and their integer codes, both ways.
+
+    Code k is ``chars[k]``. A model trained on one-hot rows of this vocabulary
+    sees ``len(vocabulary)`` features per step; `LSTMClassifier.generate` takes
+    the same vocabulary to turn its own samples back into input rows.
+
+    Parameters
+    ----------
+    chars : str or iterable of str
+        The distinct characters, in code order.
+
+    Examples
+    --------
+    >>> vocab = CharVocabulary.from_text("hello")
+    >>> vocab.chars
+    'ehlo'
+    >>> vocab.encode("hole").tolist()
+    [1, 3, 2, 0]
+    >>> vocab.decode([1, 3, 2, 0])
+    'hole'
+    >>> vocab.one_hot(vocab.encode("he")).tolist()
+    [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, chars):
+        chars = "".join(chars)
+        if len(chars) == 0:
+            raise ValueError("a vocabulary needs at least one character")
+        if len(set(chars)) != len(chars):
+            raise ValueError(f"the characters of a vocabulary must be distinct, got {chars!r}")
+        self.chars = chars
+        self._code = {ch: k for k, ch in enumerate(chars)}
+        self._table = np.array(list(chars))                     # (V,) code -> char
+
+    @classmethod
+    def from_text(cls, text):
+        """The sorted distinct characters of `text`."""
+        _check_text(text)
+        return cls(sorted(set(text)))
+
+    def __len__(self):
+        return len(self.chars)
+
+    def __contains__(self, char):
+        return char in self._code
+
+    def __eq__(self, other):
+        return isinstance(other, CharVocabulary) and other.chars == self.chars
+
+    def __hash__(self):
+        return hash(self.chars)
+
+    def __repr__(self):
+        return f"CharVocabulary({self.chars!r})"
+
+    def encode(self, text):
+        """str (n chars) -> int64 codes (n,). Raises ValueError naming any
+        character outside the vocabulary."""
+        _check_text(text, allow_empty=True)
+        try:
+            return np.fromiter((self._code[ch] for ch in text), dtype=np.int64, count=len(text))
+        except KeyError:
+            unknown = sorted(set(text) - set(self.chars))
+            raise ValueError(f"characters outside the vocabulary: {''.join(unknown)!r} "
+                             f"(the vocabulary is {self.chars!r})") from None
+
+    def decode(self, codes):
+        """int codes (n,) -> str."""
+        codes = np.asarray(codes)
+        if codes.ndim != 1:
+            raise ValueError(f"codes must be 1-D, got shape {codes.shape}")
+        if codes.size and (codes.dtype.kind not in "iu" or codes.min() < 0
+                           or codes.max() >= len(self)):
+            raise ValueError(f"codes must be integers in [0, {len(self)}), got {codes!r}")
+        return "".join(self._table[codes.astype(np.intp)])
+
+    def one_hot(self, codes, dtype=np.float32):
+        """int codes (...) -> one-hot rows (..., V)."""
+        codes = np.asarray(codes)
+        if codes.size and (codes.min() < 0 or codes.max() >= len(self)):
+            raise ValueError(f"codes must be integers in [0, {len(self)})")
+        return np.eye(len(self), dtype=dtype)[codes]
+
+
+def _check_text(text, allow_empty=False):
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text and not allow_empty:
+        raise ValueError("text is empty")
+
+
+def char_windows(text, seq_len, vocabulary, *, step=1, targets="next", one_hot=True):
+    """Cut a text into windows of `seq_len` characters with next-character labels.
+
+    Parameters
+    ----------
+    text : str
+    seq_len : int
+        Characters per window.
+    vocabulary : CharVocabulary
+        Every character of `text` must be in it.
+    step : int, default=1
+        Characters between the starts of consecutive windows (``step=seq_len``
+        gives non-overlapping windows).
+    targets : {"next", "sequence"}, default="next"
+        "next": y (m,) is the character after each window, for a many-to-one
+        model (``output="last"``). "sequence": y (m, seq_len) is the next
+        character at every step, the window shifted by one, for
+        ``output="sequence"``: every character of the text is a label once.
+    one_hot : bool, default=True
+        X (m, seq_len, V) float32 one-hot rows, what the estimators take; False
+        gives the integer codes (m, seq_len) instead.
+
+    Returns
+    -------
+    X : ndarray (m, seq_len, V) float32, or (m, seq_len) int64
+    y : ndarray (m,) or (m, seq_len) of single-character str
+        Labels are the characters themselves, so a classifier's ``classes_``,
+        ``predict`` and ``generate`` all speak characters.
+
+    With m = (len(text) - seq_len - 1) // step + 1 windows: each window and its
+    label(s) fit inside the text.
+    """
+    _check_text(text)
+    if seq_len < 1 or step < 1:
+        raise ValueError(f"seq_len and step must be >= 1, got {seq_len} and {step}")
+    if targets not in ("next", "sequence"):
+        raise ValueError(f"targets must be 'next' or 'sequence', got {targets!r}")
+    if len(text) < seq_len + 1:
+        raise ValueError(f"text of {len(text)} characters is too short for windows of "
+                         f"{seq_len} plus a label")
+    codes = vocabulary.encode(text)                              # (n,)
+    m = (len(text) - seq_len - 1) // step + 1
+    starts = np.arange(m) * step                                 # (m,)
+    window = starts[:, None] + np.arange(seq_len)                # (m, seq_len) positions
+    X = codes[window]                                            # (m, seq_len)
+    chars = np.array(list(text))                                 # (n,) '<U1'
+    y = chars[window + 1] if targets == "sequence" else chars[starts + seq_len]
+    return (vocabulary.one_hot(X) if one_hot else X), y
+
+
+def pydoc_topics_text():
+    """The text of Python's own help topics: a corpus that ships with Python.
+
+    The entries of the standard library's ``pydoc_data.topics`` (what
+    ``help("assert")`` and friends show), joined in the order of their keys:
+    about half a million characters of English prose and code, no download.
+    The exact text follows the Python version.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions package the help texts separately
+        raise ImportError("this Python has no pydoc_data.topics (the help texts of the "
+                          "standard library); install your distribution's full stdlib") from None
+    return "\n".join(topics[key] for key in sorted(topics))

@@ -1,31 +1,94 @@
 """The main job: `fastlstm demo --quick` runs and beats its baselines."""
+import importlib.util
 import io
 import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from fastlstm._demo import _plot_sine, bits_per_char
 from fastlstm.__main__ import demo
-from fastlstm.datasets import binary_addition, bits_to_int, make_windows, noisy_sine
+from fastlstm.datasets import (CharVocabulary, binary_addition, bits_to_int, make_windows,
+                               noisy_sine, pydoc_topics_text)
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
-def test_demo_quick_beats_baselines():
-    rows = demo(quick=True, out=io.StringIO())
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One in-process `demo --quick`: (summary rows, printed text, plot path)."""
+    plot = tmp_path_factory.mktemp("demo") / "sine.png"
+    out = io.StringIO()
+    rows = demo(quick=True, out=out, progress=False, plot_path=str(plot))
+    return rows, out.getvalue(), plot
+
+
+def test_demo_quick_beats_baselines(quick_run):
+    rows, text, _ = quick_run
     by_task = {row[0]: row for row in rows}
+    assert list(by_task) == ["sine forecast", "binary addition", "char text"]
     _, _, mse, _, naive_mse, _ = by_task["sine forecast"]
     assert mse < naive_mse
     _, _, exact, _, no_carry, _ = by_task["binary addition"]
     assert exact > no_carry and exact > 0.9
+    _, metric, bpc, baseline, unigram_bpc, _ = by_task["char text"]
+    assert metric == "val bits/char" and baseline == "unigram"
+    assert bpc < unigram_bpc - 0.5 and unigram_bpc > 4
+    assert all(row[5] > 0 for row in rows)                       # fit times are reported
+
+
+def test_demo_prints_generated_text_and_plot(quick_run):
+    _, text, plot = quick_run
+    samples = re.findall(r"-- generated at temperature (\S+) from 'The ':\n((?:  \| .*\n)+)",
+                         text)
+    assert [t for t, _ in samples] == ["0.5", "1.0"]
+    for _, lines in samples:
+        body = "".join(line[4:] for line in lines.splitlines(keepends=True))
+        assert len(body) > 100
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "matplotlib is not installed" in text
+    else:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert str(plot) in text
+
+
+def test_demo_without_matplotlib_says_so(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # import now fails
+    out = io.StringIO()
+    assert _plot_sine(str(tmp_path / "x.png"), np.zeros(3), np.zeros(3), np.zeros(3), out) is None
+    assert "matplotlib is not installed" in out.getvalue()
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bits_per_char_counts_unseen_characters_finitely():
+    vocab = CharVocabulary("abc")
+    proba = np.array([[[0.5, 0.5], [1.0, 0.0]]])                 # classes a, b; (1, 2, 2)
+    bpc = bits_per_char(proba, np.array(["a", "b"]), np.array([["b", "a"]]), vocab, floor=0.0)
+    assert bpc == pytest.approx(0.5)                             # (1 bit + 0 bits) / 2
+    bpc = bits_per_char(proba, np.array(["a", "b"]), np.array([["a", "c"]]), vocab, floor=1e-3)
+    expected = -(np.log2(0.999 * 0.5 + 1e-3 / 3) + np.log2(1e-3 / 3)) / 2
+    assert bpc == pytest.approx(expected)
 
 
 def test_demo_command_line(tmp_path):
     # run from a neutral folder so the installed package is the one imported
-    result = subprocess.run([sys.executable, "-m", "fastlstm", "demo", "--quick"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "demo", "--quick", "--plot",
+                             "sine.png"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.search(r"\| sine forecast \| test MSE \| [0-9.]+ \|", result.stdout)
     assert "| binary addition | exact sums |" in result.stdout
+    assert re.search(r"\| char text \| val bits/char \| [0-9.]+ \| unigram \|", result.stdout)
+    # the estimators' progress bars go to stderr, one line per epoch when it is not a terminal
+    assert "char text" in result.stderr
+    assert re.search(r"Epoch 4 \[#+\] loss = [0-9.]+", result.stderr)
+    assert (tmp_path / "sine.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_pydoc_topics_text_ships_with_python():
+    text = pydoc_topics_text()
+    assert len(text) > 100_000 and "assert" in text
 
 
 def test_windows_and_binary_addition_data():

@@ -6,14 +6,16 @@ from pathlib import Path
 import pytest
 
 import fastlstm._estimators
+import fastlstm.datasets
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
-def test_docstring_examples():
-    result = doctest.testmod(fastlstm._estimators, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [fastlstm._estimators, fastlstm.datasets])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4
     assert result.failed == 0
 
@@ -28,3 +30,7 @@ def test_readme_python_blocks_run(capsys):
     mse = float(re.search(r"test MSE (\S+)", out).group(1))
     assert mse < 0.015
     assert "exact sums: 1.0" in out
+    assert "True True" in out                                   # stepping == whole sequence
+    assert float(re.search(r"100-step forecast MSE (\S+)", out).group(1)) < 0.05
+    generated = out.strip().splitlines()[-1]
+    assert len(generated) >= 30 and generated.count(" ") >= 3   # words, not one repeated char
