@@ -748,11 +748,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         """R^2 of predict(X) against y (uniform average over outputs and steps)."""
         pred = self.predict(X)
         if isinstance(pred, list):  # sequences of several lengths: score every real step
-            counts = [len(p) for p in pred]
-            if sample_weight is not None:
-                sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), counts)
-            pred = np.concatenate(pred)
-            y = np.concatenate([np.asarray(v, dtype=float) for v in y])
+            y, pred, sample_weight = _every_step(y, pred, sample_weight)
         y = np.asarray(y)
         return float(r2_score(y.reshape(len(y), -1), pred.reshape(len(pred), -1),
                               sample_weight=sample_weight))
@@ -934,11 +930,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         """Accuracy of predict(X) (per step, with output="sequence")."""
         pred = self.predict(X)
         if isinstance(pred, list):  # sequences of several lengths: score every real step
-            counts = [len(p) for p in pred]
-            if sample_weight is not None:
-                sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), counts)
-            return float(accuracy_score(np.concatenate([np.asarray(v) for v in y]),
-                                        np.concatenate(pred), sample_weight=sample_weight))
+            y, pred, sample_weight = _every_step(y, pred, sample_weight)
         return _accuracy(np.asarray(y), pred, sample_weight)
 
 
@@ -979,6 +971,16 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         str of n_chars characters, the continuation (without the seed).
         """
         return _stepping.generate(self, seed, n_chars, vocabulary, temperature, random_state)
+
+def _every_step(y_list, pred_list, sample_weight):
+    """Per-step targets and predictions of sequences of several lengths as flat
+    arrays of all their steps, each sample's weight repeated over its steps."""
+    counts = [len(p) for p in pred_list]
+    if sample_weight is not None:
+        sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), counts)
+    return (np.concatenate([np.asarray(v) for v in y_list]), np.concatenate(pred_list),
+            sample_weight)
+
 
 def _accuracy(y_true, y_pred, sample_weight=None):
     """Accuracy over samples, or over every step of every sample for (N, T) labels."""
