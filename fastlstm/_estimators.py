@@ -446,9 +446,9 @@ class _BaseLSTM(BaseEstimator):
         sequence = self.output == "sequence"
         # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
         per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
-        batch = int(np.clip(_PREDICT_CHUNK_BYTES // (T * per_step), 1, N))
-        window = T if lengths is not None else int(
-            np.clip(_PREDICT_CHUNK_BYTES // (batch * per_step), 1, T))
+        batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
+        window = T if lengths is not None else min(
+            max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
         arena = _Arena(net.dtype)  # private to this call: predict is thread-safe
         outs = []
         for start in range(0, N, batch):

@@ -9,6 +9,8 @@ are one prefix slice.
 
 Activations are time-major, (T, N, .): the kernels want each step contiguous.
 """
+import math
+
 import numpy as np
 
 from . import _kernels, _ops
@@ -46,7 +48,7 @@ class _Arena:
         self._buffers = {}
 
     def get(self, key, shape):
-        size = int(np.prod(shape))
+        size = math.prod(shape)  # not np.prod: this runs several times per batch
         buf = self._buffers.get(key)
         if buf is None or buf.size < size:
             buf = np.empty(size, dtype=self.dtype)
