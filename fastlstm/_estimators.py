@@ -20,7 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from threadpoolctl import threadpool_limits
 
-from . import _ops, _persist, _stepping
+from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
@@ -36,10 +36,12 @@ def _n_features(X3, x_ndim):
 
 
 @contextlib.contextmanager
-def _thread_limit(n_jobs):
-    """Limit the BLAS threads (which the kernels run on) to n_jobs; None: no limit."""
+def _thread_limit(n_jobs, batch, hidden_sizes):
+    """The BLAS threads (which the kernels run on) for a call: n_jobs if given;
+    else one for small networks (see _threads) and the limit in force otherwise."""
     if n_jobs is None:
-        yield
+        with _threads.one_blas_thread(_threads.is_small(batch, hidden_sizes)):
+            yield
         return
     n = os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs
     with threadpool_limits(limits=max(1, n), user_api="blas"):
@@ -208,7 +210,8 @@ class _BaseLSTM(BaseEstimator):
             raise ValueError("tbptt_steps does not work with sequences of several lengths yet; "
                              "pad them to one length or leave tbptt_steps=None")
         weights = self._sample_weights(sample_weight, targets, X3.shape[0], lengths)
-        with _thread_limit(self.n_jobs):
+        batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
+        with _thread_limit(self.n_jobs, min(batch_size, len(X3)), self.network_.hidden_sizes):
             self._train(X3, targets, weights, incremental, lengths)
         return self
 
@@ -433,7 +436,7 @@ class _BaseLSTM(BaseEstimator):
         """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
-        with _thread_limit(self.n_jobs):
+        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes):
             return self._forward_checked(X3, lengths), lengths
 
     def _forward_checked(self, X3, lengths=None):

@@ -1,0 +1,73 @@
+"""How many threads BLAS uses under the kernels.
+
+The per-step products of small networks (a batch of 32 by 50 units, say) take a
+few microseconds; splitting them across BLAS threads costs more than it saves
+(sine training ran 5x slower with OpenBLAS's 2 threads than with 1, and 10x on
+a busy machine). So small problems run with one BLAS thread, set through
+ctypes on the BLAS libraries threadpoolctl finds (about a microsecond a call),
+and large ones keep whatever limit is in force.
+"""
+import contextlib
+import threading
+
+# Per-step recurrent work (batch x 4H x H multiply-adds) below which one BLAS
+# thread is faster: sine (32 x 200 x 50) and binadd are far below, the
+# medium/charlm/large workloads (8M-67M) above.
+SMALL_STEP_WORK = 2**22
+
+_libs = None
+_lock = threading.Lock()
+_active = 0          # blocks running with one thread, across Python threads
+_saved = []          # the limits to restore when the last one ends
+
+
+def _blas_libs():
+    """[(get_num_threads, set_num_threads)] ctypes functions of each OpenBLAS loaded
+    (numpy's and scipy's), found once through threadpoolctl. Called directly, not
+    through threadpoolctl's wrappers: those cost ~10 us a call and let only one
+    Python thread set limits."""
+    global _libs
+    if _libs is None:
+        _libs = []
+        try:
+            from threadpoolctl import ThreadpoolController
+            for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+                get = lib._get_symbol("openblas_get_num_threads")
+                set_ = lib._get_symbol("openblas_set_num_threads")
+                if get is not None and set_ is not None:
+                    _libs.append((get, set_))
+        except Exception:  # no OpenBLAS threadpoolctl can reach: nothing to limit
+            _libs = []
+    return _libs
+
+
+@contextlib.contextmanager
+def one_blas_thread(enabled=True):
+    """Run the block with one BLAS thread (if enabled). Blocks may overlap across
+    Python threads: the first one in sets the limit, the last one out restores it."""
+    global _active, _saved
+    if not enabled:
+        yield
+        return
+    with _lock:
+        if _active == 0:
+            libs = _blas_libs()
+            _saved = [get() for get, _ in libs]
+            for (_, set_), n in zip(libs, _saved):
+                if n != 1:  # setting OpenBLAS's thread count is not free, even to itself
+                    set_(1)
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                for (_, set_), n in zip(_blas_libs(), _saved):
+                    if n != 1:
+                        set_(n)
+
+
+def is_small(batch, hidden_sizes):
+    """True when the largest layer's per-step product is below SMALL_STEP_WORK."""
+    return batch * max(4 * h * h for h in hidden_sizes) < SMALL_STEP_WORK
