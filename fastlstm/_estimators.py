@@ -565,7 +565,8 @@ class _BaseLSTM(BaseEstimator):
         """
         X3 = _stepping.check_step_input(self, X)
         state = _stepping.check_state(self.network_, state, X3.shape[0])
-        raw, state = _stepping.run(self.network_, X3, state)
+        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes):
+            raw, state = _stepping.run(self.network_, X3, state)
         return self._step_outputs(raw), state
 
 _PARAMETERS_DOC = """
@@ -784,7 +785,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         ndarray of shape (n_sequences, n_steps), or (n_sequences, n_steps,
         n_features) if the model was fitted on y with an output axis.
         """
-        preds = _stepping.forecast(self, X, n_steps)               # (n_steps, N, K)
+        check_is_fitted(self, "network_")
+        with _thread_limit(self.n_jobs, len(X), self.network_.hidden_sizes):
+            preds = _stepping.forecast(self, X, n_steps)           # (n_steps, N, K)
         return self._step_outputs(np.ascontiguousarray(preds.transpose(1, 0, 2)))
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
@@ -973,7 +976,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         -------
         str of n_chars characters, the continuation (without the seed).
         """
-        return _stepping.generate(self, seed, n_chars, vocabulary, temperature, random_state)
+        check_is_fitted(self, "network_")
+        with _thread_limit(self.n_jobs, 1, self.network_.hidden_sizes):
+            return _stepping.generate(self, seed, n_chars, vocabulary, temperature,
+                                      random_state)
 
 def _every_step(y_list, pred_list, sample_weight):
     """Per-step targets and predictions of sequences of several lengths as flat
