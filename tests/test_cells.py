@@ -91,3 +91,117 @@ def test_sigmoid_rnn_reference_by_finite_differences():
             p[k] = saved
             numeric[k] = (up - down) / 2e-6
         np.testing.assert_allclose(analytic, numeric, atol=1e-8)
+
+
+# ---- the compiled kernels against the reference ------------------------------------
+
+from fastlstm import _cells  # noqa: E402
+
+# float32 against a float64 reference: a few ulp per operation, grown over T steps
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+CELLS = ["rnn_tanh", "rnn_sigmoid", "gru"]
+
+
+def as64(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+def kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None):
+    """h (T, N, H) and what the kernel's backward needs."""
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    h = np.full((T, N, H), np.nan, x.dtype)
+    if cell == "gru":
+        gates, hproj = (np.full((T, N, 3 * H), np.nan, x.dtype) for _ in range(2))
+        _cells.gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, gates, hproj, h, lengths)
+        return h, (gates, hproj)
+    _cells.rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, h, cell == "rnn_sigmoid", lengths)
+    return h, ()
+
+
+def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None):
+    """dx, dW_ih, dW_hh, db_ih, db_hh, dh0; weight gradients accumulate onto ones."""
+    T, N, D = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    G = w_hh.shape[0]
+    dh0 = np.full((N, H), np.nan, dtype)
+    dx = np.full((T, N, D), np.nan, dtype)
+    dw_ih, dw_hh = np.ones((G, D), dtype), np.ones((G, H), dtype)
+    db_ih, db_hh = np.ones(G, dtype), np.ones(G, dtype)
+    if cell == "gru":
+        dgi, dgh = (np.full((T, N, G), np.nan, dtype) for _ in range(2))
+        _cells.gru_layer_backward(x, w_ih, w_hh, h0, *saved, h, dh.copy(), dh0, dgi, dgh, dx,
+                                  dw_ih, dw_hh, db_ih, db_hh, lengths)
+    else:
+        dpre = np.full((T, N, H), np.nan, dtype)
+        _cells.rnn_layer_backward(x, w_ih, w_hh, h0, h, dh.copy(), dh0, dpre, dx,
+                                  dw_ih, dw_hh, db_ih, cell == "rnn_sigmoid", lengths)
+        db_hh = db_ih.copy()
+    return dx, dw_ih - 1, dw_hh - 1, db_ih - 1, db_hh - 1, dh0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_kernels_match_reference(cell, shape, dtype, zero_state):
+    T, N, D, H = shape
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, *shape, dtype, zero_state=zero_state)
+    h, saved = kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0)
+    h_ref, cache = ref_forward(cell, *as64(x, w_ih, w_hh, b_ih, b_hh, h0))
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=TOL[dtype])
+
+    dh = np.random.default_rng(1).standard_normal((T, N, H)).astype(dtype)
+    got = kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh)
+    expected = ref_backward(cell, *as64(dh, w_ih, w_hh), cache)
+    names = ("dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dh0")
+    for name, a, b in zip(names, got, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * 10, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_padded_batch_equals_each_sequence_alone(cell):
+    """With lengths, each sample's h and gradients are those of running it alone."""
+    T, N, D, H = 6, 4, 3, 5
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, T, N, D, H, np.float64)
+    lengths = np.array([6, 2, 1, 4], dtype=np.int64)
+    padding = np.arange(T)[:, None] >= lengths[None, :]
+    x[padding] = 1e3                                          # must not leak in
+    dh = np.random.default_rng(2).standard_normal((T, N, H))
+    dh[padding] = 0
+    h, saved = kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, lengths)
+    grads = kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths)
+    summed = [np.zeros_like(g) for g in grads[1:5]]
+    for n, L in enumerate(lengths):
+        x_n = np.ascontiguousarray(x[:L, n:n + 1])
+        h_n, saved_n = kernel_forward(cell, x_n, w_ih, w_hh, b_ih, b_hh, h0[n:n + 1])
+        np.testing.assert_allclose(h[:L, n], h_n[:, 0], atol=1e-13)
+        np.testing.assert_allclose(h[L:, n], np.broadcast_to(h_n[-1, 0], h[L:, n].shape))
+        g_n = kernel_backward(cell, x_n, w_ih, w_hh, h0[n:n + 1], h_n, saved_n,
+                              np.ascontiguousarray(dh[:L, n:n + 1]))
+        np.testing.assert_allclose(grads[0][:L, n], g_n[0][:, 0], atol=1e-12)   # dx
+        np.testing.assert_allclose(grads[0][L:, n], 0)
+        np.testing.assert_allclose(grads[5][n], g_n[5][0], atol=1e-12)          # dh0
+        for s, g in zip(summed, g_n[1:5]):
+            s += g
+    for name, a, b in zip(("dW_ih", "dW_hh", "db_ih", "db_hh"), grads[1:5], summed):
+        np.testing.assert_allclose(a, b, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_reject_bad_shapes_and_lengths(cell):
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, 3, 2, 2, 4, np.float64)
+    with pytest.raises(ValueError, match="has shape"):
+        kernel_forward(cell, x, w_ih, w_hh[:, :3].copy(), b_ih, b_hh, h0)
+    with pytest.raises(ValueError, match="lengths"):
+        kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, np.array([0, 3], dtype=np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_huge_preactivations_keep_the_layer_finite(cell, dtype):
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, 5, 2, 3, 4, dtype)
+    h, _ = kernel_forward(cell, x, (w_ih * 1e30).astype(dtype), w_hh, b_ih, b_hh, h0)
+    assert np.isfinite(h).all()
+    assert (np.abs(h) <= np.abs(h0).max() + 1).all()
