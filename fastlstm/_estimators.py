@@ -1065,9 +1065,10 @@ def load(path):
     est = cls(**params)
     try:
         check_params(est)
-        n_features, hidden_sizes, n_outputs, dtype, dropout = meta["network"]
+        # files from before the GRU and RNN cells hold 5 entries (an LSTM)
+        n_features, hidden_sizes, n_outputs, dtype, dropout, *cell = meta["network"]
         net = LSTMNetwork(n_features, hidden_sizes, n_outputs, dtype=np.dtype(dtype),
-                          dropout=dropout)
+                          dropout=dropout, **dict(zip(("cell", "nonlinearity"), cell)))
     except (TypeError, ValueError) as err:
         raise damaged(err) from None
     if net.params.shape != flat.shape or net.params.dtype != flat.dtype:

@@ -1,9 +1,11 @@
-"""A stack of LSTM layers and a dense head over one flat parameter buffer.
+"""A stack of recurrent layers (LSTM, GRU or plain RNN) and a dense head over one
+flat parameter buffer.
 
 The parameters live in one contiguous array (so the optimiser, the L2 penalty
 and gradient clipping are single passes over it) with named views in torch's
-names: weight_ih_l{k} (4H, D), weight_hh_l{k} (4H, H), bias_ih_l{k} (4H,),
-bias_hh_l{k} (4H,), and head.weight (K, H_last), head.bias (K,). All weight
+names: weight_ih_l{k} (G, D), weight_hh_l{k} (G, H), bias_ih_l{k} (G,),
+bias_hh_l{k} (G,) with G = 4H (LSTM), 3H (GRU) or H (RNN), and head.weight
+(K, H_last), head.bias (K,). All weight
 matrices come first and all biases after, so "the weights" (what L2 acts on)
 are one prefix slice.
 
@@ -13,16 +15,20 @@ import math
 
 import numpy as np
 
-from . import _kernels, _ops
+from . import _cells, _kernels, _ops
+
+# gate blocks per hidden unit: LSTM i, f, g, o; GRU r, z, n; RNN one
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def parameter_layout(n_features, hidden_sizes, n_outputs):
+def parameter_layout(n_features, hidden_sizes, n_outputs, cell="lstm"):
     """[(name, shape)] in buffer order: every weight matrix, then every bias."""
     weights, biases = [], []
     n_in = n_features
     for k, H in enumerate(hidden_sizes):
-        weights += [(f"weight_ih_l{k}", (4 * H, n_in)), (f"weight_hh_l{k}", (4 * H, H))]
-        biases += [(f"bias_ih_l{k}", (4 * H,)), (f"bias_hh_l{k}", (4 * H,))]
+        G = GATES[cell] * H
+        weights += [(f"weight_ih_l{k}", (G, n_in)), (f"weight_hh_l{k}", (G, H))]
+        biases += [(f"bias_ih_l{k}", (G,)), (f"bias_hh_l{k}", (G,))]
         n_in = H
     weights.append(("head.weight", (n_outputs, n_in)))
     biases.append(("head.bias", (n_outputs,)))
@@ -58,7 +64,9 @@ class _Arena:
 
 class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
-    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0)."""
+    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0) for the
+    LSTM; a GRU keeps its hidden projection where c is and None for tanh_c, a
+    plain RNN None for all three (and its c0 is zeros)."""
 
     def __init__(self, layers, head_in, sequence_output, arena, lengths=None):
         self.layers = layers
@@ -68,21 +76,34 @@ class _Tape:
         self.arena = arena
 
     def final_state(self):
-        """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory."""
-        return [(h[-1].copy(), c[-1].copy()) for _, _, c, _, h, _, _, _ in self.layers]
+        """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory.
+        GRU and RNN layers have no cell state: their c stays zeros."""
+        return [(h[-1].copy(), c[-1].copy() if tanh_c is not None else np.zeros_like(c0))
+                for _, _, c, tanh_c, h, _, _, c0 in self.layers]
 
 
 class LSTMNetwork:
-    """LSTM stack + linear head. `forward` then `backward` on the same batch."""
+    """Recurrent stack + linear head. `forward` then `backward` on the same batch.
+
+    cell: "lstm", "gru" or "rnn"; nonlinearity ("tanh" or "sigmoid") is the
+    plain RNN's activation.
+    """
 
     def __init__(self, n_features, hidden_sizes, n_outputs, dtype=np.float32,
-                 dropout=0.0):
+                 dropout=0.0, cell="lstm", nonlinearity="tanh"):
+        if cell not in GATES:
+            raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+        if nonlinearity not in ("tanh", "sigmoid"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'sigmoid', got {nonlinearity!r}")
         self.n_features = int(n_features)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.n_outputs = int(n_outputs)
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
-        self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs)
+        self.cell = cell
+        self.nonlinearity = nonlinearity
+        self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs,
+                                       cell)
         self.n_weights = sum(int(np.prod(s)) for n, s in self.layout if "weight" in n)
         n_params = sum(int(np.prod(s)) for _, s in self.layout)
         self.params = np.zeros(n_params, dtype=self.dtype)      # (P,)
@@ -94,18 +115,21 @@ class LSTMNetwork:
     # ---- set-up ---------------------------------------------------------------
 
     def initialize(self, rng):
-        """Keras' LSTM initialisation: Glorot-uniform input and head weights,
-        orthogonal recurrent weights, zero biases except forget-gate bias 1.
-        It lets gradients reach far back from the start (see DESIGN.md)."""
+        """Keras' initialisation: Glorot-uniform input and head weights,
+        orthogonal recurrent weights, zero biases except the LSTM's forget-gate
+        bias 1. It lets gradients reach far back from the start (see DESIGN.md).
+        GRU and RNN get the same with all biases zero."""
         for k, H in enumerate(self.hidden_sizes):
-            w_ih = self.p[f"weight_ih_l{k}"]                     # (4H, D)
+            G = GATES[self.cell] * H
+            w_ih = self.p[f"weight_ih_l{k}"]                     # (G, D)
             limit = np.sqrt(6.0 / (w_ih.shape[0] + w_ih.shape[1]))
             w_ih[...] = rng.uniform(-limit, limit, size=w_ih.shape)
-            # orthogonal (4H, H): orthonormal columns, from the QR of a Gaussian
-            q, r = np.linalg.qr(rng.standard_normal((4 * H, H)))
+            # orthogonal (G, H): orthonormal columns, from the QR of a Gaussian
+            q, r = np.linalg.qr(rng.standard_normal((G, H)))
             self.p[f"weight_hh_l{k}"][...] = q * np.sign(np.diag(r))
             self.p[f"bias_ih_l{k}"][...] = 0
-            self.p[f"bias_ih_l{k}"][H:2 * H] = 1.0               # forget gate
+            if self.cell == "lstm":
+                self.p[f"bias_ih_l{k}"][H:2 * H] = 1.0           # forget gate
             self.p[f"bias_hh_l{k}"][...] = 0
         w = self.p["head.weight"]
         limit = np.sqrt(6.0 / (w.shape[0] + w.shape[1]))
@@ -115,7 +139,7 @@ class LSTMNetwork:
     def __getstate__(self):
         # the views and scratch buffers are rebuilt, not pickled
         return {"args": (self.n_features, self.hidden_sizes, self.n_outputs,
-                         self.dtype.str, self.dropout),
+                         self.dtype.str, self.dropout, self.cell, self.nonlinearity),
                 "params": self.params}
 
     def __setstate__(self, state):
@@ -139,7 +163,7 @@ class LSTMNetwork:
         that of its last real step.
         """
         T, N, _ = x.shape
-        if T * N >= 2**31 or 4 * max(self.hidden_sizes) >= 2**31:
+        if T * N >= 2**31 or GATES[self.cell] * max(self.hidden_sizes) >= 2**31:
             # BLAS takes 32-bit sizes: T*N rows is one gemm's row count
             raise ValueError(f"a batch of {N} sequences of {T} steps is too large for one pass "
                              f"(T * N must stay below 2**31); use a smaller batch_size or tbptt_steps")
@@ -148,19 +172,28 @@ class LSTMNetwork:
         layers = []
         layer_in = x
         for k, H in enumerate(self.hidden_sizes):
-            gates = arena.get(("gates", k), (T, N, 4 * H))
-            c = arena.get(("c", k), (T, N, H))
-            tanh_c = arena.get(("tanh_c", k), (T, N, H))
             h = arena.get(("h", k), (T, N, H))
             if initial_state is None:
                 h0 = c0 = arena.get(("zeros", k), (N, H))
                 h0[...] = 0
             else:
                 h0, c0 = (np.ascontiguousarray(s, dtype=self.dtype) for s in initial_state[k])
-            _kernels.lstm_layer_forward(
-                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], h0, c0,
-                gates, c, tanh_c, h, lengths)
+            weights = (self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
+                       self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"])
+            gates = c = tanh_c = None
+            if self.cell == "lstm":
+                gates = arena.get(("gates", k), (T, N, 4 * H))
+                c = arena.get(("c", k), (T, N, H))
+                tanh_c = arena.get(("tanh_c", k), (T, N, H))
+                _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h,
+                                            lengths)
+            elif self.cell == "gru":
+                gates = arena.get(("gates", k), (T, N, 3 * H))
+                c = arena.get(("hproj", k), (T, N, 3 * H))          # hidden side, kept
+                _cells.gru_layer_forward(layer_in, *weights, h0, gates, c, h, lengths)
+            else:
+                _cells.rnn_layer_forward(layer_in, *weights, h0, h,
+                                         self.nonlinearity == "sigmoid", lengths)
             layer_out, uniform = h, None
             if dropping:  # on every layer's output, before the next layer or the head
                 uniform = arena.get(("uniform", k), (T, N, H))
@@ -199,17 +232,31 @@ class LSTMNetwork:
                 flat = dlayer_out.reshape(-1)
                 _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
             dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
-            dc = arena.get(("dc", k), (N, H))                     # dL/dc_T = 0
-            dc[...] = 0
             dh0 = arena.get(("dh0", k), (N, H))
-            dgates = arena.get(("dgates", k), (T, N, 4 * H))
-            for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}"):
-                self.g[name][...] = 0                             # the kernel accumulates
-            _kernels.lstm_layer_backward(
-                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                h0, c0, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
-                self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"],
-                tape.lengths)
-            self.g[f"bias_hh_l{k}"][...] = self.g[f"bias_ih_l{k}"]  # b_ih and b_hh enter alike
+            for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}"):
+                self.g[name][...] = 0                             # the kernels accumulate
+            w_ih, w_hh = self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"]
+            dw = (self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"])
+            db_ih, db_hh = self.g[f"bias_ih_l{k}"], self.g[f"bias_hh_l{k}"]
+            if self.cell == "lstm":
+                dc = arena.get(("dc", k), (N, H))                 # dL/dc_T = 0
+                dc[...] = 0
+                dgates = arena.get(("dgates", k), (T, N, 4 * H))
+                _kernels.lstm_layer_backward(layer_in, w_ih, w_hh, h0, c0, gates, c, tanh_c, h,
+                                             dlayer_out, dc, dh0, dgates, dx, *dw, db_ih,
+                                             tape.lengths)
+                db_hh[...] = db_ih                                # b_ih and b_hh enter alike
+            elif self.cell == "gru":
+                dgates_i = arena.get(("dgates", k), (T, N, 3 * H))
+                dgates_h = arena.get(("dgates_h", k), (T, N, 3 * H))
+                _cells.gru_layer_backward(layer_in, w_ih, w_hh, h0, gates, c, h, dlayer_out,
+                                          dh0, dgates_i, dgates_h, dx, *dw, db_ih, db_hh,
+                                          tape.lengths)
+            else:
+                dpre = arena.get(("dgates", k), (T, N, H))
+                _cells.rnn_layer_backward(layer_in, w_ih, w_hh, h0, h, dlayer_out, dh0, dpre,
+                                          dx, *dw, db_ih, self.nonlinearity == "sigmoid",
+                                          tape.lengths)
+                db_hh[...] = db_ih
             dlayer_out = dx
         return self.grads

@@ -1,7 +1,7 @@
 """Every parameter's analytic gradient against central finite differences, float64."""
 import numpy as np
 import pytest
-from conftest import make_network, network_loss
+from conftest import CELLS, make_network, network_loss
 
 
 def finite_difference(net, loss_at, eps=1e-6):
@@ -32,12 +32,14 @@ def relative_errors(net, analytic, numeric):
     return errors
 
 
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
 @pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
 @pytest.mark.parametrize("sequence", [False, True])
 @pytest.mark.parametrize("dropout_seed", [None, 7])
-def test_two_layer_network_gradients(loss, sequence, dropout_seed, rng):
+def test_two_layer_network_gradients(loss, sequence, dropout_seed, cell, rng):
     T, N, D, K = 5, 3, 3, 2
-    net = make_network(D, (4, 3), K, dropout=0.3 if dropout_seed else 0.0)
+    net = make_network(D, (4, 3), K, dropout=0.3 if dropout_seed else 0.0, cell=cell[0],
+                       nonlinearity=cell[1])
     x = rng.standard_normal((T, N, D))
     M = T * N if sequence else N
     target = (rng.standard_normal((M, K)) if loss == "squared_error"
@@ -68,9 +70,10 @@ def test_gradient_check_detects_a_wrong_gradient(rng):
     assert relative_errors(net, broken, numeric)["weight_ih_l0"] > 1e-2
 
 
-def test_state_carried_across_chunks_equals_whole_sequence(rng):
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
+def test_state_carried_across_chunks_equals_whole_sequence(cell, rng):
     """forward on x[:3] then on x[3:] from its final state == forward on all of x."""
-    net = make_network(3, (4, 5), 2)
+    net = make_network(3, (4, 5), 2, cell=cell[0], nonlinearity=cell[1])
     x = rng.standard_normal((7, 2, 3))
     whole, tape = net.forward(x, sequence_output=True)
     first, tape1 = net.forward(x[:3], sequence_output=True)
@@ -81,8 +84,9 @@ def test_state_carried_across_chunks_equals_whole_sequence(rng):
         np.testing.assert_allclose(c_a, c_b, atol=1e-13)
 
 
-def test_gradients_with_a_given_initial_state(rng):
-    net = make_network(3, (4,), 2)
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
+def test_gradients_with_a_given_initial_state(cell, rng):
+    net = make_network(3, (4,), 2, cell=cell[0], nonlinearity=cell[1])
     x = rng.standard_normal((4, 2, 3))
     state = [(rng.standard_normal((2, 4)), rng.standard_normal((2, 4)))]
     target = rng.standard_normal((2, 2))
@@ -97,11 +101,12 @@ def test_gradients_with_a_given_initial_state(rng):
     assert max(relative_errors(net, analytic, numeric).values()) <= 1e-6
 
 
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
 @pytest.mark.parametrize("sequence", [False, True])
-def test_padded_batch_equals_each_sequence_alone(sequence, rng):
+def test_padded_batch_equals_each_sequence_alone(sequence, cell, rng):
     """A padded batch with lengths gives, for each sample, the outputs and the
     gradients of running that sample alone on its real steps."""
-    net = make_network(3, (4, 5), 2)
+    net = make_network(3, (4, 5), 2, cell=cell[0], nonlinearity=cell[1])
     lengths = np.array([6, 2, 4, 1, 6], dtype=np.int64)
     T, N = 6, 5
     x = rng.standard_normal((T, N, 3))

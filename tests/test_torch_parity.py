@@ -1,4 +1,6 @@
-"""Outputs and all gradients against torch.nn.LSTM + nn.Linear with the same weights."""
+"""Outputs and all gradients against torch.nn.LSTM / GRU / RNN + nn.Linear with the
+same weights. (torch has no sigmoid RNN: that cell is checked against the NumPy
+reference in test_cells.py and by finite differences in test_gradients.py.)"""
 import numpy as np
 import pytest
 from conftest import make_network
@@ -16,7 +18,13 @@ def torch_twin(net):
     lstms = []
     n_in = net.n_features
     for k, H in enumerate(net.hidden_sizes):
-        lstm = torch.nn.LSTM(n_in, H, dtype=dtype)  # one per layer: dropout sits between
+        # one module per layer: dropout sits between
+        if net.cell == "lstm":
+            lstm = torch.nn.LSTM(n_in, H, dtype=dtype)
+        elif net.cell == "gru":
+            lstm = torch.nn.GRU(n_in, H, dtype=dtype)
+        else:
+            lstm = torch.nn.RNN(n_in, H, nonlinearity=net.nonlinearity, dtype=dtype)
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(lstm, f"{name}_l0").copy_(torch.from_numpy(net.p[f"{name}_l{k}"].copy()))
@@ -29,12 +37,13 @@ def torch_twin(net):
     return lstms, head
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [(6,), (5, 7)])
 @pytest.mark.parametrize("sequence", [False, True])
-def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, rng):
+def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, cell, rng):
     T, N, D, K = 7, 4, 3, 2
-    net = make_network(D, hidden, K, dtype=dtype)
+    net = make_network(D, hidden, K, dtype=dtype, cell=cell)
     x = rng.standard_normal((T, N, D)).astype(dtype)
     out, tape = net.forward(x, sequence)
     dout = rng.standard_normal(out.shape).astype(dtype)      # loss = sum(out * dout)
