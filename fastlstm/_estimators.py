@@ -112,7 +112,8 @@ class _Optimizer:
 class _BaseLSTM(BaseEstimator):
     """Shared fit/predict machinery; subclasses pick the head's loss."""
 
-    def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
+    def __init__(self, hidden_layer_sizes=(100,), *, cell="lstm", nonlinearity="tanh",
+                 output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
@@ -121,6 +122,8 @@ class _BaseLSTM(BaseEstimator):
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0):
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.cell = cell
+        self.nonlinearity = nonlinearity
         self.output = output
         self.dropout = dropout
         self.solver = solver
@@ -180,7 +183,8 @@ class _BaseLSTM(BaseEstimator):
             self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
             try:
                 net = LSTMNetwork(X3.shape[2], sizes, n_outputs, dtype=dtype,
-                                  dropout=self.dropout)
+                                  dropout=self.dropout, cell=self.cell,
+                                  nonlinearity=self.nonlinearity)
             except (MemoryError, ValueError) as err:  # numpy's "array is too big": ValueError
                 raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} needs more "
                                  f"memory than is available for its parameters ({err})") from None
@@ -199,6 +203,12 @@ class _BaseLSTM(BaseEstimator):
                 raise ValueError(
                     f"hidden_layer_sizes changed from {self.network_.hidden_sizes} to {sizes} "
                     "since the last fit; warm_start and partial_fit need the same network")
+            for name in ("cell", "nonlinearity"):
+                if getattr(self.network_, name) != getattr(self, name):
+                    raise ValueError(
+                        f"{name} changed from {getattr(self.network_, name)!r} to "
+                        f"{getattr(self, name)!r} since the last fit; warm_start and "
+                        "partial_fit need the same network")
             X3, lengths = self._check_X_predict(X)
             targets, _ = self._encode_targets(y, X3, reset=False, classes=classes,
                                               lengths=lengths)
@@ -574,6 +584,14 @@ _PARAMETERS_DOC = """
     ----------
     hidden_layer_sizes : int or tuple of int, default=(100,)
         Hidden units of each stacked LSTM layer: (300, 300) is two layers of 300.
+    cell : {"lstm", "gru", "rnn"}, default="lstm"
+        The recurrent layer: LSTM, GRU (torch's equations, gates r, z, n) or a
+        plain RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). The
+        parameters keep torch's names and shapes (4H, 3H or H gate rows), so
+        torch.nn.LSTM / GRU / RNN reproduce the outputs from ``weights_``. GRU and
+        RNN layers have no cell state: the c of their (h, c) state stays zero.
+    nonlinearity : {"tanh", "sigmoid"}, default="tanh"
+        The plain RNN's activation (ignored by the other cells).
     output : {"last", "sequence"}, default="last"
         "last": many-to-one, the last step's state feeds the head. "sequence":
         one prediction per time step.
@@ -818,7 +836,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     (64, 2)
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
+    def __init__(self, hidden_layer_sizes=(100,), *, cell="lstm", nonlinearity="tanh",
+                 output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
@@ -827,7 +846,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0, class_weight=None):
         super().__init__(
-            hidden_layer_sizes, output=output, dropout=dropout, solver=solver,
+            hidden_layer_sizes, cell=cell, nonlinearity=nonlinearity, output=output,
+            dropout=dropout, solver=solver,
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2,

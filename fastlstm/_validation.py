@@ -260,6 +260,10 @@ def check_params(est):
             raise ValueError(f"{name} must be True or False, got {getattr(est, name)!r}")
     if est.solver not in ("adam", "sgd"):
         raise ValueError(f"solver must be 'adam' or 'sgd', got {est.solver!r}")
+    if est.cell not in ("lstm", "gru", "rnn"):
+        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {est.cell!r}")
+    if est.nonlinearity not in ("tanh", "sigmoid"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'sigmoid', got {est.nonlinearity!r}")
     if est.output not in ("last", "sequence"):
         raise ValueError(f"output must be 'last' or 'sequence', got {est.output!r}")
     if est.dtype is not None:

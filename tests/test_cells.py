@@ -205,3 +205,73 @@ def test_huge_preactivations_keep_the_layer_finite(cell, dtype):
     h, _ = kernel_forward(cell, x, (w_ih * 1e30).astype(dtype), w_hh, b_ih, b_hh, h0)
     assert np.isfinite(h).all()
     assert (np.abs(h) <= np.abs(h0).max() + 1).all()
+
+
+# ---- the cells in the estimators ------------------------------------------------------
+
+from fastlstm import LSTMClassifier, LSTMRegressor, load  # noqa: E402
+
+ESTIMATOR_CELLS = [dict(cell="gru"), dict(cell="rnn"), dict(cell="rnn", nonlinearity="sigmoid")]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cell", ESTIMATOR_CELLS, ids=lambda c: "-".join(c.values()))
+def test_estimators_fit_save_and_load_every_cell(cell, tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5, 2))
+    y = X[:, :, 0].sum(axis=1)
+    model = LSTMRegressor((6, 4), max_iter=20, learning_rate_init=1e-2, random_state=0,
+                          **cell).fit(X, y)
+    assert model.loss_curve_[-1] < model.loss_curve_[0]
+    G = {"gru": 3, "rnn": 1}[cell["cell"]]
+    shapes = {name: w.shape for name, w in model.weights_.items()}
+    assert shapes["weight_ih_l0"] == (6 * G, 2) and shapes["weight_hh_l1"] == (4 * G, 4)
+    assert shapes["bias_ih_l1"] == (4 * G,) and shapes["head.weight"] == (1, 4)
+    expected = model.predict(X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(X), expected)
+    model.save(tmp_path / "m.npz")
+    loaded = load(tmp_path / "m.npz")
+    assert loaded.cell == cell["cell"] and loaded.network_.cell == cell["cell"]
+    np.testing.assert_array_equal(loaded.predict(X), expected)
+    # stepping one step at a time reproduces the whole-sequence prediction
+    outputs, _ = model.step(X)
+    state = None
+    for t in range(5):
+        step_out, state = model.step(X[:, t:t + 1], state)
+    np.testing.assert_allclose(step_out[:, -1], outputs[:, -1], atol=1e-12)
+    # and the cell cannot change under warm_start
+    with pytest.raises(ValueError, match="cell changed"):
+        model.set_params(warm_start=True, cell="lstm").fit(X, y)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_torch_reproduces_a_fitted_estimator(cell, dtype):
+    """weights_ of a fitted 2-layer GRU / RNN classifier, loaded into torch.nn.GRU / RNN."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6, 3)).astype(dtype)
+    y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
+    model = LSTMClassifier((5, 5), cell=cell, max_iter=3, random_state=0).fit(X, y)
+    w = model.weights_
+    module = (torch.nn.GRU if cell == "gru" else torch.nn.RNN)(
+        3, 5, num_layers=2, batch_first=True, dtype={np.float32: torch.float32,
+                                                     np.float64: torch.float64}[dtype])
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(torch.from_numpy(w[name].copy()))
+        h, _ = module(torch.from_numpy(X))                     # (N, T, H)
+        logits = h[:, -1] @ torch.from_numpy(w["head.weight"].copy()).T + torch.from_numpy(
+            w["head.bias"].copy())
+        proba = torch.softmax(logits, dim=1).numpy()
+    np.testing.assert_allclose(model.predict_proba(X), proba, rtol=0,
+                               atol={np.float32: 1e-5, np.float64: 1e-10}[dtype])
+
+
+@pytest.mark.parametrize("bad, named", [(dict(cell="lstmx"), "cell"),
+                                        (dict(cell="rnn", nonlinearity="relu"), "nonlinearity")])
+def test_bad_cell_parameters_are_named(bad, named):
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        LSTMRegressor(**bad).fit(np.zeros((4, 3, 1)), np.zeros(4))
