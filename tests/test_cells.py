@@ -275,3 +275,67 @@ def test_torch_reproduces_a_fitted_estimator(cell, dtype):
 def test_bad_cell_parameters_are_named(bad, named):
     with pytest.raises(ValueError, match=f"^{named} must be"):
         LSTMRegressor(**bad).fit(np.zeros((4, 3, 1)), np.zeros(4))
+
+
+# ---- bidirectional layers in the estimators ----------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_bidirectional_sees_the_future():
+    """y[t] = x[t+1]: out of reach for a forward-only model, easy both ways round."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 8, 1))
+    y = np.concatenate([X[:, 1:, 0], np.zeros((256, 1))], axis=1)
+    X_test = rng.standard_normal((100, 8, 1))
+    y_test = np.concatenate([X_test[:, 1:, 0], np.zeros((100, 1))], axis=1)
+    scores = {}
+    for bidirectional in (False, True):
+        model = LSTMRegressor(8, cell="gru", bidirectional=bidirectional, output="sequence",
+                              learning_rate_init=1e-2, batch_size=32, max_iter=30,
+                              random_state=0).fit(X, y)
+        scores[bidirectional] = model.score(X_test, y_test)
+    assert scores[True] > 0.7 and scores[False] < 0.1, scores
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_lengths(cell, tmp_path):
+    """Fitted on a list of sequences of several lengths: torch's packed sequences
+    (whose reverse pass starts at each sequence's last step) give our predictions,
+    also after save and load; stepping is refused."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 9, 30)
+    X = [rng.standard_normal((L, 3)) for L in lengths]
+    y = np.array([x[0, 0] - x[-1, 1] for x in X])
+    model = LSTMRegressor((5, 4), cell=cell, bidirectional=True, max_iter=3,
+                          random_state=0).fit(X, y)
+    w = model.weights_
+    assert w["weight_ih_l1_reverse"].shape == (w["weight_hh_l1"].shape[0], 2 * 5)
+    assert w["head.weight"].shape == (1, 2 * 4)
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        3, 5, num_layers=1, bidirectional=True, batch_first=True, dtype=torch.float64)
+    top = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        10, 4, num_layers=1, bidirectional=True, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        for layer, mod in ((0, module), (1, top)):
+            for name, param in mod.named_parameters():
+                param.copy_(torch.from_numpy(w[name.replace("_l0", f"_l{layer}")].copy()))
+        padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in X],
+                                                 batch_first=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(padded, torch.from_numpy(lengths),
+                                                         batch_first=True, enforce_sorted=False)
+        mid, _ = module(packed)
+        _, h_n = top(mid)
+        h_n = h_n[0] if cell == "lstm" else h_n                 # (2, N, 4): forward, reverse
+        features = torch.cat([h_n[0], h_n[1]], dim=1)
+        pred = features @ torch.from_numpy(w["head.weight"].copy()).T + torch.from_numpy(
+            w["head.bias"].copy())
+    np.testing.assert_allclose(model.predict(X), pred[:, 0].numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(X), model.predict(X))
+    model.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(load(tmp_path / "m.npz").predict(X), model.predict(X))
+    with pytest.raises(ValueError, match="bidirectional"):
+        model.step(X[0][None])
+    with pytest.raises(ValueError, match="bidirectional"):
+        LSTMRegressor(4, bidirectional=True, tbptt_steps=2).fit(np.zeros((4, 6, 1)), np.zeros(4))
