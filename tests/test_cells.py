@@ -339,3 +339,37 @@ def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_leng
         model.step(X[0][None])
     with pytest.raises(ValueError, match="bidirectional"):
         LSTMRegressor(4, bidirectional=True, tbptt_steps=2).fit(np.zeros((4, 6, 1)), np.zeros(4))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_kernels_release_the_gil(cell):
+    """Another thread runs while the forward and backward kernels do (see the Ticker
+    in test_reliability.py: it only advances while the GIL is released). Buffers are
+    allocated first, so only the kernel calls are timed."""
+    from test_reliability import Ticker, ticks_during
+
+    T, N, D, H = 100, 64, 32, 128
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(
+        "gru" if cell == "gru" else "rnn_tanh", T, N, D, H, np.float32, zero_state=True)
+    w_ih, w_hh = 0.1 * w_ih, 0.1 * w_hh
+    G = w_hh.shape[0]
+    h, dh = np.empty((T, N, H), np.float32), np.ones((T, N, H), np.float32)
+    dh0, dx = np.empty_like(h0), np.empty_like(x)
+    dw_ih, dw_hh, db_ih, db_hh = (np.zeros_like(a) for a in (w_ih, w_hh, b_ih, b_hh))
+    g1, g2, g3, g4 = (np.empty((T, N, G), np.float32) for _ in range(4))
+    if cell == "gru":
+        def forward():
+            _cells.gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, g1, g2, h)
+
+        def backward():
+            _cells.gru_layer_backward(x, w_ih, w_hh, h0, g1, g2, h, dh, dh0, g3, g4, dx,
+                                      dw_ih, dw_hh, db_ih, db_hh)
+    else:
+        def forward():
+            _cells.rnn_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, h)
+
+        def backward():
+            _cells.rnn_layer_backward(x, w_ih, w_hh, h0, h, dh, dh0, g3, dx, dw_ih, dw_hh, db_ih)
+    with Ticker() as ticker:
+        assert ticks_during(ticker, forward) > 0
+        assert ticks_during(ticker, backward) > 0
