@@ -3,16 +3,20 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extensions = [
-    Extension(
-        "fastlstm._kernels",
-        ["fastlstm/_kernels.pyx"],
+
+def kernel_extension(name):
+    return Extension(
+        f"fastlstm.{name}",
+        [f"fastlstm/{name}.pyx"],
         include_dirs=[np.get_include(), "fastlstm"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # -O3 for the vectoriser; no -march=native and no -ffast-math: the gate
         # loops pick their instruction set at load time (see _gates.h).
         extra_compile_args=["-O3"],
     )
-]
+
+
+# _kernels: the LSTM layer; _cells: the plain RNN and GRU layers
+extensions = [kernel_extension("_kernels"), kernel_extension("_cells")]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}))

@@ -112,7 +112,8 @@ class _Optimizer:
 class _BaseLSTM(BaseEstimator):
     """Shared fit/predict machinery; subclasses pick the head's loss."""
 
-    def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
+    def __init__(self, hidden_layer_sizes=(100,), *, cell="lstm", nonlinearity="tanh",
+                 bidirectional=False, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
@@ -121,6 +122,9 @@ class _BaseLSTM(BaseEstimator):
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0):
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.cell = cell
+        self.nonlinearity = nonlinearity
+        self.bidirectional = bidirectional
         self.output = output
         self.dropout = dropout
         self.solver = solver
@@ -180,7 +184,9 @@ class _BaseLSTM(BaseEstimator):
             self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
             try:
                 net = LSTMNetwork(X3.shape[2], sizes, n_outputs, dtype=dtype,
-                                  dropout=self.dropout)
+                                  dropout=self.dropout, cell=self.cell,
+                                  nonlinearity=self.nonlinearity,
+                                  bidirectional=self.bidirectional)
             except (MemoryError, ValueError) as err:  # numpy's "array is too big": ValueError
                 raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} needs more "
                                  f"memory than is available for its parameters ({err})") from None
@@ -199,6 +205,12 @@ class _BaseLSTM(BaseEstimator):
                 raise ValueError(
                     f"hidden_layer_sizes changed from {self.network_.hidden_sizes} to {sizes} "
                     "since the last fit; warm_start and partial_fit need the same network")
+            for name in ("cell", "nonlinearity", "bidirectional"):
+                if getattr(self.network_, name) != getattr(self, name):
+                    raise ValueError(
+                        f"{name} changed from {getattr(self.network_, name)!r} to "
+                        f"{getattr(self, name)!r} since the last fit; warm_start and "
+                        "partial_fit need the same network")
             X3, lengths = self._check_X_predict(X)
             targets, _ = self._encode_targets(y, X3, reset=False, classes=classes,
                                               lengths=lengths)
@@ -206,6 +218,9 @@ class _BaseLSTM(BaseEstimator):
                 random_state = check_random_state(self.random_state)
                 self._rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
                 self._optimizer = _Optimizer(self.network_.params)
+        if self.bidirectional and self.tbptt_steps is not None:
+            raise ValueError("tbptt_steps does not work with bidirectional=True: the reverse "
+                             "pass needs each whole sequence")
         if lengths is not None and self.tbptt_steps is not None:
             raise ValueError("tbptt_steps does not work with sequences of several lengths yet; "
                              "pad them to one length or leave tbptt_steps=None")
@@ -449,8 +464,11 @@ class _BaseLSTM(BaseEstimator):
         sequence = self.output == "sequence"
         # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
         per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
+        if net.bidirectional:
+            per_step *= 3  # two directions and their concatenated output
         batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
-        window = T if lengths is not None else min(
+        # a bidirectional pass needs each whole sequence: no windows of steps
+        window = T if lengths is not None or net.bidirectional else min(
             max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
         arena = _Arena(net.dtype)  # private to this call: predict is thread-safe
         outs = []
@@ -574,6 +592,22 @@ _PARAMETERS_DOC = """
     ----------
     hidden_layer_sizes : int or tuple of int, default=(100,)
         Hidden units of each stacked LSTM layer: (300, 300) is two layers of 300.
+    cell : {"lstm", "gru", "rnn"}, default="lstm"
+        The recurrent layer: LSTM, GRU (torch's equations, gates r, z, n) or a
+        plain RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). The
+        parameters keep torch's names and shapes (4H, 3H or H gate rows), so
+        torch.nn.LSTM / GRU / RNN reproduce the outputs from ``weights_``. GRU and
+        RNN layers have no cell state: the c of their (h, c) state stays zero.
+    nonlinearity : {"tanh", "sigmoid"}, default="tanh"
+        The plain RNN's activation (ignored by the other cells).
+    bidirectional : bool, default=False
+        Each layer also runs over every sequence reversed (from its own last
+        real step back to the first) and outputs both directions' states side by
+        side (2H features for the next layer and the head). Many-to-one heads
+        see each direction's last step: the forward state after the last real
+        step and the reverse state at step 0. The reverse parameters carry
+        torch's ``_reverse`` suffix. Not with tbptt_steps, step, forecast or
+        generate (they carry a state forward in time).
     output : {"last", "sequence"}, default="last"
         "last": many-to-one, the last step's state feeds the head. "sequence":
         one prediction per time step.
@@ -818,7 +852,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     (64, 2)
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), *, output="last", dropout=0.0,
+    def __init__(self, hidden_layer_sizes=(100,), *, cell="lstm", nonlinearity="tanh",
+                 bidirectional=False, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
@@ -827,7 +862,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                  warm_start=False, step_features=None, dtype=None, n_jobs=None,
                  random_state=None, verbose=0, class_weight=None):
         super().__init__(
-            hidden_layer_sizes, output=output, dropout=dropout, solver=solver,
+            hidden_layer_sizes, cell=cell, nonlinearity=nonlinearity,
+            bidirectional=bidirectional, output=output,
+            dropout=dropout, solver=solver,
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2,
@@ -1065,9 +1102,11 @@ def load(path):
     est = cls(**params)
     try:
         check_params(est)
-        n_features, hidden_sizes, n_outputs, dtype, dropout = meta["network"]
+        # files from before the GRU and RNN cells hold 5 entries (an LSTM)
+        n_features, hidden_sizes, n_outputs, dtype, dropout, *cell = meta["network"]
         net = LSTMNetwork(n_features, hidden_sizes, n_outputs, dtype=np.dtype(dtype),
-                          dropout=dropout)
+                          dropout=dropout,
+                          **dict(zip(("cell", "nonlinearity", "bidirectional"), cell)))
     except (TypeError, ValueError) as err:
         raise damaged(err) from None
     if net.params.shape != flat.shape or net.params.dtype != flat.dtype:

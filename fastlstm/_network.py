@@ -1,9 +1,11 @@
-"""A stack of LSTM layers and a dense head over one flat parameter buffer.
+"""A stack of recurrent layers (LSTM, GRU or plain RNN) and a dense head over one
+flat parameter buffer.
 
 The parameters live in one contiguous array (so the optimiser, the L2 penalty
 and gradient clipping are single passes over it) with named views in torch's
-names: weight_ih_l{k} (4H, D), weight_hh_l{k} (4H, H), bias_ih_l{k} (4H,),
-bias_hh_l{k} (4H,), and head.weight (K, H_last), head.bias (K,). All weight
+names: weight_ih_l{k} (G, D), weight_hh_l{k} (G, H), bias_ih_l{k} (G,),
+bias_hh_l{k} (G,) with G = 4H (LSTM), 3H (GRU) or H (RNN), and head.weight
+(K, H_last), head.bias (K,). All weight
 matrices come first and all biases after, so "the weights" (what L2 acts on)
 are one prefix slice.
 
@@ -13,17 +15,25 @@ import math
 
 import numpy as np
 
-from . import _kernels, _ops
+from . import _cells, _kernels, _ops
+
+# gate blocks per hidden unit: LSTM i, f, g, o; GRU r, z, n; RNN one
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def parameter_layout(n_features, hidden_sizes, n_outputs):
-    """[(name, shape)] in buffer order: every weight matrix, then every bias."""
+def parameter_layout(n_features, hidden_sizes, n_outputs, cell="lstm", bidirectional=False):
+    """[(name, shape)] in buffer order: every weight matrix, then every bias.
+    Bidirectional layers have a second set named with torch's _reverse suffix
+    and feed 2H features to the next layer and the head."""
     weights, biases = [], []
     n_in = n_features
     for k, H in enumerate(hidden_sizes):
-        weights += [(f"weight_ih_l{k}", (4 * H, n_in)), (f"weight_hh_l{k}", (4 * H, H))]
-        biases += [(f"bias_ih_l{k}", (4 * H,)), (f"bias_hh_l{k}", (4 * H,))]
-        n_in = H
+        G = GATES[cell] * H
+        for suffix in ("", "_reverse") if bidirectional else ("",):
+            weights += [(f"weight_ih_l{k}{suffix}", (G, n_in)),
+                        (f"weight_hh_l{k}{suffix}", (G, H))]
+            biases += [(f"bias_ih_l{k}{suffix}", (G,)), (f"bias_hh_l{k}{suffix}", (G,))]
+        n_in = 2 * H if bidirectional else H
     weights.append(("head.weight", (n_outputs, n_in)))
     biases.append(("head.bias", (n_outputs,)))
     return weights + biases
@@ -58,7 +68,9 @@ class _Arena:
 
 class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
-    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0)."""
+    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0) for the
+    LSTM; a GRU keeps its hidden projection where c is and None for tanh_c, a
+    plain RNN None for all three (and its c0 is zeros)."""
 
     def __init__(self, layers, head_in, sequence_output, arena, lengths=None):
         self.layers = layers
@@ -68,21 +80,35 @@ class _Tape:
         self.arena = arena
 
     def final_state(self):
-        """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory."""
-        return [(h[-1].copy(), c[-1].copy()) for _, _, c, _, h, _, _, _ in self.layers]
+        """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory.
+        GRU and RNN layers have no cell state: their c stays zeros."""
+        return [(h[-1].copy(), c[-1].copy() if tanh_c is not None else np.zeros_like(c0))
+                for _, _, c, tanh_c, h, _, _, c0 in self.layers]
 
 
 class LSTMNetwork:
-    """LSTM stack + linear head. `forward` then `backward` on the same batch."""
+    """Recurrent stack + linear head. `forward` then `backward` on the same batch.
+
+    cell: "lstm", "gru" or "rnn"; nonlinearity ("tanh" or "sigmoid") is the
+    plain RNN's activation.
+    """
 
     def __init__(self, n_features, hidden_sizes, n_outputs, dtype=np.float32,
-                 dropout=0.0):
+                 dropout=0.0, cell="lstm", nonlinearity="tanh", bidirectional=False):
+        if cell not in GATES:
+            raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+        if nonlinearity not in ("tanh", "sigmoid"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'sigmoid', got {nonlinearity!r}")
         self.n_features = int(n_features)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.n_outputs = int(n_outputs)
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
-        self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs)
+        self.cell = cell
+        self.nonlinearity = nonlinearity
+        self.bidirectional = bool(bidirectional)
+        self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs,
+                                       cell, self.bidirectional)
         self.n_weights = sum(int(np.prod(s)) for n, s in self.layout if "weight" in n)
         n_params = sum(int(np.prod(s)) for _, s in self.layout)
         self.params = np.zeros(n_params, dtype=self.dtype)      # (P,)
@@ -94,19 +120,24 @@ class LSTMNetwork:
     # ---- set-up ---------------------------------------------------------------
 
     def initialize(self, rng):
-        """Keras' LSTM initialisation: Glorot-uniform input and head weights,
-        orthogonal recurrent weights, zero biases except forget-gate bias 1.
-        It lets gradients reach far back from the start (see DESIGN.md)."""
+        """Keras' initialisation: Glorot-uniform input and head weights,
+        orthogonal recurrent weights, zero biases except the LSTM's forget-gate
+        bias 1. It lets gradients reach far back from the start (see DESIGN.md).
+        GRU and RNN get the same with all biases zero."""
+        suffixes = ("", "_reverse") if self.bidirectional else ("",)
         for k, H in enumerate(self.hidden_sizes):
-            w_ih = self.p[f"weight_ih_l{k}"]                     # (4H, D)
-            limit = np.sqrt(6.0 / (w_ih.shape[0] + w_ih.shape[1]))
-            w_ih[...] = rng.uniform(-limit, limit, size=w_ih.shape)
-            # orthogonal (4H, H): orthonormal columns, from the QR of a Gaussian
-            q, r = np.linalg.qr(rng.standard_normal((4 * H, H)))
-            self.p[f"weight_hh_l{k}"][...] = q * np.sign(np.diag(r))
-            self.p[f"bias_ih_l{k}"][...] = 0
-            self.p[f"bias_ih_l{k}"][H:2 * H] = 1.0               # forget gate
-            self.p[f"bias_hh_l{k}"][...] = 0
+            G = GATES[self.cell] * H
+            for layer in (f"l{k}{suffix}" for suffix in suffixes):
+                w_ih = self.p[f"weight_ih_{layer}"]              # (G, D)
+                limit = np.sqrt(6.0 / (w_ih.shape[0] + w_ih.shape[1]))
+                w_ih[...] = rng.uniform(-limit, limit, size=w_ih.shape)
+                # orthogonal (G, H): orthonormal columns, from the QR of a Gaussian
+                q, r = np.linalg.qr(rng.standard_normal((G, H)))
+                self.p[f"weight_hh_{layer}"][...] = q * np.sign(np.diag(r))
+                self.p[f"bias_ih_{layer}"][...] = 0
+                if self.cell == "lstm":
+                    self.p[f"bias_ih_{layer}"][H:2 * H] = 1.0    # forget gate
+                self.p[f"bias_hh_{layer}"][...] = 0
         w = self.p["head.weight"]
         limit = np.sqrt(6.0 / (w.shape[0] + w.shape[1]))
         w[...] = rng.uniform(-limit, limit, size=w.shape)
@@ -115,7 +146,8 @@ class LSTMNetwork:
     def __getstate__(self):
         # the views and scratch buffers are rebuilt, not pickled
         return {"args": (self.n_features, self.hidden_sizes, self.n_outputs,
-                         self.dtype.str, self.dropout),
+                         self.dtype.str, self.dropout, self.cell, self.nonlinearity,
+                         self.bidirectional),
                 "params": self.params}
 
     def __setstate__(self, state):
@@ -137,44 +169,88 @@ class LSTMNetwork:
         lengths (N,) int64: real steps of each sample of a padded batch; its state
         is carried unchanged through the padding, so the last step's output is
         that of its last real step.
+
+        Bidirectional: each layer also runs over every sequence reversed (from its
+        own last real step back to step 0) and outputs [h_forward[t], h_reverse[t]]
+        (2H); the many-to-one head sees each direction's last step: h_forward at
+        the last real step and h_reverse at step 0.
         """
         T, N, _ = x.shape
-        if T * N >= 2**31 or 4 * max(self.hidden_sizes) >= 2**31:
+        if T * N >= 2**31 or GATES[self.cell] * max(self.hidden_sizes) >= 2**31:
             # BLAS takes 32-bit sizes: T*N rows is one gemm's row count
             raise ValueError(f"a batch of {N} sequences of {T} steps is too large for one pass "
                              f"(T * N must stay below 2**31); use a smaller batch_size or tbptt_steps")
+        if self.bidirectional and initial_state is not None:
+            raise ValueError("a bidirectional network always starts from zeros: it cannot "
+                             "continue from a carried state")
         arena = arena if arena is not None else _Arena(self.dtype)
         dropping = training and self.dropout > 0
-        layers = []
+        order = reverse_order(T, N, lengths) if self.bidirectional else None
+        layers, reverse = [], []
         layer_in = x
         for k, H in enumerate(self.hidden_sizes):
-            gates = arena.get(("gates", k), (T, N, 4 * H))
-            c = arena.get(("c", k), (T, N, H))
-            tanh_c = arena.get(("tanh_c", k), (T, N, H))
-            h = arena.get(("h", k), (T, N, H))
             if initial_state is None:
                 h0 = c0 = arena.get(("zeros", k), (N, H))
                 h0[...] = 0
             else:
                 h0, c0 = (np.ascontiguousarray(s, dtype=self.dtype) for s in initial_state[k])
-            _kernels.lstm_layer_forward(
-                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                self.p[f"bias_ih_l{k}"], self.p[f"bias_hh_l{k}"], h0, c0,
-                gates, c, tanh_c, h, lengths)
-            layer_out, uniform = h, None
+            gates, c, tanh_c, h = self._layer_forward(k, "", layer_in, h0, c0, lengths, arena)
+            layer_out = h
+            if self.bidirectional:
+                # the reverse pass is the forward kernel on each sequence reversed
+                x_rev = layer_in[order, np.arange(N)]                           # (T, N, D)
+                rev = self._layer_forward(k, "_reverse", x_rev, h0, c0, lengths, arena)
+                reverse.append((x_rev,) + rev)
+                layer_out = arena.get(("both", k), (T, N, 2 * H))
+                layer_out[..., :H] = h
+                layer_out[..., H:] = rev[3][order, np.arange(N)]                # back in time order
+            uniform = None
             if dropping:  # on every layer's output, before the next layer or the head
-                uniform = arena.get(("uniform", k), (T, N, H))
+                uniform = arena.get(("uniform", k), layer_out.shape)
                 rng.random(out=uniform, dtype=uniform.dtype)
-                layer_out = arena.get(("dropped", k), (T, N, H))
-                _ops.apply_dropout_mask(h.reshape(-1), uniform.reshape(-1), self.dropout,
-                                        layer_out.reshape(-1))
+                dropped = arena.get(("dropped", k), layer_out.shape)
+                _ops.apply_dropout_mask(layer_out.reshape(-1), uniform.reshape(-1), self.dropout,
+                                        dropped.reshape(-1))
+                layer_out = dropped
             layers.append((layer_in, gates, c, tanh_c, h, uniform, h0, c0))
             layer_in = layer_out
         # head: a linear map of the last step, or of every step
-        head_in = layer_in.reshape(T * N, -1) if sequence_output else layer_in[T - 1]
+        if sequence_output:
+            head_in = layer_in.reshape(T * N, -1)
+        elif self.bidirectional:
+            H = self.hidden_sizes[-1]
+            head_in = np.concatenate([layer_in[T - 1, :, :H], layer_in[0, :, H:]], axis=1)
+        else:
+            head_in = layer_in[T - 1]
         out = head_in @ self.p["head.weight"].T                   # (M, K)
         out += self.p["head.bias"]
-        return out, _Tape(layers, head_in, sequence_output, arena, lengths)
+        tape = _Tape(layers, head_in, sequence_output, arena, lengths)
+        tape.reverse, tape.order = reverse, order
+        return out, tape
+
+    def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena):
+        """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs
+        (None where the cell has no such buffer; a GRU keeps its hidden projection as c)."""
+        T, N, _ = layer_in.shape
+        H = self.hidden_sizes[k]
+        key = lambda name: (name, k, suffix)  # noqa: E731
+        weights = tuple(self.p[f"{name}_l{k}{suffix}"]
+                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        h = arena.get(key("h"), (T, N, H))
+        gates = c = tanh_c = None
+        if self.cell == "lstm":
+            gates = arena.get(key("gates"), (T, N, 4 * H))
+            c = arena.get(key("c"), (T, N, H))
+            tanh_c = arena.get(key("tanh_c"), (T, N, H))
+            _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths)
+        elif self.cell == "gru":
+            gates = arena.get(key("gates"), (T, N, 3 * H))
+            c = arena.get(key("hproj"), (T, N, 3 * H))              # hidden side, kept
+            _cells.gru_layer_forward(layer_in, *weights, h0, gates, c, h, lengths)
+        else:
+            _cells.rnn_layer_forward(layer_in, *weights, h0, h, self.nonlinearity == "sigmoid",
+                                     lengths)
+        return gates, c, tanh_c, h
 
     def backward(self, tape, dout):
         """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
@@ -186,9 +262,15 @@ class LSTMNetwork:
         dhead_in = dout @ self.p["head.weight"]                   # (M, H_last)
         T, N = layers[0][0].shape[:2]
         top = len(self.hidden_sizes) - 1
-        dlayer_out = arena.get(("dh", top), (T, N, self.hidden_sizes[top]))  # (T, N, H)
+        H = self.hidden_sizes[top]
+        width = 2 * H if self.bidirectional else H
+        dlayer_out = arena.get(("dh", top), (T, N, width))       # (T, N, H or 2H)
         if sequence_output:
             dlayer_out[...] = dhead_in.reshape(dlayer_out.shape)
+        elif self.bidirectional:
+            dlayer_out[...] = 0
+            dlayer_out[T - 1, :, :H] = dhead_in[:, :H]
+            dlayer_out[0, :, H:] = dhead_in[:, H:]
         else:
             dlayer_out[...] = 0
             dlayer_out[T - 1] = dhead_in
@@ -199,17 +281,61 @@ class LSTMNetwork:
                 flat = dlayer_out.reshape(-1)
                 _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
             dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
-            dc = arena.get(("dc", k), (N, H))                     # dL/dc_T = 0
-            dc[...] = 0
-            dh0 = arena.get(("dh0", k), (N, H))
-            dgates = arena.get(("dgates", k), (T, N, 4 * H))
-            for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}"):
-                self.g[name][...] = 0                             # the kernel accumulates
-            _kernels.lstm_layer_backward(
-                layer_in, self.p[f"weight_ih_l{k}"], self.p[f"weight_hh_l{k}"],
-                h0, c0, gates, c, tanh_c, h, dlayer_out, dc, dh0, dgates, dx,
-                self.g[f"weight_ih_l{k}"], self.g[f"weight_hh_l{k}"], self.g[f"bias_ih_l{k}"],
-                tape.lengths)
-            self.g[f"bias_hh_l{k}"][...] = self.g[f"bias_ih_l{k}"]  # b_ih and b_hh enter alike
+            if not self.bidirectional:
+                self._layer_backward(k, "", layer_in, (gates, c, tanh_c, h), h0, c0,
+                                     dlayer_out, dx, tape.lengths, arena)
+            else:
+                order = tape.order
+                dh_fwd = np.ascontiguousarray(dlayer_out[..., :H])            # (T, N, H)
+                self._layer_backward(k, "", layer_in, (gates, c, tanh_c, h), h0, c0,
+                                     dh_fwd, dx, tape.lengths, arena)
+                x_rev, *saved = tape.reverse[k]
+                dh_rev = dlayer_out[..., H:][order, np.arange(N)]             # reversed time
+                dx_rev = arena.get(("dx_rev", k), layer_in.shape) if k > 0 else None
+                self._layer_backward(k, "_reverse", x_rev, saved, h0, c0, dh_rev, dx_rev,
+                                     tape.lengths, arena)
+                if dx is not None:
+                    dx += dx_rev[order, np.arange(N)]
             dlayer_out = dx
         return self.grads
+
+    def _layer_backward(self, k, suffix, layer_in, saved, h0, c0, dh, dx, lengths, arena):
+        """Gradients of one direction of layer k into self.g; dh (T, N, H) is clobbered,
+        dx (T, N, D) written unless None."""
+        T, N, _ = layer_in.shape
+        H = self.hidden_sizes[k]
+        gates, c, tanh_c, h = saved
+        key = lambda name: (name, k, suffix)  # noqa: E731
+        names = [f"{name}_l{k}{suffix}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        for name in names:
+            self.g[name][...] = 0                                 # the kernels accumulate
+        w_ih, w_hh = self.p[names[0]], self.p[names[1]]
+        dw_ih, dw_hh, db_ih, db_hh = (self.g[name] for name in names)
+        dh0 = arena.get(key("dh0"), (N, H))
+        if self.cell == "lstm":
+            dc = arena.get(key("dc"), (N, H))                     # dL/dc_T = 0
+            dc[...] = 0
+            dgates = arena.get(key("dgates"), (T, N, 4 * H))
+            _kernels.lstm_layer_backward(layer_in, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh,
+                                         dc, dh0, dgates, dx, dw_ih, dw_hh, db_ih, lengths)
+            db_hh[...] = db_ih                                    # b_ih and b_hh enter alike
+        elif self.cell == "gru":
+            dgates_i = arena.get(key("dgates"), (T, N, 3 * H))
+            dgates_h = arena.get(key("dgates_h"), (T, N, 3 * H))
+            _cells.gru_layer_backward(layer_in, w_ih, w_hh, h0, gates, c, h, dh, dh0, dgates_i,
+                                      dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh, lengths)
+        else:
+            dpre = arena.get(key("dgates"), (T, N, H))
+            _cells.rnn_layer_backward(layer_in, w_ih, w_hh, h0, h, dh, dh0, dpre, dx, dw_ih,
+                                      dw_hh, db_ih, self.nonlinearity == "sigmoid", lengths)
+            db_hh[...] = db_ih
+
+
+def reverse_order(T, N, lengths=None):
+    """(T, N) time index that reverses each sequence within its real steps:
+    order[t, n] = L_n - 1 - t for t < L_n and t on the padding. Applying it twice
+    is the identity, so it also puts reversed outputs back in time order."""
+    t = np.arange(T)[:, None]
+    if lengths is None:
+        return np.broadcast_to(T - 1 - t, (T, N))
+    return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)

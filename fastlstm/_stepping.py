@@ -20,6 +20,7 @@ def check_step_input(est, X):
     """X (N, T, D), or (N, T) univariate, of any length T >= 1 -> float (N, T, D)."""
     check_is_fitted(est, "network_")
     net = est.network_
+    check_runs_forward(net)
     X3, x_ndim = check_sequences(X, net.dtype)
     if X3.shape[2] != net.n_features:
         raise ValueError(
@@ -27,6 +28,13 @@ def check_step_input(est, X):
             f"on {net.n_features}" + (" (pass 3-D X (n_sequences, n_steps, n_features))"
                                       if x_ndim == 2 else ""))
     return X3
+
+
+def check_runs_forward(net):
+    """Stepping carries a state forward in time: a bidirectional network has none."""
+    if net.bidirectional:
+        raise ValueError("step, forecast and generate need a model that runs forward in time; "
+                         "this one was fitted with bidirectional=True")
 
 
 def check_state(net, state, n_sequences):
@@ -129,6 +137,7 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state):
     """Sample n_chars characters after `seed`, one at a time, carrying the state."""
     check_is_fitted(est, "network_")
     net = est.network_
+    check_runs_forward(net)
     class_codes = _class_codes(est, vocabulary)                  # (C,)
     # the input rows the classifier was trained on: one-hot, or the integer code
     if net.n_features == len(vocabulary):

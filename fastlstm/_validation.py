@@ -255,11 +255,15 @@ def check_params(est):
         number("clip_grad_norm", 0, low_open=True)
     if est.tbptt_steps is not None:
         number("tbptt_steps", 1, integral=True)
-    for name in ("shuffle", "nesterovs_momentum"):
+    for name in ("shuffle", "nesterovs_momentum", "bidirectional"):
         if not isinstance(getattr(est, name), (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {getattr(est, name)!r}")
     if est.solver not in ("adam", "sgd"):
         raise ValueError(f"solver must be 'adam' or 'sgd', got {est.solver!r}")
+    if est.cell not in ("lstm", "gru", "rnn"):
+        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {est.cell!r}")
+    if est.nonlinearity not in ("tanh", "sigmoid"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'sigmoid', got {est.nonlinearity!r}")
     if est.output not in ("last", "sequence"):
         raise ValueError(f"output must be 'last' or 'sequence', got {est.output!r}")
     if est.dtype is not None:

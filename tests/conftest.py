@@ -5,9 +5,15 @@ from fastlstm import _ops
 from fastlstm._network import LSTMNetwork
 
 
-def make_network(n_features=3, hidden=(4, 3), n_outputs=2, dtype=np.float64, dropout=0.0, seed=0):
+# every cell the networks have: (cell, nonlinearity)
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "sigmoid")]
+
+
+def make_network(n_features=3, hidden=(4, 3), n_outputs=2, dtype=np.float64, dropout=0.0, seed=0,
+                 cell="lstm", nonlinearity="tanh", bidirectional=False):
     """A small network with random (not initialiser-shaped) weights and biases."""
-    net = LSTMNetwork(n_features, hidden, n_outputs, dtype=dtype, dropout=dropout)
+    net = LSTMNetwork(n_features, hidden, n_outputs, dtype=dtype, dropout=dropout, cell=cell,
+                      nonlinearity=nonlinearity, bidirectional=bidirectional)
     net.params[...] = np.random.default_rng(seed).uniform(-0.6, 0.6, net.params.size)
     return net
 

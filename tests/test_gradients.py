@@ -1,7 +1,7 @@
 """Every parameter's analytic gradient against central finite differences, float64."""
 import numpy as np
 import pytest
-from conftest import make_network, network_loss
+from conftest import CELLS, make_network, network_loss
 
 
 def finite_difference(net, loss_at, eps=1e-6):
@@ -32,12 +32,15 @@ def relative_errors(net, analytic, numeric):
     return errors
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["", "bidirectional"])
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
 @pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
 @pytest.mark.parametrize("sequence", [False, True])
 @pytest.mark.parametrize("dropout_seed", [None, 7])
-def test_two_layer_network_gradients(loss, sequence, dropout_seed, rng):
+def test_two_layer_network_gradients(loss, sequence, dropout_seed, cell, bidirectional, rng):
     T, N, D, K = 5, 3, 3, 2
-    net = make_network(D, (4, 3), K, dropout=0.3 if dropout_seed else 0.0)
+    net = make_network(D, (4, 3), K, dropout=0.3 if dropout_seed else 0.0, cell=cell[0],
+                       nonlinearity=cell[1], bidirectional=bidirectional)
     x = rng.standard_normal((T, N, D))
     M = T * N if sequence else N
     target = (rng.standard_normal((M, K)) if loss == "squared_error"
@@ -50,7 +53,7 @@ def test_two_layer_network_gradients(loss, sequence, dropout_seed, rng):
     numeric = finite_difference(net, loss_at)
     assert np.abs(analytic).max() > 1e-3  # the check has something to check
     errors = relative_errors(net, analytic, numeric)
-    assert len(errors) == 2 * 4 + 2
+    assert len(errors) == 2 * 4 * (2 if bidirectional else 1) + 2
     assert max(errors.values()) <= 1e-6, errors
     # and no single entry is off by more than the noise floor
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
@@ -68,9 +71,10 @@ def test_gradient_check_detects_a_wrong_gradient(rng):
     assert relative_errors(net, broken, numeric)["weight_ih_l0"] > 1e-2
 
 
-def test_state_carried_across_chunks_equals_whole_sequence(rng):
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
+def test_state_carried_across_chunks_equals_whole_sequence(cell, rng):
     """forward on x[:3] then on x[3:] from its final state == forward on all of x."""
-    net = make_network(3, (4, 5), 2)
+    net = make_network(3, (4, 5), 2, cell=cell[0], nonlinearity=cell[1])
     x = rng.standard_normal((7, 2, 3))
     whole, tape = net.forward(x, sequence_output=True)
     first, tape1 = net.forward(x[:3], sequence_output=True)
@@ -81,8 +85,9 @@ def test_state_carried_across_chunks_equals_whole_sequence(rng):
         np.testing.assert_allclose(c_a, c_b, atol=1e-13)
 
 
-def test_gradients_with_a_given_initial_state(rng):
-    net = make_network(3, (4,), 2)
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
+def test_gradients_with_a_given_initial_state(cell, rng):
+    net = make_network(3, (4,), 2, cell=cell[0], nonlinearity=cell[1])
     x = rng.standard_normal((4, 2, 3))
     state = [(rng.standard_normal((2, 4)), rng.standard_normal((2, 4)))]
     target = rng.standard_normal((2, 2))
@@ -97,11 +102,15 @@ def test_gradients_with_a_given_initial_state(rng):
     assert max(relative_errors(net, analytic, numeric).values()) <= 1e-6
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["", "bidirectional"])
+@pytest.mark.parametrize("cell", CELLS, ids="-".join)
 @pytest.mark.parametrize("sequence", [False, True])
-def test_padded_batch_equals_each_sequence_alone(sequence, rng):
+def test_padded_batch_equals_each_sequence_alone(sequence, cell, bidirectional, rng):
     """A padded batch with lengths gives, for each sample, the outputs and the
-    gradients of running that sample alone on its real steps."""
-    net = make_network(3, (4, 5), 2)
+    gradients of running that sample alone on its real steps (bidirectional: the
+    reverse pass starts at each sample's own last real step)."""
+    net = make_network(3, (4, 5), 2, cell=cell[0], nonlinearity=cell[1],
+                       bidirectional=bidirectional)
     lengths = np.array([6, 2, 4, 1, 6], dtype=np.int64)
     T, N = 6, 5
     x = rng.standard_normal((T, N, 3))

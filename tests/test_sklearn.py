@@ -17,7 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 CHECKED = dict(hidden_layer_sizes=(16,), learning_rate_init=1e-2, max_iter=100, random_state=0)
 
 
-@parametrize_with_checks([LSTMRegressor(**CHECKED), LSTMClassifier(**CHECKED)])
+@parametrize_with_checks([LSTMRegressor(**CHECKED), LSTMClassifier(**CHECKED),
+                          LSTMRegressor(cell="gru", **CHECKED),
+                          LSTMClassifier(cell="rnn", nonlinearity="sigmoid", **CHECKED),
+                          LSTMClassifier(cell="gru", bidirectional=True, **CHECKED)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

@@ -1,4 +1,6 @@
-"""Outputs and all gradients against torch.nn.LSTM + nn.Linear with the same weights."""
+"""Outputs and all gradients against torch.nn.LSTM / GRU / RNN + nn.Linear with the
+same weights. (torch has no sigmoid RNN: that cell is checked against the NumPy
+reference in test_cells.py and by finite differences in test_gradients.py.)"""
 import numpy as np
 import pytest
 from conftest import make_network
@@ -16,12 +18,21 @@ def torch_twin(net):
     lstms = []
     n_in = net.n_features
     for k, H in enumerate(net.hidden_sizes):
-        lstm = torch.nn.LSTM(n_in, H, dtype=dtype)  # one per layer: dropout sits between
+        # one module per layer: dropout sits between
+        both = dict(bidirectional=net.bidirectional, dtype=dtype)
+        if net.cell == "lstm":
+            lstm = torch.nn.LSTM(n_in, H, **both)
+        elif net.cell == "gru":
+            lstm = torch.nn.GRU(n_in, H, **both)
+        else:
+            lstm = torch.nn.RNN(n_in, H, nonlinearity=net.nonlinearity, **both)
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(lstm, f"{name}_l0").copy_(torch.from_numpy(net.p[f"{name}_l{k}"].copy()))
+                for suffix in ("", "_reverse") if net.bidirectional else ("",):
+                    getattr(lstm, f"{name}_l0{suffix}").copy_(
+                        torch.from_numpy(net.p[f"{name}_l{k}{suffix}"].copy()))
         lstms.append(lstm)
-        n_in = H
+        n_in = 2 * H if net.bidirectional else H
     head = torch.nn.Linear(n_in, net.n_outputs, dtype=dtype)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(net.p["head.weight"].copy()))
@@ -29,12 +40,14 @@ def torch_twin(net):
     return lstms, head
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["", "bidirectional"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [(6,), (5, 7)])
 @pytest.mark.parametrize("sequence", [False, True])
-def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, rng):
+def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, cell, bidirectional, rng):
     T, N, D, K = 7, 4, 3, 2
-    net = make_network(D, hidden, K, dtype=dtype)
+    net = make_network(D, hidden, K, dtype=dtype, cell=cell, bidirectional=bidirectional)
     x = rng.standard_normal((T, N, D)).astype(dtype)
     out, tape = net.forward(x, sequence)
     dout = rng.standard_normal(out.shape).astype(dtype)      # loss = sum(out * dout)
@@ -45,17 +58,25 @@ def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, rng):
     h = x_t
     for lstm in lstms:
         h, _ = lstm(h)                                        # (T, N, H)
-    top = h.reshape(T * N, -1) if sequence else h[-1]
+    if sequence:
+        top = h.reshape(T * N, -1)
+    elif bidirectional:  # each direction's last step: forward at T-1, reverse at 0
+        H = hidden[-1]
+        top = torch.cat([h[-1, :, :H], h[0, :, H:]], dim=1)
+    else:
+        top = h[-1]
     out_t = head(top)
     (out_t * torch.from_numpy(dout)).sum().backward()
 
     np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
-    top_layer_h = tape.layers[-1][4]
-    np.testing.assert_allclose(top_layer_h, h.detach().numpy(), rtol=0, atol=OUT_TOL[dtype])
+    top_layer_h = tape.layers[-1][4]                           # the forward direction
+    np.testing.assert_allclose(top_layer_h, h.detach().numpy()[..., :hidden[-1]], rtol=0,
+                               atol=OUT_TOL[dtype])
     theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
     for k, lstm in enumerate(lstms):
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            theirs[f"{name}_l{k}"] = getattr(lstm, f"{name}_l0").grad
+            for suffix in ("", "_reverse") if bidirectional else ("",):
+                theirs[f"{name}_l{k}{suffix}"] = getattr(lstm, f"{name}_l0{suffix}").grad
     assert set(theirs) == set(net.g)
     for name, grad in theirs.items():
         scale = max(1.0, float(grad.abs().max()))

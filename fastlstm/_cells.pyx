@@ -1,0 +1,405 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Compiled forward and backward-through-time of one plain RNN or GRU layer.
+
+The same design as the LSTM kernels in _kernels.pyx: time-major buffers
+(T, N, .), one gemm for the input projection of all T*N rows, then per step one
+recurrent gemm and one fused elementwise loop (_cells.h), the whole time loop
+with the GIL released; backward ends with one gemm each for dW_ih, dW_hh and dx.
+
+RNN  weight_ih (H, D), weight_hh (H, H): the pre-activations are computed in the
+     output buffer h and replaced by the activations in place.
+GRU  weight_ih (3H, D), weight_hh (3H, H), blocks r, z, n as in torch. The hidden
+     side h_prev @ W_hh.T goes into its own (N, 3H) buffer per step, not into
+     the gate buffer: r multiplies the n block's hidden part only.
+"""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+
+cdef extern from "_cells.h" nogil:
+    void fl_rnn_fwd_f32(int64_t n, int sigmoid, float *a)
+    void fl_rnn_fwd_f64(int64_t n, int sigmoid, double *a)
+    void fl_rnn_bwd_f32(int64_t n, int sigmoid, const float *h, const float *dh, float *da)
+    void fl_rnn_bwd_f64(int64_t n, int sigmoid, const double *h, const double *dh, double *da)
+    void fl_gru_cell_fwd_f32(int64_t N, int64_t H, float *gates, float *hproj,
+                             const float *b_hh, const float *h_prev, float *h)
+    void fl_gru_cell_fwd_f64(int64_t N, int64_t H, double *gates, double *hproj,
+                             const double *b_hh, const double *h_prev, double *h)
+    void fl_gru_cell_bwd_f32(int64_t N, int64_t H, const float *gates, const float *hproj,
+                             const float *h_prev, const float *dh, float *dai, float *dah,
+                             float *dh_direct)
+    void fl_gru_cell_bwd_f64(int64_t N, int64_t H, const double *gates, const double *hproj,
+                             const double *h_prev, const double *dh, double *dai, double *dah,
+                             double *dh_direct)
+
+
+# ---- helpers (the same as _kernels.pyx's, which has no .pxd to share them) -------
+
+cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
+                      floating alpha, const floating *A, int lda,
+                      const floating *B, int ldb,
+                      floating beta, floating *C, int ldc) noexcept nogil:
+    """Row-major C (M, N) = alpha * op(A) @ op(B) + beta * C (operands swapped
+    for column-major BLAS: C.T = op(B).T @ op(A).T)."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
+              &beta, C, &ldc)
+    else:
+        dgemm(&tb, &ta, &N, &M, &K, &alpha, <double *>B, &ldb, <double *>A, &lda,
+              &beta, C, &ldc)
+
+
+cdef bint any_nonzero(const floating *a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if a[k] != 0:
+            return True
+    return False
+
+
+def _check(name, got, expected):
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(expected)}")
+
+
+def _shape(mv, ndim):
+    return tuple(mv.shape[:ndim])
+
+
+cdef const int64_t *_lengths_ptr(const int64_t[::1] lengths, Py_ssize_t N, Py_ssize_t T) except? NULL:
+    if lengths is None:
+        return NULL
+    _check("lengths", _shape(lengths, 1), (N,))
+    cdef Py_ssize_t n
+    for n in range(N):
+        if lengths[n] < 1 or lengths[n] > T:
+            raise ValueError(f"lengths[{n}] = {lengths[n]} is outside [1, {T}]")
+    return &lengths[0] if N > 0 else NULL
+
+
+cdef void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t G,
+                           const floating *x, const floating *w_ih, const floating *bias,
+                           const floating *bias2, floating *out) noexcept nogil:
+    """out (T*N, G) = x @ W_ih.T + bias (+ bias2 when not NULL), one gemm."""
+    cdef Py_ssize_t row, k
+    for k in range(G):
+        out[k] = bias[k] + (bias2[k] if bias2 != NULL else 0)
+    for row in range(1, T * N):
+        for k in range(G):
+            out[row * G + k] = out[k]
+    if D > 0:
+        gemm(False, True, T * N, G, D, <floating>1, x, D, w_ih, D, <floating>1, out, G)
+
+
+cdef void carry_padded_h(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t *lengths,
+                         floating *h) noexcept nogil:
+    """h[t, n] = h[t-1, n] for samples whose sequence has ended."""
+    cdef Py_ssize_t n, j
+    for n in range(N):
+        if t >= lengths[n]:
+            for j in range(H):
+                h[(t * N + n) * H + j] = h[((t - 1) * N + n) * H + j]
+
+
+cdef void sum_rows(Py_ssize_t rows, Py_ssize_t G, const floating *a, floating *out) noexcept nogil:
+    """out (G,) += a (rows, G).sum(axis=0)"""
+    cdef Py_ssize_t row, k
+    for row in range(rows):
+        for k in range(G):
+            out[k] += a[row * G + k]
+
+
+# ---- plain RNN, forward ------------------------------------------------------------
+
+def rnn_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
+                      const floating[:, ::1] weight_ih,     # (H, D)
+                      const floating[:, ::1] weight_hh,     # (H, H)
+                      const floating[::1] bias_ih,          # (H,)
+                      const floating[::1] bias_hh,          # (H,)
+                      const floating[:, ::1] h0,            # (N, H)
+                      floating[:, :, ::1] h,                # (T, N, H) out
+                      bint sigmoid=False,                   # act: sigmoid, else tanh
+                      const int64_t[::1] lengths=None):     # (N,) real steps, or None
+    """h[t] = act(x[t] @ W_ih.T + b_ih + h[t-1] @ W_hh.T + b_hh) for all T steps.
+    With lengths, h is carried unchanged through each sample's padding."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1]
+    _check("weight_ih", _shape(weight_ih, 2), (H, D))
+    _check("weight_hh", _shape(weight_hh, 2), (H, H))
+    _check("bias_ih", _shape(bias_ih, 1), (H,))
+    _check("bias_hh", _shape(bias_hh, 1), (H,))
+    _check("h0", _shape(h0, 2), (N, H))
+    _check("h", _shape(h, 3), (T, N, H))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
+    if T == 0 or N == 0 or H == 0:
+        return
+
+    cdef Py_ssize_t t, NH = N * H
+    cdef floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef bint has_h0
+    with nogil:
+        # h = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once: pre-activations
+        input_projection(T, N, D, H, &x[0, 0, 0], &weight_ih[0, 0], &bias_ih[0],
+                         &bias_hh[0], h_ptr)
+        has_h0 = any_nonzero(&h0[0, 0], NH)
+        for t in range(T):
+            if t > 0:
+                gemm(False, True, N, H, H, <floating>1, h_ptr + (t - 1) * NH, H,
+                     w_hh, H, <floating>1, h_ptr + t * NH, H)   # h[t] += h[t-1] @ W_hh.T
+            elif has_h0:
+                gemm(False, True, N, H, H, <floating>1, &h0[0, 0], H,
+                     w_hh, H, <floating>1, h_ptr, H)            # h[0] += h0 @ W_hh.T
+            if floating is float:
+                fl_rnn_fwd_f32(NH, sigmoid, h_ptr + t * NH)      # h[t] = act(h[t])
+            else:
+                fl_rnn_fwd_f64(NH, sigmoid, h_ptr + t * NH)
+            if len_ptr != NULL and t > 0:
+                carry_padded_h(N, H, t, len_ptr, h_ptr)
+
+
+# ---- plain RNN, backward through time ------------------------------------------------
+
+def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
+                       const floating[:, ::1] weight_ih,     # (H, D)
+                       const floating[:, ::1] weight_hh,     # (H, H)
+                       const floating[:, ::1] h0,            # (N, H)
+                       const floating[:, :, ::1] h,          # (T, N, H) from forward
+                       floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
+                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                       floating[:, :, ::1] dpre,             # (T, N, H) out: dL/d(pre-activations)
+                       floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
+                       floating[:, ::1] dweight_ih,          # (H, D) accumulated into
+                       floating[:, ::1] dweight_hh,          # (H, H) accumulated into
+                       floating[::1] dbias,                  # (H,) accumulated into (= d b_ih = d b_hh)
+                       bint sigmoid=False,
+                       const int64_t[::1] lengths=None):
+    """Backprop through all T steps; dh is the running gradient on h_t (the
+    recurrent term is added into dh[t-1]). Padded steps pass dh[t] on to dh[t-1]
+    and get zero pre-activation gradients."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1]
+    _check("weight_ih", _shape(weight_ih, 2), (H, D))
+    _check("weight_hh", _shape(weight_hh, 2), (H, H))
+    for name, buf in (("h0", h0), ("dh0", dh0)):
+        _check(name, _shape(buf, 2), (N, H))
+    for name, buf in (("h", h), ("dh", dh), ("dpre", dpre)):
+        _check(name, _shape(buf, 3), (T, N, H))
+    if dx is not None:
+        _check("dx", _shape(dx, 3), (T, N, D))
+    _check("dweight_ih", _shape(dweight_ih, 2), (H, D))
+    _check("dweight_hh", _shape(dweight_hh, 2), (H, H))
+    _check("dbias", _shape(dbias, 1), (H,))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
+    if N == 0 or H == 0:
+        return
+    if T == 0:
+        dh0[...] = 0
+        return
+
+    cdef Py_ssize_t t, n, j, NH = N * H
+    cdef const floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef floating *dh_ptr = &dh[0, 0, 0]
+    cdef floating *dp_ptr = &dpre[0, 0, 0]
+    cdef floating *dx_ptr = NULL
+    if dx is not None and D > 0:
+        dx_ptr = &dx[0, 0, 0]
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            # dpre[t] = dh[t] * act'(pre[t])
+            if floating is float:
+                fl_rnn_bwd_f32(NH, sigmoid, h_ptr + t * NH, dh_ptr + t * NH, dp_ptr + t * NH)
+            else:
+                fl_rnn_bwd_f64(NH, sigmoid, h_ptr + t * NH, dh_ptr + t * NH, dp_ptr + t * NH)
+            if len_ptr != NULL and t > 0:
+                for n in range(N):  # padded: h[t] = h[t-1]
+                    if t >= len_ptr[n]:
+                        for j in range(H):
+                            dh_ptr[(t - 1) * NH + n * H + j] += dh_ptr[t * NH + n * H + j]
+                            dp_ptr[t * NH + n * H + j] = 0
+            if t > 0:
+                gemm(False, False, N, H, H, <floating>1, dp_ptr + t * NH, H,
+                     w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dpre[t] @ W_hh
+            else:
+                gemm(False, False, N, H, H, <floating>1, dp_ptr, H,
+                     w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dpre[0] @ W_hh
+
+        if D > 0:
+            gemm(True, False, H, D, T * N, <floating>1, dp_ptr, H, &x[0, 0, 0], D,
+                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dpre.T @ x
+        if T > 1:
+            gemm(True, False, H, H, (T - 1) * N, <floating>1, dp_ptr + NH, H, h_ptr, H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dpre[1:].T @ h[:-1]
+        if any_nonzero(&h0[0, 0], NH):
+            gemm(True, False, H, H, N, <floating>1, dp_ptr, H, &h0[0, 0], H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dpre[0].T @ h0
+        sum_rows(T * N, H, dp_ptr, &dbias[0])                # db = dpre.sum(rows)
+        if dx_ptr != NULL:
+            gemm(False, False, T * N, D, H, <floating>1, dp_ptr, H, &weight_ih[0, 0], D,
+                 <floating>0, dx_ptr, D)                     # dx = dpre @ W_ih
+
+
+# ---- GRU, forward --------------------------------------------------------------------
+
+def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
+                      const floating[:, ::1] weight_ih,     # (3H, D)
+                      const floating[:, ::1] weight_hh,     # (3H, H)
+                      const floating[::1] bias_ih,          # (3H,)
+                      const floating[::1] bias_hh,          # (3H,)
+                      const floating[:, ::1] h0,            # (N, H)
+                      floating[:, :, ::1] gates,            # (T, N, 3H) out: r, z, n activations
+                      floating[:, :, ::1] hproj,            # (T, N, 3H) out: h[t-1] @ W_hh.T + b_hh
+                      floating[:, :, ::1] h,                # (T, N, H) out
+                      const int64_t[::1] lengths=None):     # (N,) real steps, or None
+    """Run one GRU layer over all T steps; keep what the backward pass needs.
+    With lengths, h is carried unchanged through each sample's padding."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], G = 3 * H
+    _check("weight_ih", _shape(weight_ih, 2), (G, D))
+    _check("weight_hh", _shape(weight_hh, 2), (G, H))
+    _check("bias_ih", _shape(bias_ih, 1), (G,))
+    _check("bias_hh", _shape(bias_hh, 1), (G,))
+    _check("h0", _shape(h0, 2), (N, H))
+    for name, buf in (("gates", gates), ("hproj", hproj)):
+        _check(name, _shape(buf, 3), (T, N, G))
+    _check("h", _shape(h, 3), (T, N, H))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
+    if T == 0 or N == 0 or H == 0:
+        return
+
+    cdef Py_ssize_t t, NG = N * G, NH = N * H
+    cdef floating *g_ptr = &gates[0, 0, 0]
+    cdef floating *hp_ptr = &hproj[0, 0, 0]
+    cdef floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef const floating *h_prev
+    with nogil:
+        # gates = x @ W_ih.T + b_ih, all T*N rows at once (b_hh goes to the hidden side)
+        input_projection(T, N, D, G, &x[0, 0, 0], &weight_ih[0, 0], &bias_ih[0],
+                         <const floating *>NULL, g_ptr)
+        for t in range(T):
+            h_prev = h_ptr + (t - 1) * NH if t > 0 else &h0[0, 0]
+            if t > 0 or any_nonzero(h_prev, NH):
+                gemm(False, True, N, G, H, <floating>1, h_prev, H,
+                     w_hh, H, <floating>0, hp_ptr + t * NG, G)  # hproj[t] = h_prev @ W_hh.T
+            else:
+                memset(hp_ptr, 0, NG * sizeof(floating))
+            if floating is float:
+                fl_gru_cell_fwd_f32(N, H, g_ptr + t * NG, hp_ptr + t * NG, &bias_hh[0],
+                                    h_prev, h_ptr + t * NH)
+            else:
+                fl_gru_cell_fwd_f64(N, H, g_ptr + t * NG, hp_ptr + t * NG, &bias_hh[0],
+                                    h_prev, h_ptr + t * NH)
+            if len_ptr != NULL and t > 0:
+                carry_padded_h(N, H, t, len_ptr, h_ptr)
+
+
+# ---- GRU, backward through time ------------------------------------------------------
+
+def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
+                       const floating[:, ::1] weight_ih,     # (3H, D)
+                       const floating[:, ::1] weight_hh,     # (3H, H)
+                       const floating[:, ::1] h0,            # (N, H)
+                       const floating[:, :, ::1] gates,      # (T, N, 3H) from forward
+                       const floating[:, :, ::1] hproj,      # (T, N, 3H) from forward
+                       const floating[:, :, ::1] h,          # (T, N, H) from forward
+                       floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
+                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                       floating[:, :, ::1] dgates_i,         # (T, N, 3H) out: input side
+                       floating[:, :, ::1] dgates_h,         # (T, N, 3H) out: hidden side
+                       floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
+                       floating[:, ::1] dweight_ih,          # (3H, D) accumulated into
+                       floating[:, ::1] dweight_hh,          # (3H, H) accumulated into
+                       floating[::1] dbias_ih,               # (3H,) accumulated into
+                       floating[::1] dbias_hh,               # (3H,) accumulated into
+                       const int64_t[::1] lengths=None):
+    """Backprop through all T steps of one GRU layer. dh is the running gradient
+    on h_t. Padded steps pass dh[t] on to dh[t-1] and get zero gate gradients."""
+    cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], G = 3 * H
+    _check("weight_ih", _shape(weight_ih, 2), (G, D))
+    _check("weight_hh", _shape(weight_hh, 2), (G, H))
+    for name, buf in (("h0", h0), ("dh0", dh0)):
+        _check(name, _shape(buf, 2), (N, H))
+    for name, buf in (("gates", gates), ("hproj", hproj), ("dgates_i", dgates_i),
+                      ("dgates_h", dgates_h)):
+        _check(name, _shape(buf, 3), (T, N, G))
+    for name, buf in (("h", h), ("dh", dh)):
+        _check(name, _shape(buf, 3), (T, N, H))
+    if dx is not None:
+        _check("dx", _shape(dx, 3), (T, N, D))
+    _check("dweight_ih", _shape(dweight_ih, 2), (G, D))
+    _check("dweight_hh", _shape(dweight_hh, 2), (G, H))
+    _check("dbias_ih", _shape(dbias_ih, 1), (G,))
+    _check("dbias_hh", _shape(dbias_hh, 1), (G,))
+    cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
+    if N == 0 or H == 0:
+        return
+    if T == 0:
+        dh0[...] = 0
+        return
+
+    cdef Py_ssize_t t, n, j, k, NG = N * G, NH = N * H
+    cdef const floating *g_ptr = &gates[0, 0, 0]
+    cdef const floating *hp_ptr = &hproj[0, 0, 0]
+    cdef const floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *w_hh = &weight_hh[0, 0]
+    cdef floating *dh_ptr = &dh[0, 0, 0]
+    cdef floating *di_ptr = &dgates_i[0, 0, 0]
+    cdef floating *dhg_ptr = &dgates_h[0, 0, 0]
+    cdef floating *dx_ptr = NULL
+    cdef const floating *h_prev
+    cdef floating *dh_prev
+    if dx is not None and D > 0:
+        dx_ptr = &dx[0, 0, 0]
+    cdef floating[:, ::1] direct = np.empty_like(dh0)        # (N, H) dh[t] * z, the skip path
+    cdef floating *dd = &direct[0, 0]
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            h_prev = h_ptr + (t - 1) * NH if t > 0 else &h0[0, 0]
+            dh_prev = dh_ptr + (t - 1) * NH if t > 0 else &dh0[0, 0]
+            if floating is float:
+                fl_gru_cell_bwd_f32(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
+                                    dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)
+            else:
+                fl_gru_cell_bwd_f64(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
+                                    dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)
+            if len_ptr != NULL and t > 0:
+                for n in range(N):  # padded: h[t] = h[t-1], all of dh[t] goes straight on
+                    if t >= len_ptr[n]:
+                        for j in range(H):
+                            dd[n * H + j] = dh_ptr[t * NH + n * H + j]
+                        for k in range(G):
+                            di_ptr[t * NG + n * G + k] = 0
+                            dhg_ptr[t * NG + n * G + k] = 0
+            # dh_prev (+)= dh[t] * z + dgates_h[t] @ W_hh
+            if t > 0:
+                for k in range(NH):
+                    dh_prev[k] += dd[k]
+            else:
+                for k in range(NH):
+                    dh_prev[k] = dd[k]
+            gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
+                 w_hh, H, <floating>1, dh_prev, H)
+
+        if D > 0:
+            gemm(True, False, G, D, T * N, <floating>1, di_ptr, G, &x[0, 0, 0], D,
+                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dgates_i.T @ x
+        if T > 1:
+            gemm(True, False, G, H, (T - 1) * N, <floating>1, dhg_ptr + NG, G, h_ptr, H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates_h[1:].T @ h[:-1]
+        if any_nonzero(&h0[0, 0], NH):
+            gemm(True, False, G, H, N, <floating>1, dhg_ptr, G, &h0[0, 0], H,
+                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates_h[0].T @ h0
+        sum_rows(T * N, G, di_ptr, &dbias_ih[0])             # db_ih = dgates_i.sum(rows)
+        sum_rows(T * N, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
+        if dx_ptr != NULL:
+            gemm(False, False, T * N, D, G, <floating>1, di_ptr, G, &weight_ih[0, 0], D,
+                 <floating>0, dx_ptr, D)                     # dx = dgates_i @ W_ih
