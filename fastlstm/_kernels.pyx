@@ -15,7 +15,7 @@ from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 import numpy as np
 
@@ -34,6 +34,35 @@ cdef extern from "_gates.h" nogil:
     void fl_tanh_map_f32(int64_t n, const float *x, float *out)
     void fl_tanh_map_f64(int64_t n, const double *x, double *out)
 
+cdef extern from "_recurrent.h" nogil:
+    int fl_recurrent_available()
+    int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                 const float *h0, const float *c0, float *gates,
+                                 float *c, float *tanh_c, float *h, int n_threads)
+    int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                  const float *c0, const float *gates, const float *c,
+                                  const float *tanh_c, float *dh, float *dc, float *dh0,
+                                  float *dgates, int n_threads)
+
+from ._threads import recurrent_threads
+
+# The packed, thread-split time loop of _recurrent.h (float32, AVX-512 CPUs);
+# off, every loop goes through BLAS. Tests switch it to cover both paths.
+cdef bint _packed_enabled = True
+
+
+def set_packed_recurrence(bint enabled):
+    """Turn the packed float32 time loop on or off; returns the previous setting."""
+    global _packed_enabled
+    previous = _packed_enabled
+    _packed_enabled = enabled
+    return previous
+
+
+def packed_recurrence_available():
+    """True when this CPU runs the packed float32 time loop (AVX-512)."""
+    return bool(fl_recurrent_available())
+
 
 # ---- BLAS ------------------------------------------------------------------
 
@@ -49,6 +78,21 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
+    cdef int rows, cols, incx, one = 1
+    if M == 1:
+        # One row (a single sequence): C.T (N,) = op(B).T @ a is a gemv, which
+        # streams B once instead of packing it (at H=512: ~44 us vs ~360 us).
+        # op(B) as Fortran sees it is (N, K) for 'N' and (K, N) for 'T'; the
+        # row a is contiguous unless A is transposed (then it is a column).
+        rows, cols = (N, K) if tb == b'N' else (K, N)
+        incx = lda if trans_a else 1
+        if floating is float:
+            sgemv(&tb, &rows, &cols, &alpha, <float *>B, &ldb, <float *>A, &incx,
+                  &beta, C, &one)
+        else:
+            dgemv(&tb, &rows, &cols, &alpha, <double *>B, &ldb, <double *>A, &incx,
+                  &beta, C, &one)
+        return
     if floating is float:
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
               &beta, C, &ldc)
@@ -105,8 +149,12 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                        floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
                        floating[:, :, ::1] c,                # (T, N, H) out
                        floating[:, :, ::1] tanh_c,           # (T, N, H) out
-                       floating[:, :, ::1] h):               # (T, N, H) out
-    """Run one layer over all T steps; keep what the backward pass needs."""
+                       floating[:, :, ::1] h,                # (T, N, H) out
+                       n_threads=None):
+    """Run one layer over all T steps; keep what the backward pass needs.
+
+    n_threads: threads of the time loop; None follows the BLAS limit in force.
+    """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
     _check("weight_ih", _shape(weight_ih, 2), (G, D))
@@ -129,6 +177,10 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef const floating *c_prev
     cdef bint has_h0
+    cdef int nt = 1
+    cdef bint packed = floating is float and _packed_enabled
+    if packed:
+        nt = recurrent_threads() if n_threads is None else n_threads
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
         for k in range(G):
@@ -140,18 +192,24 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
             gemm(False, True, T * N, G, D, <floating>1, &x[0, 0, 0], D,
                  &weight_ih[0, 0], D, <floating>1, g_ptr, G)   # gates += x @ W_ih.T
         has_h0 = any_nonzero(&h0[0, 0], NH)
-        for t in range(T):
-            if t > 0:
-                gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
-                     w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
-                c_prev = c_ptr + (t - 1) * NH
-            else:
-                if has_h0:
-                    gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
-                         w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
-                c_prev = &c0[0, 0]
-            cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
-                         tc_ptr + t * NH, h_ptr + t * NH)
+        if floating is float:
+            if packed:
+                packed = fl_recurrent_forward_f32(
+                    T, N, H, w_hh, &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
+                    g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
+        if not packed:   # the time loop through BLAS, one gemm per step
+            for t in range(T):
+                if t > 0:
+                    gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
+                         w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
+                    c_prev = c_ptr + (t - 1) * NH
+                else:
+                    if has_h0:
+                        gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
+                             w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
+                    c_prev = &c0[0, 0]
+                cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
+                             tc_ptr + t * NH, h_ptr + t * NH)
 
 
 # ---- one LSTM layer, backward through time -----------------------------------
@@ -172,11 +230,13 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                         floating[:, ::1] dweight_ih,          # (G, D) accumulated into
                         floating[:, ::1] dweight_hh,          # (G, H) accumulated into
-                        floating[::1] dbias):                 # (G,) accumulated into (= d b_ih = d b_hh)
+                        floating[::1] dbias,                  # (G,) accumulated into (= d b_ih = d b_hh)
+                        n_threads=None):
     """Backprop through all T steps of one layer.
 
     dh is used as the running gradient on h_t: the recurrent term dgates[t] @ W_hh
     is added straight into dh[t-1], so the caller's buffer is overwritten.
+    n_threads: threads of the time loop; None follows the BLAS limit in force.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
@@ -210,20 +270,30 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dx_ptr = NULL
     cdef const floating *c_prev
     cdef bint has_h0
+    cdef int nt = 1
+    cdef bint packed = floating is float and _packed_enabled
+    if packed:
+        nt = recurrent_threads() if n_threads is None else n_threads
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
     with nogil:
-        for t in range(T - 1, -1, -1):
-            c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
-            # dgates[t] and dc <- dc_{t-1}, through the cell
-            cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
-                          dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
-            if t > 0:
-                gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
-                     w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
-            else:
-                gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
-                     w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
+        if floating is float:
+            if packed:
+                packed = fl_recurrent_backward_f32(
+                    T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
+                    &dh0[0, 0], dg_ptr, nt) == 0
+        if not packed:   # the time loop through BLAS, one gemm per step
+            for t in range(T - 1, -1, -1):
+                c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
+                # dgates[t] and dc <- dc_{t-1}, through the cell
+                cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
+                              dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
+                if t > 0:
+                    gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
+                         w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
+                else:
+                    gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
+                         w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
 
         # weight gradients, one gemm each over all rows
         if D > 0:
