@@ -9,6 +9,7 @@ def kernel_extension(name):
         f"fastlstm.{name}",
         [f"fastlstm/{name}.pyx"],
         include_dirs=[np.get_include(), "fastlstm"],
+        depends=["fastlstm/_gates.h", "fastlstm/_recurrent.h", "fastlstm/_pool.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # -O3 for the vectoriser; no -march=native and no -ffast-math: the gate
         # loops pick their instruction set at load time (see _gates.h).

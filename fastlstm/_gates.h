@@ -158,8 +158,8 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
  *   dc    = dc_t * f
  */
 #define FASTLSTM_CELL(SUFFIX, T, SIGMOID, TANH)                                       \
-    FASTLSTM_CLONES static void fl_lstm_cell_fwd_##SUFFIX(                            \
-        int64_t N, int64_t H,                                                         \
+    FASTLSTM_CLONES static void fl_lstm_cell_fwd_units_##SUFFIX(                      \
+        int64_t N, int64_t H, int64_t j0, int64_t j1, /* units j0 <= j < j1 only */   \
         T *restrict gates,        /* (N, 4H) in: pre-activations, out: activations */ \
         const T *restrict c_prev, /* (N, H) */                                        \
         T *restrict c, T *restrict tanh_c, T *restrict h) /* (N, H) each */           \
@@ -168,7 +168,7 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
             T *gi = gates + n * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;      \
             const T *cp = c_prev + n * H;                                             \
             T *cn = c + n * H, *tc = tanh_c + n * H, *hn = h + n * H;                 \
-            for (int64_t j = 0; j < H; j++) {                                         \
+            for (int64_t j = j0; j < j1; j++) {                                       \
                 T i = SIGMOID(gi[j]), f = SIGMOID(gf[j]);                             \
                 T g = TANH(gg[j]), o = SIGMOID(go[j]);                                \
                 T cj = f * cp[j] + i * g;                                             \
@@ -178,8 +178,8 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
             }                                                                         \
         }                                                                             \
     }                                                                                 \
-    FASTLSTM_CLONES static void fl_lstm_cell_bwd_##SUFFIX(                            \
-        int64_t N, int64_t H,                                                         \
+    FASTLSTM_CLONES static void fl_lstm_cell_bwd_units_##SUFFIX(                      \
+        int64_t N, int64_t H, int64_t j0, int64_t j1, /* units j0 <= j < j1 only */   \
         const T *restrict gates,  /* (N, 4H) activations i, f, g, o */               \
         const T *restrict c_prev, const T *restrict tanh_c, /* (N, H) */              \
         const T *restrict dh,     /* (N, H) total gradient on h_t */                  \
@@ -191,7 +191,7 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
             T *di = dgates + n * 4 * H, *df = di + H, *dg = df + H, *dout = dg + H;   \
             const T *cp = c_prev + n * H, *tc = tanh_c + n * H, *dhn = dh + n * H;    \
             T *dcn = dc + n * H;                                                      \
-            for (int64_t j = 0; j < H; j++) {                                         \
+            for (int64_t j = j0; j < j1; j++) {                                       \
                 T i = gi[j], f = gf[j], g = gg[j], o = go[j], tcj = tc[j];            \
                 T dct = dcn[j] + dhn[j] * o * (1 - tcj * tcj);                        \
                 dout[j] = dhn[j] * tcj * o * (1 - o);                                 \
@@ -201,6 +201,18 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
                 dcn[j] = dct * f;                                                     \
             }                                                                         \
         }                                                                             \
+    }                                                                                 \
+    static void fl_lstm_cell_fwd_##SUFFIX(int64_t N, int64_t H, T *gates,             \
+                                          const T *c_prev, T *c, T *tanh_c, T *h)     \
+    {                                                                                 \
+        fl_lstm_cell_fwd_units_##SUFFIX(N, H, 0, H, gates, c_prev, c, tanh_c, h);     \
+    }                                                                                 \
+    static void fl_lstm_cell_bwd_##SUFFIX(int64_t N, int64_t H, const T *gates,       \
+                                          const T *c_prev, const T *tanh_c,           \
+                                          const T *dh, T *dc, T *dgates)              \
+    {                                                                                 \
+        fl_lstm_cell_bwd_units_##SUFFIX(N, H, 0, H, gates, c_prev, tanh_c, dh, dc,    \
+                                        dgates);                                      \
     }
 FASTLSTM_CELL(f32, float, fl_sigmoid_f32, fl_tanh_f32)
 FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)

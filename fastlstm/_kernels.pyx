@@ -15,7 +15,7 @@ from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 import numpy as np
 
@@ -34,6 +34,35 @@ cdef extern from "_gates.h" nogil:
     void fl_tanh_map_f32(int64_t n, const float *x, float *out)
     void fl_tanh_map_f64(int64_t n, const double *x, double *out)
 
+cdef extern from "_recurrent.h" nogil:
+    int fl_recurrent_available()
+    int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                 const float *h0, const float *c0, float *gates,
+                                 float *c, float *tanh_c, float *h, int n_threads)
+    int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                  const float *c0, const float *gates, const float *c,
+                                  const float *tanh_c, float *dh, float *dc, float *dh0,
+                                  float *dgates, int n_threads)
+
+from ._threads import recurrent_threads
+
+# The packed, thread-split time loop of _recurrent.h (float32, AVX-512 CPUs);
+# off, every loop goes through BLAS. Tests switch it to cover both paths.
+cdef bint _packed_enabled = True
+
+
+def set_packed_recurrence(bint enabled):
+    """Turn the packed float32 time loop on or off; returns the previous setting."""
+    global _packed_enabled
+    previous = _packed_enabled
+    _packed_enabled = enabled
+    return previous
+
+
+def packed_recurrence_available():
+    """True when this CPU runs the packed float32 time loop (AVX-512)."""
+    return bool(fl_recurrent_available())
+
 
 # ---- BLAS ------------------------------------------------------------------
 
@@ -49,6 +78,21 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
+    cdef int rows, cols, incx, one = 1
+    if M == 1:
+        # One row (a single sequence): C.T (N,) = op(B).T @ a is a gemv, which
+        # streams B once instead of packing it (at H=512: ~44 us vs ~360 us).
+        # op(B) as Fortran sees it is (N, K) for 'N' and (K, N) for 'T'; the
+        # row a is contiguous unless A is transposed (then it is a column).
+        rows, cols = (N, K) if tb == b'N' else (K, N)
+        incx = lda if trans_a else 1
+        if floating is float:
+            sgemv(&tb, &rows, &cols, &alpha, <float *>B, &ldb, <float *>A, &incx,
+                  &beta, C, &one)
+        else:
+            dgemv(&tb, &rows, &cols, &alpha, <double *>B, &ldb, <double *>A, &incx,
+                  &beta, C, &one)
+        return
     if floating is float:
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
               &beta, C, &ldc)
@@ -160,12 +204,14 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                        floating[:, :, ::1] c,                # (T, N, H) out
                        floating[:, :, ::1] tanh_c,           # (T, N, H) out
                        floating[:, :, ::1] h,                # (T, N, H) out
-                       const int64_t[::1] lengths=None):     # (N,) real steps per sample, or None
+                       const int64_t[::1] lengths=None,      # (N,) real steps per sample, or None
+                       n_threads=None):
     """Run one layer over all T steps; keep what the backward pass needs.
 
     With lengths, steps t >= lengths[n] of sample n are padding: its state is
     carried through them unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1]
     is the state after the sample's last real step.
+    n_threads: threads of the time loop; None follows the BLAS limit in force.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
@@ -190,6 +236,11 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef const floating *c_prev
     cdef bint has_h0
+    cdef int nt = 1
+    # the packed loops know nothing of padding: batches with lengths take the BLAS loop
+    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL
+    if packed:
+        nt = recurrent_threads() if n_threads is None else n_threads
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
         for k in range(G):
@@ -201,20 +252,26 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
             gemm(False, True, T * N, G, D, <floating>1, &x[0, 0, 0], D,
                  &weight_ih[0, 0], D, <floating>1, g_ptr, G)   # gates += x @ W_ih.T
         has_h0 = any_nonzero(&h0[0, 0], NH)
-        for t in range(T):
-            if t > 0:
-                gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
-                     w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
-                c_prev = c_ptr + (t - 1) * NH
-            else:
-                if has_h0:
-                    gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
-                         w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
-                c_prev = &c0[0, 0]
-            cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
-                         tc_ptr + t * NH, h_ptr + t * NH)
-            if len_ptr != NULL and t > 0:
-                carry_padded_state(N, H, t, len_ptr, c_ptr, tc_ptr, h_ptr)
+        if floating is float:
+            if packed:
+                packed = fl_recurrent_forward_f32(
+                    T, N, H, w_hh, &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
+                    g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
+        if not packed:   # the time loop through BLAS, one gemm per step
+            for t in range(T):
+                if t > 0:
+                    gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
+                         w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
+                    c_prev = c_ptr + (t - 1) * NH
+                else:
+                    if has_h0:
+                        gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
+                             w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
+                    c_prev = &c0[0, 0]
+                cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
+                             tc_ptr + t * NH, h_ptr + t * NH)
+                if len_ptr != NULL and t > 0:
+                    carry_padded_state(N, H, t, len_ptr, c_ptr, tc_ptr, h_ptr)
 
 
 # ---- one LSTM layer, backward through time -----------------------------------
@@ -236,13 +293,15 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         floating[:, ::1] dweight_ih,          # (G, D) accumulated into
                         floating[:, ::1] dweight_hh,          # (G, H) accumulated into
                         floating[::1] dbias,                  # (G,) accumulated into (= d b_ih = d b_hh)
-                        const int64_t[::1] lengths=None):     # (N,) as in forward, or None
+                        const int64_t[::1] lengths=None,      # (N,) as in forward, or None
+                        n_threads=None):
     """Backprop through all T steps of one layer.
 
     dh is used as the running gradient on h_t: the recurrent term dgates[t] @ W_hh
     is added straight into dh[t-1], so the caller's buffer is overwritten.
     With lengths, padded steps pass dh and dc through to the step before and
     get zero gate gradients (so dx and the weight gradients ignore them).
+    n_threads: threads of the time loop; None follows the BLAS limit in force.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
@@ -277,6 +336,11 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dx_ptr = NULL
     cdef const floating *c_prev
     cdef bint has_h0
+    cdef int nt = 1
+    # the packed loops know nothing of padding: batches with lengths take the BLAS loop
+    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL
+    if packed:
+        nt = recurrent_threads() if n_threads is None else n_threads
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
     cdef floating[:, ::1] dc_stash                            # (N, H) dc of padded samples
@@ -285,22 +349,28 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         dc_stash = np.empty_like(dc)
         stash_ptr = &dc_stash[0, 0]
     with nogil:
-        for t in range(T - 1, -1, -1):
-            c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
-            # dgates[t] and dc <- dc_{t-1}, through the cell
-            if len_ptr != NULL and t > 0:
-                stash_padded_dc(N, H, t, len_ptr, &dc[0, 0], stash_ptr)
-            cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
-                          dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
-            if len_ptr != NULL and t > 0:
-                pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0],
-                                      dg_ptr + t * NG, dh_ptr)
-            if t > 0:
-                gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
-                     w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
-            else:
-                gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
-                     w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
+        if floating is float:
+            if packed:
+                packed = fl_recurrent_backward_f32(
+                    T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
+                    &dh0[0, 0], dg_ptr, nt) == 0
+        if not packed:   # the time loop through BLAS, one gemm per step
+            for t in range(T - 1, -1, -1):
+                c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
+                # dgates[t] and dc <- dc_{t-1}, through the cell
+                if len_ptr != NULL and t > 0:
+                    stash_padded_dc(N, H, t, len_ptr, &dc[0, 0], stash_ptr)
+                cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
+                              dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
+                if len_ptr != NULL and t > 0:
+                    pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0],
+                                          dg_ptr + t * NG, dh_ptr)
+                if t > 0:
+                    gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
+                         w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
+                else:
+                    gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
+                         w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
 
         # weight gradients, one gemm each over all rows
         if D > 0:

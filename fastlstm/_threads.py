@@ -1,4 +1,4 @@
-"""How many threads BLAS uses under the kernels.
+"""How many threads the kernels use: BLAS's, and the compiled time loops'.
 
 The per-step products of small networks (a batch of 32 by 50 units, say) take a
 few microseconds; splitting them across BLAS threads costs more than it saves
@@ -8,6 +8,7 @@ ctypes on the BLAS libraries threadpoolctl finds (about a microsecond a call),
 and large ones keep whatever limit is in force.
 """
 import contextlib
+import os
 import threading
 
 # Per-step recurrent work (batch x 4H x H multiply-adds) below which one BLAS
@@ -71,3 +72,16 @@ def one_blas_thread(enabled=True):
 def is_small(batch, hidden_sizes):
     """True when the largest layer's per-step product is below SMALL_STEP_WORK."""
     return batch * max(4 * h * h for h in hidden_sizes) < SMALL_STEP_WORK
+
+
+def recurrent_threads():
+    """Threads for one layer's compiled time loop: the smallest BLAS thread limit
+    in force (users cap BLAS with threadpoolctl or OPENBLAS_NUM_THREADS, and the
+    layer kernels mix BLAS calls with their own threaded loops, so one limit
+    governs both), at most the CPUs this process may run on; 1 at least."""
+    limits = [n for n in (get() for get, _ in _blas_libs()) if n > 0]
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(limits + [cpus]))

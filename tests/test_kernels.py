@@ -13,7 +13,14 @@ SHAPES = [  # (T, N, D, H)
     (6, 4, 5, 7),
     (3, 2, 8, 33),   # H not a multiple of any vector width
     (9, 5, 2, 16),
+    (5, 1, 3, 70),    # one sequence: gemv in the BLAS loop; H spans 5 vectors of 16
+    (4, 13, 3, 40),   # N past one 12-row register tile; H = 2.5 vectors
+    (3, 12, 1, 17),   # N = one full tile; the 2nd thread owns a single unit
+    (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, 3 row tiles
 ]
+# Forward and backward run through the packed, thread-split float32 time loop
+# (when the CPU has it) with 1 and 2 threads, and through the BLAS loop.
+PATHS = [("packed", 1), ("packed", 2), ("blas", 1)]
 # float32 against a float64 reference: a few ulp per operation, grown over T steps
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -33,14 +40,41 @@ def random_layer(T, N, D, H, dtype, seed=0, zero_state=False):
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0
 
 
-def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+@pytest.fixture(params=PATHS, ids=lambda p: f"{p[0]}-{p[1]}thread")
+def path(request):
+    """(kind, n_threads) of the time loop; the packed loop is switched back on after."""
+    kind, n_threads = request.param
+    previous = _kernels.set_packed_recurrence(kind == "packed")
+    yield kind, n_threads
+    _kernels.set_packed_recurrence(previous)
+
+
+def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
     gates = np.full((T, N, 4 * H), np.nan, dtype)
     c, tanh_c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(3))
-    _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h)
+    _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h,
+                                n_threads=n_threads)
     return gates, c, tanh_c, h
+
+
+def run_backward(args, saved, dh, dc_last, n_threads=None):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    T, N, D = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    dc = dc_last.copy()
+    dh0 = np.full((N, H), np.nan, dtype)
+    dgates = np.full((T, N, 4 * H), np.nan, dtype)
+    dx = np.full((T, N, D), np.nan, dtype)
+    # the kernel accumulates weight gradients: start from a known non-zero value
+    dw_ih, dw_hh, db = (np.ones(s, dtype) for s in ((4 * H, D), (4 * H, H), (4 * H,)))
+    _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, *saved, dh.copy(), dc,
+                                 dh0, dgates, dx, dw_ih, dw_hh, db, n_threads=n_threads)
+    return dx, dw_ih, dw_hh, db, dh0, dc
 
 
 def as64(*arrays):
@@ -50,9 +84,9 @@ def as64(*arrays):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_state", [False, True])
-def test_forward_matches_reference(shape, dtype, zero_state):
+def test_forward_matches_reference(shape, dtype, zero_state, path):
     args = random_layer(*shape, dtype, zero_state=zero_state)
-    gates, c, tanh_c, h = run_forward(*args)
+    gates, c, tanh_c, h = run_forward(*args, n_threads=path[1])
     h_ref, c_last_ref, cache = ref.lstm_forward(*as64(*args))
     np.testing.assert_allclose(h, h_ref, rtol=0, atol=TOL[dtype])
     np.testing.assert_allclose(c[-1], c_last_ref, rtol=0, atol=TOL[dtype] * 10)
@@ -66,11 +100,11 @@ def test_forward_matches_reference(shape, dtype, zero_state):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_state", [False, True])
-def test_backward_matches_reference(shape, dtype, zero_state):
+def test_backward_matches_reference(shape, dtype, zero_state, path):
     T, N, D, H = shape
     args = random_layer(*shape, dtype, zero_state=zero_state)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
-    gates, c, tanh_c, h = run_forward(*args)
+    saved = run_forward(*args, n_threads=path[1])
     rng = np.random.default_rng(1)
     dh = rng.standard_normal((T, N, H)).astype(dtype)
     dc_last = rng.standard_normal((N, H)).astype(dtype)
@@ -79,14 +113,7 @@ def test_backward_matches_reference(shape, dtype, zero_state):
     dx_r, dw_ih_r, dw_hh_r, db_r, _, dh0_r, dc0_r = ref.lstm_backward(
         *as64(dh, dc_last, w_ih, w_hh), cache)
 
-    dc = dc_last.copy()
-    dh0 = np.full((N, H), np.nan, dtype)
-    dgates = np.full((T, N, 4 * H), np.nan, dtype)
-    dx = np.full((T, N, D), np.nan, dtype)
-    # the kernel accumulates weight gradients: start from a known non-zero value
-    dw_ih, dw_hh, db = (np.ones(s, dtype) for s in ((4 * H, D), (4 * H, H), (4 * H,)))
-    _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh.copy(), dc,
-                                 dh0, dgates, dx, dw_ih, dw_hh, db)
+    dx, dw_ih, dw_hh, db, dh0, dc = run_backward(args, saved, dh, dc_last, n_threads=path[1])
     tol = TOL[dtype] * 10
     np.testing.assert_allclose(dx, dx_r, rtol=0, atol=tol)
     np.testing.assert_allclose(dw_ih - 1, dw_ih_r, rtol=0, atol=tol)
@@ -94,6 +121,39 @@ def test_backward_matches_reference(shape, dtype, zero_state):
     np.testing.assert_allclose(db - 1, db_r, rtol=0, atol=tol)
     np.testing.assert_allclose(dh0, dh0_r, rtol=0, atol=tol)
     np.testing.assert_allclose(dc, dc0_r, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(6, 30, 4, 300), (4, 13, 3, 40), (3, 2, 2, 16)])
+def test_float32_is_bit_identical_for_any_thread_count(shape):
+    """Each output of the packed loop is one in-order sum, whoever computes it."""
+    T, N, D, H = shape
+    args = random_layer(*shape, np.float32)
+    rng = np.random.default_rng(3)
+    dh = rng.standard_normal((T, N, H)).astype(np.float32)
+    dc_last = rng.standard_normal((N, H)).astype(np.float32)
+    results = []
+    for n_threads in (1, 2, 3):
+        saved = run_forward(*args, n_threads=n_threads)
+        results.append(saved + run_backward(args, saved, dh, dc_last, n_threads=n_threads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_packed_path_is_taken_where_available():
+    """The packed loop and the BLAS loop round differently: if the switch did
+    nothing, the path-parametrised tests above would test one path twice."""
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: only the BLAS loop exists")
+    args = random_layer(8, 30, 4, 300, np.float32)
+    previous = _kernels.set_packed_recurrence(False)
+    try:
+        blas_h = run_forward(*args)[3]
+    finally:
+        _kernels.set_packed_recurrence(previous)
+    packed_h = run_forward(*args)[3]
+    assert not np.array_equal(blas_h, packed_h)
+    np.testing.assert_allclose(blas_h, packed_h, atol=1e-3)  # rounding only, grown over 8 steps
 
 
 def test_backward_without_dx_leaves_weight_gradients_equal():

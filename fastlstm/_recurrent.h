@@ -1,0 +1,365 @@
+/*
+ * The per-step recurrent product of one LSTM layer, float32, for CPUs with
+ * AVX-512: the whole time loop of the forward pass and of backward-through-
+ * time, split by hidden units between threads.
+ *
+ * Why not one sgemm per step: at mid sizes (N=30, H=300; N=128, H=128) the
+ * BLAS repacks W_hh on every call and runs at ~70 GFLOP/s. Here each thread
+ * packs its slice of W_hh ONCE per call (64-byte aligned panels) and a
+ * register-blocked kernel streams it every step.
+ *
+ * The split: thread p owns hidden units [j0, j1). In the forward pass it owns
+ * the four gate rows of those units (i, f, g, o), so it can run the cell loop
+ * of its units right after its share of the product, with no data from the
+ * other thread; h[t] is complete only when every thread is done, hence one
+ * barrier per step:
+ *     gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T ; cell forward (my units) ; barrier
+ * Backward, the product needs all of dgates[t] and writes only my columns of
+ * dh[t-1]:
+ *     cell backward (my units) ; barrier ; dh[t-1][:, my units] += dgates[t] @ W_hh[:, my units]
+ *
+ * Determinism: every output element is one accumulator summed over k = 0..K-1
+ * in order, whatever the thread count and the row/column blocking, so results
+ * are bit-identical for any number of threads.
+ *
+ * Portability: only the functions marked FL_AVX512 use AVX-512; the caller
+ * checks fl_recurrent_available() at run time and keeps its BLAS loop
+ * otherwise. The threads come from _pool.h.
+ */
+#ifndef FASTLSTM_RECURRENT_H
+#define FASTLSTM_RECURRENT_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_gates.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FL_HAVE_AVX512_CODE 1
+#include <immintrin.h>
+#define FL_AVX512 __attribute__((target("avx512f")))
+#define FL_INLINE_AVX512 static inline __attribute__((always_inline, target("avx512f")))
+#else
+#define FL_HAVE_AVX512_CODE 0
+#endif
+
+#include "_pool.h"
+
+#define FL_LANES 16  /* float32 lanes of one zmm register */
+#define FL_NV 2      /* vectors (of 16 columns) per packed panel */
+#define FL_MR 12     /* rows per register tile: 12 x 2 accumulators of 32 */
+#define FL_MAX_VEC 512  /* vectors per thread: 4 gates x H up to 2048 */
+/* N * H * H (a quarter of a step's product flops / 2) below which one thread
+ * runs the loop; tuned on the benchmark workloads. */
+#define FL_MIN_WORK_PER_THREAD (32 * 64 * 64)
+
+/* 1 when this CPU (and OS) can run the AVX-512 path. */
+static int fl_recurrent_available(void)
+{
+#if FL_HAVE_AVX512_CODE
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+/* The columns a thread computes, as vectors of 16: vector v writes output
+ * columns col[v] .. col[v] + 15 (lanes off in mask[v] are padding). */
+typedef struct {
+    int64_t n_vec;
+    int64_t K;          /* length of the dot products */
+    int64_t col[FL_MAX_VEC];
+    uint16_t mask[FL_MAX_VEC];
+    float *packed;      /* panels of FL_NV vectors: (n_panels, K, FL_NV * 16), zero padded */
+} fl_slice;
+
+/* Units [j0, j1) of thread p out of nt: blocks of 16 units dealt out evenly,
+ * so only the last thread has a partial vector. */
+static void fl_units(int64_t H, int p, int nt, int64_t *j0, int64_t *j1)
+{
+    int64_t blocks = (H + FL_LANES - 1) / FL_LANES;
+    int64_t b0 = blocks * p / nt, b1 = blocks * (p + 1) / nt;
+    *j0 = b0 * FL_LANES < H ? b0 * FL_LANES : H;
+    *j1 = b1 * FL_LANES < H ? b1 * FL_LANES : H;
+}
+
+static uint16_t fl_lane_mask(int64_t n)
+{
+    return n >= FL_LANES ? 0xFFFF : (uint16_t)((1u << n) - 1);
+}
+
+/* Most vectors a thread can own; the slice arrays are sized for it. */
+static int64_t fl_max_vectors(int64_t H)
+{
+    return 4 * ((H + FL_LANES - 1) / FL_LANES);
+}
+
+/* Forward slice: the 4 gate rows of units [j0, j1), vectors gate by gate.
+ * packed[panel][k][lane] = W_hh[q * H + j, k] for the (q, j) of that lane. */
+static void fl_pack_forward(fl_slice *s, const float *w_hh, int64_t H, int64_t j0, int64_t j1)
+{
+    int64_t per_gate = (j1 - j0 + FL_LANES - 1) / FL_LANES;
+    s->K = H;
+    s->n_vec = 4 * per_gate;
+    for (int64_t q = 0; q < 4; q++)
+        for (int64_t b = 0; b < per_gate; b++) {
+            int64_t v = q * per_gate + b, j = j0 + b * FL_LANES;
+            s->col[v] = q * H + j;
+            s->mask[v] = fl_lane_mask(j1 - j);
+        }
+    int64_t stride = FL_NV * FL_LANES;
+    for (int64_t v = 0; v < s->n_vec; v++) {
+        float *panel = s->packed + (v / FL_NV) * H * stride + (v % FL_NV) * FL_LANES;
+        for (int64_t k = 0; k < H; k++)
+            for (int64_t l = 0; l < FL_LANES; l++)
+                panel[k * stride + l] =
+                    (s->mask[v] >> l) & 1 ? w_hh[(s->col[v] + l) * H + k] : 0.0f;
+    }
+}
+
+/* Backward slice: columns [j0, j1) of W_hh (G, H), all G = 4H rows.
+ * packed[panel][k][lane] = W_hh[k, j] for the j of that lane. */
+static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H, int64_t j0, int64_t j1)
+{
+    int64_t G = 4 * H, stride = FL_NV * FL_LANES;
+    s->K = G;
+    s->n_vec = (j1 - j0 + FL_LANES - 1) / FL_LANES;
+    for (int64_t v = 0; v < s->n_vec; v++) {
+        s->col[v] = j0 + v * FL_LANES;
+        s->mask[v] = fl_lane_mask(j1 - s->col[v]);
+    }
+    for (int64_t v = 0; v < s->n_vec; v++) {
+        float *panel = s->packed + (v / FL_NV) * G * stride + (v % FL_NV) * FL_LANES;
+        for (int64_t k = 0; k < G; k++)
+            for (int64_t l = 0; l < FL_LANES; l++)
+                panel[k * stride + l] =
+                    (s->mask[v] >> l) & 1 ? w_hh[k * H + s->col[v] + l] : 0.0f;
+    }
+}
+
+/* Floats of packed weights for the slice of one thread (upper bound). */
+static int64_t fl_packed_floats(int64_t H)
+{
+    int64_t vecs = fl_max_vectors(H);
+    return ((vecs + FL_NV - 1) / FL_NV) * 4 * H * FL_NV * FL_LANES;
+}
+
+#if FL_HAVE_AVX512_CODE
+
+/* One register tile: rows [0, mr) of C, the nv vectors of one panel.
+ * C[r, col[v] + lane] (+)= sum_k A[r, k] * panel[k][v][lane]; mr and nv are
+ * compile-time constants at every call site, so acc lives in registers. */
+FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
+                              const float *A, int64_t lda, const float *panel,
+                              float *C, int64_t ldc, const int64_t *col,
+                              const uint16_t *mask, int accumulate)
+{
+    __m512 acc[FL_MR][FL_NV];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
+                                   : _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        __m512 b[FL_NV];
+        for (int v = 0; v < nv; v++)
+            b[v] = _mm512_load_ps(panel + k * FL_NV * FL_LANES + v * FL_LANES);
+        for (int r = 0; r < mr; r++) {
+            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            _mm512_mask_storeu_ps(C + r * ldc + col[v], mask[v], acc[r][v]);
+}
+
+#define FL_TILE_CASE(MR)                                                           \
+    case MR:                                                                       \
+        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc);     \
+        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc);             \
+        break;
+
+/* The tile for any mr in 1..FL_MR, nv in 1..2. */
+FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int64_t lda,
+                                  const float *panel, float *C, int64_t ldc,
+                                  const int64_t *col, const uint16_t *mask, int acc)
+{
+    switch (mr) {
+        FL_TILE_CASE(1) FL_TILE_CASE(2) FL_TILE_CASE(3) FL_TILE_CASE(4)
+        FL_TILE_CASE(5) FL_TILE_CASE(6) FL_TILE_CASE(7) FL_TILE_CASE(8)
+        FL_TILE_CASE(9) FL_TILE_CASE(10) FL_TILE_CASE(11) FL_TILE_CASE(12)
+    }
+}
+
+/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda. */
+FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
+                                       int64_t lda, float *C, int64_t ldc, int accumulate)
+{
+    int64_t stride = FL_NV * FL_LANES;
+    for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
+        int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+        const float *panel = s->packed + (v / FL_NV) * s->K * stride;
+        for (int64_t n = 0; n < N; n += FL_MR) {
+            int mr = N - n < FL_MR ? (int)(N - n) : FL_MR;
+            fl_tile_any(mr, nv, s->K, A + n * lda, lda, panel, C + n * ldc, ldc,
+                        s->col + v, s->mask + v, accumulate);
+        }
+    }
+}
+
+#endif /* FL_HAVE_AVX512_CODE */
+
+/* Per-call scratch: one slice (descriptor + packed panels) per thread. */
+static fl_slice *fl_slices_new(int nt, int64_t H)
+{
+    if (fl_max_vectors(H) > FL_MAX_VEC) return NULL;   /* H beyond the descriptor arrays */
+    fl_slice *s = calloc((size_t)nt, sizeof(fl_slice));
+    if (!s) return NULL;
+    size_t bytes = (size_t)fl_packed_floats(H) * sizeof(float);
+    bytes = (bytes + 63) / 64 * 64;
+    for (int p = 0; p < nt; p++) {
+        s[p].packed = aligned_alloc(64, bytes);
+        if (!s[p].packed) {
+            for (int q = 0; q < p; q++) free(s[q].packed);
+            free(s);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static void fl_slices_free(fl_slice *s, int nt)
+{
+    for (int p = 0; p < nt; p++) free(s[p].packed);
+    free(s);
+}
+
+/* Everything one time loop needs, shared by the team. */
+typedef struct {
+    int64_t T, N, H;
+    const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
+    float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
+    fl_slice *slices;
+} fl_loop;
+
+#if FL_HAVE_AVX512_CODE
+
+/* Thread p of nt, forward: gates (T, N, 4H) in: x @ W_ih.T + b, out:
+ * activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or NULL for zeros. */
+FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
+{
+    fl_loop *L = arg;
+    int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, j0, j1;
+    fl_units(H, p, nt, &j0, &j1);
+    fl_slice *s = &L->slices[p];
+    fl_pack_forward(s, L->w_hh, H, j0, j1);
+    for (int64_t t = 0; t < T; t++) {
+        const float *h_prev = t > 0 ? L->h + (t - 1) * NH : L->h0;
+        float *g = L->gates + t * NG;
+        if (j1 > j0) {
+            if (h_prev)   /* gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T */
+                fl_slice_product(s, N, h_prev, H, g, G, 1);
+            fl_lstm_cell_fwd_units_f32(N, H, j0, j1, g, t > 0 ? L->c + (t - 1) * NH : L->c0,
+                                       L->c + t * NH, (float *)L->tanh_c + t * NH,
+                                       L->h + t * NH);
+        }
+        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
+    }
+}
+
+/* Thread p of nt, backward: dh (T, N, H) in: gradient from above, added to;
+ * dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out; dgates (T, N, 4H) out. */
+FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
+{
+    fl_loop *L = arg;
+    int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, j0, j1;
+    fl_units(H, p, nt, &j0, &j1);
+    fl_slice *s = &L->slices[p];
+    fl_pack_backward(s, L->w_hh, H, j0, j1);
+    for (int64_t t = T - 1; t >= 0; t--) {
+        /* dgates[t][:, my rows], dc[:, my units] <- dc_{t-1}, through the cell */
+        if (j1 > j0)
+            fl_lstm_cell_bwd_units_f32(N, H, j0, j1, L->gates_in + t * NG,
+                                       t > 0 ? L->c_in + (t - 1) * NH : L->c0,
+                                       L->tanh_c + t * NH, L->dh + t * NH, L->dc,
+                                       L->dgates + t * NG);
+        fl_team_barrier(nt);   /* dgates[t] complete before anyone reads it */
+        if (j1 > j0) {
+            if (t > 0)   /* dh[t-1][:, my units] += dgates[t] @ W_hh[:, my units] */
+                fl_slice_product(s, N, L->dgates + t * NG, G, L->dh + (t - 1) * NH, H, 1);
+            else         /* dh0[:, my units] = dgates[0] @ W_hh[:, my units] */
+                fl_slice_product(s, N, L->dgates, G, L->dh0, H, 0);
+        }
+    }
+}
+
+/* Threads worth using: each needs a block of 16 units, and at small sizes a
+ * barrier per step costs more than a thread saves. */
+static int fl_useful_threads(int64_t N, int64_t H, int n_threads)
+{
+    int64_t blocks = (H + FL_LANES - 1) / FL_LANES;
+    int64_t nt = n_threads < blocks ? n_threads : blocks;
+    if (N * H * H < FL_MIN_WORK_PER_THREAD * (nt > 1 ? nt : 1)) nt = 1;
+    return nt > 1 ? (int)nt : 1;
+}
+
+#endif /* FL_HAVE_AVX512_CODE */
+
+/*
+ * Forward time loop, after the caller has filled gates with x @ W_ih.T + b.
+ *   gates (T, N, 4H) in: input part of the pre-activations, out: activations
+ *   c, tanh_c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H)
+ * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
+ */
+static int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                    const float *h0, const float *c0, float *gates,
+                                    float *c, float *tanh_c, float *h, int n_threads)
+{
+#if FL_HAVE_AVX512_CODE
+    if (!fl_recurrent_available()) return -1;
+    int nt = fl_useful_threads(N, H, n_threads);
+    fl_loop L = {T, N, H, w_hh, h0, c0, NULL, NULL, tanh_c,
+                 gates, c, h, NULL, NULL, NULL, NULL, fl_slices_new(nt, H)};
+    if (!L.slices) return -1;
+    fl_team_run(nt, fl_forward_part, &L);
+    fl_slices_free(L.slices, nt);
+    return 0;
+#else
+    (void)T; (void)N; (void)H; (void)w_hh; (void)h0; (void)c0; (void)gates;
+    (void)c; (void)tanh_c; (void)h; (void)n_threads;
+    return -1;
+#endif
+}
+
+/*
+ * Backward time loop (the weight-gradient gemms stay with the caller).
+ *   gates (T, N, 4H) activations; c, tanh_c (T, N, H); c0 (N, H)
+ *   dh (T, N, H) in: gradient from above, accumulated into (clobbered)
+ *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out;  dgates (T, N, 4H) out
+ * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
+ */
+static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
+                                     const float *c0, const float *gates, const float *c,
+                                     const float *tanh_c, float *dh, float *dc, float *dh0,
+                                     float *dgates, int n_threads)
+{
+#if FL_HAVE_AVX512_CODE
+    if (!fl_recurrent_available()) return -1;
+    int nt = fl_useful_threads(N, H, n_threads);
+    fl_loop L = {T, N, H, w_hh, NULL, c0, gates, c, tanh_c,
+                 NULL, NULL, NULL, dh, dc, dh0, dgates, fl_slices_new(nt, H)};
+    if (!L.slices) return -1;
+    fl_team_run(nt, fl_backward_part, &L);
+    fl_slices_free(L.slices, nt);
+    return 0;
+#else
+    (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
+    (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
+    return -1;
+#endif
+}
+
+#endif /* FASTLSTM_RECURRENT_H */
