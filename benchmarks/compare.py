@@ -2,11 +2,13 @@
 workloads of BENCHMARKS.md.
 
     python benchmarks/compare.py [--quick] [--workloads sine,binadd,...] [--threads N] [--markdown]
+                                 [--cell lstm|gru|rnn]
 
 All engines run in this process, one after the other, on the same float32 data,
 batch size, thread count and network: LSTM stack -> dropout on every LSTM layer's
 output (while training) -> linear head on the last step or on every step; half MSE
-or softmax cross-entropy; Adam, lr 1e-3. fastlstm is driven through its public
+or softmax cross-entropy; Adam, lr 1e-3. --cell gru / rnn runs the same workloads
+with GRU (torch.nn.GRU, keras GRU) or tanh RNN (torch.nn.RNN, keras SimpleRNN) layers. fastlstm is driven through its public
 estimators, so validation and Python overhead count. Peak memory comes from fresh
 child processes (`--child ENGINE WORKLOAD`). Progress goes to stderr, tables to stdout.
 """
@@ -46,6 +48,8 @@ WORKLOADS = {
     "medium": Workload(4096, 50,  32,  (128,),     "last",     "clf", 10, 128),
     "large":  Workload(1024, 100, 128, (512,),     "last",     "clf", 10, 64),
 }
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELL = "lstm"              # --cell: the recurrent layer every engine uses
 QUICK_BATCHES = 4          # --quick: at most this many minibatches per epoch
 INFER_BATCH = 256
 REPEATS = 3                # timed epochs / inference passes, the best one counts
@@ -67,10 +71,11 @@ def make_data(w, n, seed=0):
 
 
 def forward_flops_per_sample(w):
-    """Matmul flops of one forward pass of one sequence: 2*T*4H*(D+H) per layer."""
+    """Matmul flops of one forward pass of one sequence: 2*T*G*(D+H) per layer,
+    G = 4H (LSTM), 3H (GRU) or H (RNN)."""
     flops, n_in = 0, w.D
     for H in w.hidden:
-        flops += 2 * w.T * 4 * H * (n_in + H)
+        flops += 2 * w.T * GATES[CELL] * H * (n_in + H)
         n_in = H
     return flops
 
@@ -90,7 +95,8 @@ class FastLSTM:
         from fastlstm import LSTMClassifier, LSTMRegressor
         estimator = LSTMClassifier if w.task == "clf" else LSTMRegressor
         self.model = estimator(
-            hidden_layer_sizes=w.hidden, output=w.output, dropout=w.dropout, solver="adam",
+            hidden_layer_sizes=w.hidden, cell=CELL, output=w.output, dropout=w.dropout,
+            solver="adam",
             learning_rate_init=1e-3, batch_size=w.batch, max_iter=1, shuffle=True, alpha=0.0,
             tol=0.0, n_iter_no_change=10**9, random_state=0)
         self.threads = threads
@@ -123,8 +129,9 @@ class Torch:
         torch.manual_seed(0)
         H, layers = w.hidden[0], len(w.hidden)
         # nn.LSTM's own dropout acts between its layers; self.drop adds the one before the head
-        self.lstm = torch.nn.LSTM(w.D, H, num_layers=layers, batch_first=True,
-                                  dropout=w.dropout if layers > 1 else 0.0)
+        module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[CELL]
+        self.lstm = module(w.D, H, num_layers=layers, batch_first=True,
+                           dropout=w.dropout if layers > 1 else 0.0)
         self.drop = torch.nn.Dropout(w.dropout)
         self.head = torch.nn.Linear(H, w.K)
         self.net = torch.nn.ModuleList([self.lstm, self.drop, self.head])
@@ -181,7 +188,9 @@ class Keras:
         layers = [keras.Input((w.T, w.D))]
         for k, H in enumerate(w.hidden):
             top = k == len(w.hidden) - 1
-            layers.append(keras.layers.LSTM(H, return_sequences=not top or w.output == "sequence"))
+            layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU,
+                     "rnn": keras.layers.SimpleRNN}[CELL]
+            layers.append(layer(H, return_sequences=not top or w.output == "sequence"))
             if w.dropout:
                 layers.append(keras.layers.Dropout(w.dropout))
         layers.append(keras.layers.Dense(w.K))
@@ -328,7 +337,7 @@ def child(engine_name, workload, threads, quick):
 def run_child(engine_name, workload, threads, quick):
     """Run `--child` in a fresh interpreter -> (its JSON, wall seconds)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", engine_name, workload,
-           "--threads", str(threads)] + (["--quick"] if quick else [])
+           "--threads", str(threads), "--cell", CELL] + (["--quick"] if quick else [])
     tic = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - tic
@@ -380,7 +389,7 @@ def print_report(res, names, extra, threads, peak, quick, markdown, errors):
 
     import fastlstm
     command = "python " + " ".join(sys.argv)
-    header = (f"{datetime.date.today().isoformat()} | CPU: {cpu_model()} | "
+    header = (f"{datetime.date.today().isoformat()} | cell: {CELL} | CPU: {cpu_model()} | "
               f"{os.cpu_count()} cores, {threads} threads for every engine | torch {torch.__version__} | "
               f"numpy {np.__version__} | fastlstm {fastlstm.__version__} | "
               f"float32 sgemm peak (numpy, n=2048): {peak:.0f} GFLOP/s | `{command}`")
@@ -512,8 +521,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="threads for every engine (default: all cores)")
     parser.add_argument("--markdown", action="store_true", help="GitHub markdown tables")
+    parser.add_argument("--cell", choices=sorted(GATES), default="lstm",
+                        help="the recurrent layer of every engine (default: lstm)")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global CELL
+    CELL = args.cell
     if args.child:
         return child(*args.child, args.threads, args.quick)
     selected = [s.strip() for s in args.workloads.split(",") if s.strip()]

@@ -10,7 +10,11 @@
 #ifndef FASTLSTM_CELLS_H
 #define FASTLSTM_CELLS_H
 
+/* only the activations of _gates.h are used here: not a warning about the rest */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
 #include "_gates.h"
+#pragma GCC diagnostic pop
 
 /* ---- plain RNN: h = act(a) ------------------------------------------------
  * forward: a (n,) pre-activations in, activations out (in place).

@@ -285,7 +285,10 @@ def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
         input_projection(T, N, D, G, &x[0, 0, 0], &weight_ih[0, 0], &bias_ih[0],
                          <const floating *>NULL, g_ptr)
         for t in range(T):
-            h_prev = h_ptr + (t - 1) * NH if t > 0 else &h0[0, 0]
+            if t > 0:
+                h_prev = h_ptr + (t - 1) * NH
+            else:
+                h_prev = &h0[0, 0]
             if t > 0 or any_nonzero(h_prev, NH):
                 gemm(False, True, N, G, H, <floating>1, h_prev, H,
                      w_hh, H, <floating>0, hp_ptr + t * NG, G)  # hproj[t] = h_prev @ W_hh.T
@@ -363,8 +366,10 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dd = &direct[0, 0]
     with nogil:
         for t in range(T - 1, -1, -1):
-            h_prev = h_ptr + (t - 1) * NH if t > 0 else &h0[0, 0]
-            dh_prev = dh_ptr + (t - 1) * NH if t > 0 else &dh0[0, 0]
+            if t > 0:
+                h_prev, dh_prev = h_ptr + (t - 1) * NH, dh_ptr + (t - 1) * NH
+            else:
+                h_prev, dh_prev = &h0[0, 0], &dh0[0, 0]
             if floating is float:
                 fl_gru_cell_bwd_f32(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
                                     dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)

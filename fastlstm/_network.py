@@ -70,10 +70,16 @@ class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
     (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0) for the
     LSTM; a GRU keeps its hidden projection where c is and None for tanh_c, a
-    plain RNN None for all three (and its c0 is zeros)."""
+    plain RNN None for all three (and its c0 is zeros). A bidirectional
+    network's layers[k] holds its forward direction (layer_out is then the
+    concatenation) and reverse[k] the reverse one: (reversed layer_in, gates, c,
+    tanh_c, h in reversed time)."""
 
-    def __init__(self, layers, head_in, sequence_output, arena, lengths=None):
+    def __init__(self, layers, head_in, sequence_output, arena, lengths=None, reverse=(),
+                 order=None):
         self.layers = layers
+        self.reverse = reverse                 # per layer, bidirectional only
+        self.order = order                     # (T, N) time index of the reversal, or None
         self.lengths = lengths                 # (N,) or None
         self.head_in = head_in                 # (M, H_last) what the head saw
         self.sequence_output = sequence_output
@@ -224,9 +230,7 @@ class LSTMNetwork:
             head_in = layer_in[T - 1]
         out = head_in @ self.p["head.weight"].T                   # (M, K)
         out += self.p["head.bias"]
-        tape = _Tape(layers, head_in, sequence_output, arena, lengths)
-        tape.reverse, tape.order = reverse, order
-        return out, tape
+        return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order)
 
     def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena):
         """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs

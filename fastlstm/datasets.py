@@ -62,6 +62,26 @@ def binary_addition(n_bits=8, random_state=0):
     return X.astype(np.float32), y, a, b
 
 
+def adding_problem(n_samples, n_timesteps=100, random_state=0):
+    """The adding problem, a long-lag task: each sequence has a value channel,
+    uniform in [0, 1), and a marker channel with two 1s, one in the first 10 steps
+    and one in the second half; the target is the sum of the two marked values.
+    Predicting the mean (1.0) gives MSE 1/6.
+
+    Returns X (n_samples, n_timesteps, 2) float32 and y (n_samples,) float32.
+    """
+    if n_timesteps < 20:
+        raise ValueError(f"n_timesteps must be at least 20, got {n_timesteps}")
+    rng = np.random.default_rng(random_state)
+    X = np.zeros((n_samples, n_timesteps, 2), np.float32)
+    X[:, :, 0] = rng.uniform(0, 1, (n_samples, n_timesteps))
+    rows = np.arange(n_samples)
+    first = rng.integers(0, 10, n_samples)
+    second = rng.integers(n_timesteps // 2, n_timesteps, n_samples)
+    X[rows, first, 1] = X[rows, second, 1] = 1
+    return X, X[rows, first, 0] + X[rows, second, 0]
+
+
 def bits_to_int(bits):
     """(..., n_bits) least significant first -> integers (...)."""
     bits = np.asarray(bits)

@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory):
 def test_demo_quick_beats_baselines(quick_run):
     rows, text, _ = quick_run
     by_task = {row[0]: row for row in rows}
-    assert list(by_task) == ["sine forecast", "binary addition", "char text"]
+    assert list(by_task) == ["sine forecast", "binary addition", "char text", "long lag (T=100)"]
     _, _, mse, _, naive_mse, _ = by_task["sine forecast"]
     assert mse < naive_mse
     _, _, exact, _, no_carry, _ = by_task["binary addition"]
@@ -36,6 +36,8 @@ def test_demo_quick_beats_baselines(quick_run):
     _, metric, bpc, baseline, unigram_bpc, _ = by_task["char text"]
     assert metric == "val bits/char" and baseline == "unigram"
     assert bpc < unigram_bpc - 0.5 and unigram_bpc > 4
+    _, _, lstm_mse, baseline, rnn_mse, _ = by_task["long lag (T=100)"]
+    assert baseline == "plain RNN" and lstm_mse < 0.02 and rnn_mse > 0.1
     assert all(row[5] > 0 for row in rows)                       # fit times are reported
 
 
@@ -80,6 +82,7 @@ def test_demo_command_line(tmp_path):
     assert re.search(r"\| sine forecast \| test MSE \| [0-9.]+ \|", result.stdout)
     assert "| binary addition | exact sums |" in result.stdout
     assert re.search(r"\| char text \| val bits/char \| [0-9.]+ \| unigram \|", result.stdout)
+    assert "| long lag (T=100) | adding test MSE |" in result.stdout
     # the estimators' progress bars go to stderr, one line per epoch when it is not a terminal
     assert "char text" in result.stderr
     assert re.search(r"Epoch 4 \[#+\] loss = [0-9.]+", result.stderr)

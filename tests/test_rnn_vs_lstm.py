@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastlstm import LSTMClassifier
-from fastlstm.datasets import binary_addition, bits_to_int
+from fastlstm.datasets import adding_problem, binary_addition, bits_to_int
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -22,27 +22,14 @@ def test_sigmoid_rnn_learns_the_binary_adder():
     assert np.mean(sums == a[held_out] + b[held_out]) == 1.0
 
 
-def adding_problem(n, T, seed):
-    """X (n, T, 2): values U(0, 1) and a marker channel with two 1s, one in the first
-    10 steps, one in the second half; y = the sum of the two marked values.
-    Predicting the mean gives MSE 1/6."""
-    rng = np.random.default_rng(seed)
-    X = np.zeros((n, T, 2), np.float32)
-    X[:, :, 0] = rng.uniform(0, 1, (n, T))
-    rows = np.arange(n)
-    first, second = rng.integers(0, 10, n), rng.integers(T // 2, T, n)
-    X[rows, first, 1] = X[rows, second, 1] = 1
-    return X, X[rows, first, 0] + X[rows, second, 0]
-
-
 def test_lstm_bridges_a_100_step_lag_that_the_plain_rnn_does_not():
     """Vanishing gradients: the same budget (16 units, 30 epochs of Adam) on the adding
     problem with T = 100. The LSTM's gated cell carries the first value over 90+ steps;
     the tanh RNN stays at the mean's error."""
     from fastlstm import LSTMRegressor
 
-    X, y = adding_problem(2048, 100, seed=0)
-    X_test, y_test = adding_problem(1000, 100, seed=1)
+    X, y = adding_problem(2048, 100, random_state=0)
+    X_test, y_test = adding_problem(1000, 100, random_state=1)
     mse = {}
     for cell in ("lstm", "rnn"):
         model = LSTMRegressor(16, cell=cell, learning_rate_init=1e-2, batch_size=32,
