@@ -178,7 +178,8 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    cdef bint packed = floating is float and _packed_enabled
+    # one sequence (N == 1): the BLAS gemv per step beats packing W_hh first
+    cdef bint packed = floating is float and _packed_enabled and N > 1
     if packed:
         nt = recurrent_threads() if n_threads is None else n_threads
     with nogil:
@@ -271,7 +272,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    cdef bint packed = floating is float and _packed_enabled
+    cdef bint packed = floating is float and _packed_enabled and N > 1
     if packed:
         nt = recurrent_threads() if n_threads is None else n_threads
     if dx is not None and D > 0:
