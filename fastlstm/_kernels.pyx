@@ -237,8 +237,9 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    # the packed loops know nothing of padding: batches with lengths take the BLAS loop
-    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL
+    # the packed loops know nothing of padding: batches with lengths take the BLAS loop;
+    # one sequence (N == 1): the BLAS gemv per step beats packing W_hh first
+    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL and N > 1
     if packed:
         nt = recurrent_threads() if n_threads is None else n_threads
     with nogil:
@@ -337,8 +338,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    # the packed loops know nothing of padding: batches with lengths take the BLAS loop
-    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL
+    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL and N > 1
     if packed:
         nt = recurrent_threads() if n_threads is None else n_threads
     if dx is not None and D > 0:
