@@ -47,8 +47,11 @@ cdef extern from "_recurrent.h" nogil:
 from ._threads import recurrent_threads
 
 # The packed, thread-split time loop of _recurrent.h (float32, AVX-512 CPUs);
-# off, every loop goes through BLAS. Tests switch it to cover both paths.
-cdef bint _packed_enabled = True
+# off, every loop goes through BLAS. Off by default: on a quiet 2-core Zen 4 it
+# lost to the BLAS loop on every workload shape (fwd+bwd of one layer, ms, BLAS /
+# packed 1 thread / packed 2 threads: charlm 52.8 / 57.1 / 111.5, medium 37.4 /
+# 48.1 / 101.6, large 339 / 462 / 443). Tests switch it on to keep it correct.
+cdef bint _packed_enabled = False
 
 
 def set_packed_recurrence(bint enabled):

@@ -149,9 +149,10 @@ def test_packed_path_is_taken_where_available():
     previous = _kernels.set_packed_recurrence(False)
     try:
         blas_h = run_forward(*args)[3]
+        _kernels.set_packed_recurrence(True)
+        packed_h = run_forward(*args)[3]
     finally:
         _kernels.set_packed_recurrence(previous)
-    packed_h = run_forward(*args)[3]
     assert not np.array_equal(blas_h, packed_h)
     np.testing.assert_allclose(blas_h, packed_h, atol=1e-3)  # rounding only, grown over 8 steps
 
