@@ -15,7 +15,7 @@ GRU  weight_ih (3H, D), weight_hh (3H, H), blocks r, z, n as in torch. The hidde
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from ._blas cimport any_nonzero, gemm
 
 import numpy as np
 
@@ -37,31 +37,7 @@ cdef extern from "_cells.h" nogil:
                              double *dh_direct)
 
 
-# ---- helpers (the same as _kernels.pyx's, which has no .pxd to share them) -------
-
-cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
-                      floating alpha, const floating *A, int lda,
-                      const floating *B, int ldb,
-                      floating beta, floating *C, int ldc) noexcept nogil:
-    """Row-major C (M, N) = alpha * op(A) @ op(B) + beta * C (operands swapped
-    for column-major BLAS: C.T = op(B).T @ op(A).T)."""
-    cdef char ta = b'T' if trans_a else b'N'
-    cdef char tb = b'T' if trans_b else b'N'
-    if floating is float:
-        sgemm(&tb, &ta, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
-              &beta, C, &ldc)
-    else:
-        dgemm(&tb, &ta, &N, &M, &K, &alpha, <double *>B, &ldb, <double *>A, &lda,
-              &beta, C, &ldc)
-
-
-cdef bint any_nonzero(const floating *a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(n):
-        if a[k] != 0:
-            return True
-    return False
-
+# ---- helpers ----------------------------------------------------------------------
 
 def _check(name, got, expected):
     if tuple(got) != tuple(expected):
