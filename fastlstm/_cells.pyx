@@ -16,6 +16,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 from ._blas cimport any_nonzero, gemm
+from ._checks cimport _check, _lengths_ptr, _shape
 
 import numpy as np
 
@@ -38,25 +39,6 @@ cdef extern from "_cells.h" nogil:
 
 
 # ---- helpers ----------------------------------------------------------------------
-
-def _check(name, got, expected):
-    if tuple(got) != tuple(expected):
-        raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(expected)}")
-
-
-def _shape(mv, ndim):
-    return tuple(mv.shape[:ndim])
-
-
-cdef const int64_t *_lengths_ptr(const int64_t[::1] lengths, Py_ssize_t N, Py_ssize_t T) except? NULL:
-    if lengths is None:
-        return NULL
-    _check("lengths", _shape(lengths, 1), (N,))
-    cdef Py_ssize_t n
-    for n in range(N):
-        if lengths[n] < 1 or lengths[n] > T:
-            raise ValueError(f"lengths[{n}] = {lengths[n]} is outside [1, {T}]")
-    return &lengths[0] if N > 0 else NULL
 
 
 cdef void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t G,

@@ -16,6 +16,7 @@ from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from ._blas cimport any_nonzero, gemm
+from ._checks cimport _check, _lengths_ptr, _shape
 
 import numpy as np
 
@@ -88,29 +89,9 @@ cdef inline void cell_backward(Py_ssize_t N, Py_ssize_t H, const floating *gates
         fl_lstm_cell_bwd_f64(N, H, gates, c_prev, tanh_c, dh, dc, dgates)
 
 
-def _check(name, got, expected):
-    if tuple(got) != tuple(expected):
-        raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(expected)}")
-
-
-def _shape(mv, ndim):
-    return tuple(mv.shape[:ndim])
-
-
 # ---- padding of variable-length batches ---------------------------------------
 # Sample n is real for t < lengths[n] and padding after. Padded steps are computed
 # like any other (the gemms run on whole batches) and then overwritten here.
-
-cdef const int64_t *_lengths_ptr(const int64_t[::1] lengths, Py_ssize_t N, Py_ssize_t T) except? NULL:
-    if lengths is None:
-        return NULL
-    _check("lengths", _shape(lengths, 1), (N,))
-    cdef Py_ssize_t n
-    for n in range(N):
-        if lengths[n] < 1 or lengths[n] > T:
-            raise ValueError(f"lengths[{n}] = {lengths[n]} is outside [1, {T}]")
-    return &lengths[0] if N > 0 else NULL
-
 
 cdef void carry_padded_state(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t *lengths,
                              floating *c, floating *tanh_c, floating *h) noexcept nogil:
