@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
+from ._parallel import DataParallel, n_slices
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
 
@@ -36,16 +37,28 @@ def _n_features(X3, x_ndim):
 
 
 @contextlib.contextmanager
-def _thread_limit(n_jobs, batch, hidden_sizes):
-    """The BLAS threads (which the kernels run on) for a call: n_jobs if given;
-    else one for small networks (see _threads) and the limit in force otherwise."""
-    if n_jobs is None:
-        with _threads.one_blas_thread(_threads.is_small(batch, hidden_sizes)):
-            yield
+def _thread_limit(n_jobs, batch, hidden_sizes, split=False):
+    """The threads a call runs on; yields how many slices each batch is cut into.
+
+    Small networks run on one BLAS thread (see _threads). Otherwise, with split
+    (fit, predict) and several threads (n_jobs, or else the BLAS limit in force),
+    batches are cut into one slice per thread run side by side on single-threaded
+    kernels (_parallel.py); without, the kernels run on n_jobs BLAS threads if
+    given and the limit in force if not."""
+    if _threads.is_small(batch, hidden_sizes):
+        with _threads.one_blas_thread():
+            yield 1
         return
-    n = os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs
-    with threadpool_limits(limits=max(1, n), user_api="blas"):
-        yield
+    n = None if n_jobs is None else max(1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+    parts = n_slices(_threads.recurrent_threads() if n is None else n, batch) if split else 1
+    if parts > 1:
+        with _threads.one_blas_thread():
+            yield parts
+    elif n is None:
+        yield 1
+    else:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield 1
 
 
 class _Progress:
@@ -155,7 +168,7 @@ class _BaseLSTM(BaseEstimator):
     # _encode_targets(y, X3, reset, classes) -> (targets, n_outputs); targets (N[, K])
     #     float or (N,) int, with a time axis after N when output="sequence"
     # _loss(out, targets, weight, dout) -> float
-    # _validation_score(X3, y_encoded, sample_weight) -> float, higher is better
+    # _validation_score(X3, y_encoded, sample_weight, lengths, parts) -> float, higher is better
 
     # ---- fitting --------------------------------------------------------------
 
@@ -226,8 +239,9 @@ class _BaseLSTM(BaseEstimator):
                              "pad them to one length or leave tbptt_steps=None")
         weights = self._sample_weights(sample_weight, targets, X3.shape[0], lengths)
         batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
-        with _thread_limit(self.n_jobs, min(batch_size, len(X3)), self.network_.hidden_sizes):
-            self._train(X3, targets, weights, incremental, lengths)
+        with _thread_limit(self.n_jobs, min(batch_size, len(X3)), self.network_.hidden_sizes,
+                           split=True) as parts:
+            self._train(X3, targets, weights, incremental, lengths, parts)
         return self
 
     def _sample_weights(self, sample_weight, targets, n_samples, lengths):
@@ -241,11 +255,13 @@ class _BaseLSTM(BaseEstimator):
     def _weigh_classes(self, weights, targets, lengths):
         return weights
 
-    def _train(self, X3, targets, weights, incremental, lengths=None):
+    def _train(self, X3, targets, weights, incremental, lengths=None, parts=1):
         """Epochs of minibatch updates on self.network_; stops early on a flat
         loss or validation score (tol, n_iter_no_change), on divergence and on
-        Ctrl-C. incremental: one epoch, no validation split (partial_fit)."""
+        Ctrl-C. incremental: one epoch, no validation split (partial_fit).
+        parts: slices each batch is cut into, run side by side (_parallel.py)."""
         net = self.network_
+        runner = DataParallel(net, parts) if parts > 1 else net
         early_stopping = self.early_stopping and not incremental
         validation = None
         if early_stopping:
@@ -264,8 +280,8 @@ class _BaseLSTM(BaseEstimator):
         try:
             for _ in range(n_epochs):
                 progress = _Progress(self.verbose, self.n_iter_ + 1, N)
-                epoch_loss = self._run_epoch(x_tm, targets, weights, lengths, batch_size, arena,
-                                             progress)
+                epoch_loss = self._run_epoch(runner, x_tm, targets, weights, lengths, batch_size,
+                                             arena, progress)
                 if not (np.isfinite(epoch_loss) and np.isfinite(net.params).all()):
                     stopped = "diverged"
                     break
@@ -273,7 +289,7 @@ class _BaseLSTM(BaseEstimator):
                 self.loss_curve_.append(epoch_loss)
                 self.n_iter_ += 1
                 if early_stopping:
-                    score = self._validation_score(*validation)
+                    score = self._validation_score(*validation, parts=parts)
                     self.validation_scores_.append(score)
                     improved = score > self.best_validation_score_ + self.tol
                     if score > self.best_validation_score_:
@@ -332,13 +348,14 @@ class _BaseLSTM(BaseEstimator):
         return (X3[train], targets[train], weights[train], take(train),
                 (X3[val], targets[val], weights[val], take(val)))
 
-    def _run_epoch(self, x_tm, targets, weights, lengths, batch_size, arena, progress):
+    def _run_epoch(self, runner, x_tm, targets, weights, lengths, batch_size, arena, progress):
         """One pass over the samples, shuffled if asked; returns the weighted mean
         loss, or NaN as soon as a batch loss is not finite (that batch's update is
         not applied).
 
         With tbptt_steps, each batch's time axis is cut into windows of that many
         steps and every window with a loss gets its own backward pass and update.
+        runner: the network, or a DataParallel over it (same forward/backward).
         """
         net = self.network_
         T, N = x_tm.shape[:2]
@@ -364,7 +381,7 @@ class _BaseLSTM(BaseEstimator):
                 state = None
                 for t0 in range(0, T, window):
                     t1 = min(t0 + window, T)
-                    out, tape = net.forward(xb[t0:t1], sequence, training=True, rng=self._rng,
+                    out, tape = runner.forward(xb[t0:t1], sequence, training=True, rng=self._rng,
                                             arena=arena, initial_state=state, lengths=lb)
                     if t1 < T:
                         state = tape.final_state()
@@ -379,7 +396,7 @@ class _BaseLSTM(BaseEstimator):
                         tw, ww = tb, wb
                     dout = arena.get("dout", out.shape)
                     loss = self._loss(out, tw, ww, dout)
-                    net.backward(tape, dout)
+                    runner.backward(tape, dout)
                     if self.alpha > 0:
                         # MLP's L2, 0.5 * alpha * ||W||^2 / batch size, with the batch
                         # size counted in sample weight: integer weights = repeats
@@ -451,15 +468,18 @@ class _BaseLSTM(BaseEstimator):
         """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
-        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes):
-            return self._forward_checked(X3, lengths), lengths
+        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes,
+                           split=True) as parts:
+            return self._forward_checked(X3, lengths, parts), lengths
 
-    def _forward_checked(self, X3, lengths=None):
+    def _forward_checked(self, X3, lengths=None, parts=1):
         """Head outputs for checked X3 (N, T, D), in batches of samples and, for
         sequences too long for the memory budget, in windows of steps with the
         state carried across: scratch memory stays near _PREDICT_CHUNK_BYTES
-        whatever N and T are (padded batches, lengths given, are not windowed)."""
+        whatever N and T are (padded batches, lengths given, are not windowed).
+        parts: slices each batch is cut into, run side by side (_parallel.py)."""
         net = self.network_
+        runner = DataParallel(net, parts, training=False) if parts > 1 else net
         N, T, D = X3.shape
         sequence = self.output == "sequence"
         # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
@@ -478,7 +498,7 @@ class _BaseLSTM(BaseEstimator):
             B = xb.shape[1]
             state, steps = None, []
             for t0 in range(0, T, window):
-                out, tape = net.forward(xb[t0:t0 + window], sequence, training=False,
+                out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
                                         arena=arena, initial_state=state, lengths=lb)
                 if t0 + window < T:
                     state = tape.final_state()
@@ -760,8 +780,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
     def _loss(self, out, targets, weight, dout):
         return _ops.squared_error(out, targets.reshape(out.shape), weight, dout)
 
-    def _validation_score(self, X3, targets, weights, lengths):
-        pred = self._forward_checked(X3, lengths)                 # (N[, T], K)
+    def _validation_score(self, X3, targets, weights, lengths, parts=1):
+        pred = self._forward_checked(X3, lengths, parts)          # (N[, T], K)
         if lengths is not None and self.output == "sequence":     # the real steps only
             real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
             return float(r2_score(targets[real], pred[real],
@@ -937,8 +957,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)
 
-    def _validation_score(self, X3, targets, weights, lengths):
-        pred = np.argmax(self._forward_checked(X3, lengths), axis=-1)     # (N[, T])
+    def _validation_score(self, X3, targets, weights, lengths, parts=1):
+        pred = np.argmax(self._forward_checked(X3, lengths, parts), axis=-1)  # (N[, T])
         if lengths is not None and self.output == "sequence":     # the real steps only
             real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
             return float(accuracy_score(targets[real], pred[real], sample_weight=np.broadcast_to(
@@ -953,20 +973,26 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         return self._fit(X, y, sample_weight, incremental=True,
                          classes=classes if first or classes is not None else None)
 
-    def predict_proba(self, X):
-        """Class probabilities (n_samples, n_classes), in the order of classes_;
-        with output="sequence", (n_samples, n_timesteps, n_classes)."""
+    def _proba(self, X):
+        """(class probabilities (N[, T], n_classes), lengths or None)."""
         logits, lengths = self._forward(X)
         flat = logits.reshape(-1, logits.shape[-1])
         proba = np.empty_like(flat)
         _ops.softmax(flat, proba)
-        proba = proba.reshape(logits.shape)
+        return proba.reshape(logits.shape), lengths
+
+    def predict_proba(self, X):
+        """Class probabilities (n_samples, n_classes), in the order of classes_;
+        with output="sequence", (n_samples, n_timesteps, n_classes)."""
+        proba, lengths = self._proba(X)
         return _unpad(proba, lengths) if self.output == "sequence" else proba
 
     def predict(self, X):
-        """Most probable class of each sample (or of each step)."""
-        logits, lengths = self._forward(X)
-        labels = self.classes_[np.argmax(logits, axis=-1)]
+        """Most probable class of each sample (or of each step): the argmax of
+        predict_proba (of the probabilities, not the logits, so that the two agree
+        even where rounding makes two classes' probabilities equal)."""
+        proba, lengths = self._proba(X)
+        labels = self.classes_[np.argmax(proba, axis=-1)]
         return _unpad(labels, lengths) if self.output == "sequence" else labels
 
     def score(self, X, y, sample_weight=None):

@@ -47,19 +47,33 @@ cdef extern from "_recurrent.h" nogil:
 
 from ._threads import recurrent_threads
 
-# The packed, thread-split time loop of _recurrent.h (float32, AVX-512 CPUs);
-# off, every loop goes through BLAS. Off by default: on a quiet 2-core Zen 4 it
-# lost to the BLAS loop on every workload shape (fwd+bwd of one layer, ms, BLAS /
-# packed 1 thread / packed 2 threads: charlm 52.8 / 57.1 / 111.5, medium 37.4 /
-# 48.1 / 101.6, large 339 / 462 / 443). Tests switch it on to keep it correct.
-cdef bint _packed_enabled = False
+# The packed time loop of _recurrent.h (float32, AVX-512 CPUs) packs W_hh once
+# per call and keeps it in its own layout, where BLAS repacks it for every step's
+# gemm. On one thread it beats the BLAS loop wherever that repacking weighs (fwd +
+# bwd of one layer, ms, BLAS / packed, 1 thread, quiet 2-core Zen 4: N=15 H=300
+# 55.0 / 39.0, N=32 H=512 391 / 290, N=64 H=128 27.0 / 25.4, N=32 H=128 15.4 /
+# 12.3; forward only N=128 H=128 16.0 / 17.3). Split across threads it lost to
+# BLAS's own threading on every shape (a sync per step: charlm 52.8 BLAS vs 111.5
+# packed on 2 threads), so it runs single-threaded: the estimators thread over
+# the batch instead (_parallel.py).
+# _packed_mode: None = that rule, True = always where possible (tests), False = never.
+_packed_mode = None
 
 
-def set_packed_recurrence(bint enabled):
-    """Turn the packed float32 time loop on or off; returns the previous setting."""
-    global _packed_enabled
-    previous = _packed_enabled
-    _packed_enabled = enabled
+cdef bint _use_packed(Py_ssize_t N, Py_ssize_t H, int nt, bint padded) noexcept:
+    if padded or N <= 1:      # it knows nothing of padding; one row: BLAS's gemv is best
+        return False
+    if _packed_mode is None:
+        return nt == 1 and (H >= 256 or N <= 64)
+    return _packed_mode
+
+
+def set_packed_recurrence(enabled):
+    """Packed float32 time loop: True always, False never, None (the default)
+    where it is faster; returns the previous setting."""
+    global _packed_mode
+    previous = _packed_mode
+    _packed_mode = None if enabled is None else bool(enabled)
     return previous
 
 
@@ -178,11 +192,10 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    # the packed loops know nothing of padding: batches with lengths take the BLAS loop;
-    # one sequence (N == 1): the BLAS gemv per step beats packing W_hh first
-    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL and N > 1
-    if packed:
+    cdef bint packed = False
+    if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
+        packed = _use_packed(N, H, nt, len_ptr != NULL)
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
         for k in range(G):
@@ -279,9 +292,10 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef bint has_h0
     cdef int nt = 1
-    cdef bint packed = floating is float and _packed_enabled and len_ptr == NULL and N > 1
-    if packed:
+    cdef bint packed = False
+    if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
+        packed = _use_packed(N, H, nt, len_ptr != NULL)
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
     cdef floating[:, ::1] dc_stash                            # (N, H) dc of padded samples

@@ -123,6 +123,19 @@ class LSTMNetwork:
         self.g = named_views(self.grads, self.layout)
         self._arena = _Arena(self.dtype)
 
+    def replica(self, own_gradients=True):
+        """A network on these very parameters (the same memory, so an update shows
+        in both) with its own gradient buffer, or sharing this one's when
+        own_gradients is False (forward-only use): what one thread of a
+        data-parallel pass (_parallel.py) runs."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        if own_gradients:
+            twin.grads = np.zeros_like(self.grads)                  # (P,)
+            twin.g = named_views(twin.grads, self.layout)
+        twin._arena = _Arena(self.dtype)
+        return twin
+
     # ---- set-up ---------------------------------------------------------------
 
     def initialize(self, rng):

@@ -10,6 +10,7 @@ and large ones keep whatever limit is in force.
 import contextlib
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 # Per-step recurrent work (batch x 4H x H multiply-adds) below which one BLAS
 # thread is faster: sine (32 x 200 x 50) and binadd are far below, the
@@ -85,3 +86,41 @@ def recurrent_threads():
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(1, min(limits + [cpus]))
+
+
+_pool = None
+
+
+def run_parallel(fn, items):
+    """[fn(item) for item in items], the first in the calling thread and the rest
+    on a pool of worker threads (fn must release the GIL for this to pay: the
+    layer kernels do). Waits for every call before returning or raising, so no
+    worker still writes into buffers once the caller moves on."""
+    global _pool
+    items = list(items)
+    if len(items) == 1:
+        return [fn(items[0])]
+    with _lock:
+        if _pool is None or _pool._max_workers < len(items) - 1:
+            _pool = ThreadPoolExecutor(max_workers=len(items) - 1,
+                                       thread_name_prefix="fastlstm")
+        pool = _pool
+    futures = [pool.submit(fn, item) for item in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        _wait_all(futures)
+    return [first] + [f.result() for f in futures]  # raises a worker's error
+
+
+def _wait_all(futures):
+    """Wait for every future, even through Ctrl-C (re-raised once they are done)."""
+    interrupted = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as err:
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted

@@ -132,9 +132,13 @@ def test_float32_is_bit_identical_for_any_thread_count(shape):
     dh = rng.standard_normal((T, N, H)).astype(np.float32)
     dc_last = rng.standard_normal((N, H)).astype(np.float32)
     results = []
-    for n_threads in (1, 2, 3):
-        saved = run_forward(*args, n_threads=n_threads)
-        results.append(saved + run_backward(args, saved, dh, dc_last, n_threads=n_threads))
+    previous = _kernels.set_packed_recurrence(True)
+    try:
+        for n_threads in (1, 2, 3):
+            saved = run_forward(*args, n_threads=n_threads)
+            results.append(saved + run_backward(args, saved, dh, dc_last, n_threads=n_threads))
+    finally:
+        _kernels.set_packed_recurrence(previous)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
@@ -155,6 +159,25 @@ def test_packed_path_is_taken_where_available():
         _kernels.set_packed_recurrence(previous)
     assert not np.array_equal(blas_h, packed_h)
     np.testing.assert_allclose(blas_h, packed_h, atol=1e-3)  # rounding only, grown over 8 steps
+
+
+def test_default_takes_the_packed_loop_on_one_thread_only():
+    """By default (None) the packed loop runs where it wins: one thread, and a
+    small batch or a wide layer; on two threads the BLAS loop runs."""
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: only the BLAS loop exists")
+    args = random_layer(8, 15, 4, 300, np.float32)
+    previous = _kernels.set_packed_recurrence(False)
+    try:
+        blas = [run_forward(*args, n_threads=n)[3] for n in (1, 2)]
+        _kernels.set_packed_recurrence(True)
+        packed = run_forward(*args, n_threads=1)[3]
+        _kernels.set_packed_recurrence(None)
+        default = [run_forward(*args, n_threads=n)[3] for n in (1, 2)]
+    finally:
+        _kernels.set_packed_recurrence(previous)
+    np.testing.assert_array_equal(default[0], packed)
+    np.testing.assert_array_equal(default[1], blas[1])
 
 
 def test_backward_without_dx_leaves_weight_gradients_equal():

@@ -1,0 +1,108 @@
+"""Data parallelism over the batch: each core runs the whole forward and backward
+of its own slice of the samples, and the slices meet once per pass.
+
+Why over the batch and not inside each step: a step's product at these sizes
+takes 0.1-1 ms, and splitting it across cores (BLAS's threads, or the packed
+loop's) costs a synchronisation every step. The samples of a batch are
+independent until the weight gradients, which are summed at the end. Each slice
+runs single-threaded kernels, where the packed time loop (W_hh packed once per
+pass, not once per step as BLAS does) is at its best.
+
+The loss is taken on the whole batch's output, so it is the same as in one
+piece; the gradient is the sum of the slices' in a fixed order, so results are
+reproducible for a given number of slices (they round differently from one).
+"""
+import numpy as np
+
+from . import _threads
+from ._network import _Arena
+
+# A slice needs this many samples: below it, one gemm per step is too thin to pay
+# for the split.
+MIN_ROWS_PER_SLICE = 8
+
+
+def row_slices(n, parts):
+    """`parts` contiguous slices covering range(n), sizes differing by at most one."""
+    bounds = [n * p // parts for p in range(parts + 1)]
+    return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
+
+
+def n_slices(threads, batch):
+    """How many slices a batch of `batch` samples is cut into on `threads` threads."""
+    return max(1, min(threads, batch // MIN_ROWS_PER_SLICE))
+
+
+class _SplitTape:
+    """What a data-parallel forward keeps for its backward: each slice's tape."""
+
+    def __init__(self, tapes, slices, shape):
+        self.tapes = tapes                    # one _Tape per slice
+        self.slices = slices                  # rows of the batch each one ran
+        self.shape = shape                    # (T, N) of the batch
+
+    def final_state(self):
+        """[(h_T, c_T)] per layer, each (N, H), the slices' rows put back together."""
+        states = [tape.final_state() for tape in self.tapes]
+        return [tuple(np.concatenate([s[k][i] for s in states]) for i in (0, 1))
+                for k in range(len(states[0]))]
+
+
+class DataParallel:
+    """net.forward / net.backward with the batch cut into up to `parts` slices,
+    run side by side on threads. training=False shares net's gradient buffer
+    (forward only) instead of giving each slice one."""
+
+    def __init__(self, net, parts, training=True):
+        self.net = net
+        self.replicas = [net.replica(own_gradients=training) for _ in range(parts)]
+        self.arenas = [_Arena(net.dtype) for _ in range(parts)]
+
+    def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
+                initial_state=None, lengths=None):
+        """As LSTMNetwork.forward (arena is ignored: each slice has its own)."""
+        T, N, _ = x.shape
+        slices = row_slices(N, min(len(self.replicas), max(N, 1)))
+        # dropout: one random stream per slice, all drawn from rng, so fixed by it
+        rngs = (rng.spawn(len(slices)) if training and self.net.dropout > 0
+                else [rng] * len(slices))
+
+        def run(p):                                       # slice p: (T, n_p, D) -> (out, tape)
+            rows = slices[p]
+            state = (None if initial_state is None
+                     else [(h[rows], c[rows]) for h, c in initial_state])
+            return self.replicas[p].forward(
+                np.ascontiguousarray(x[:, rows]), sequence_output, training=training,
+                rng=rngs[p], arena=self.arenas[p], initial_state=state,
+                lengths=None if lengths is None else lengths[rows])
+
+        results = _threads.run_parallel(run, range(len(slices)))
+        outs = [out for out, _ in results]
+        if sequence_output:                               # time-major rows: (T*n_p, K) each
+            K = outs[0].shape[1]
+            out = np.empty((T, N, K), dtype=outs[0].dtype)
+            for rows, part in zip(slices, outs):
+                out[:, rows] = part.reshape(T, -1, K)
+            out = out.reshape(T * N, K)
+        else:
+            out = np.concatenate(outs)                    # (N, K)
+        return out, _SplitTape([tape for _, tape in results], slices, (T, N))
+
+    def backward(self, tape, dout):
+        """As LSTMNetwork.backward: net.grads = the sum of the slices' gradients."""
+        T, N = tape.shape
+        sequence = tape.tapes[0].sequence_output
+        K = dout.shape[1]
+
+        def run(p):
+            rows = tape.slices[p]
+            part = (np.ascontiguousarray(dout.reshape(T, N, K)[:, rows]).reshape(-1, K)
+                    if sequence else dout[rows])
+            return self.replicas[p].backward(tape.tapes[p], part)
+
+        grads = _threads.run_parallel(run, range(len(tape.tapes)))
+        total = self.net.grads
+        np.copyto(total, grads[0])
+        for g in grads[1:]:
+            total += g
+        return total

@@ -1,0 +1,147 @@
+"""Data parallelism over the batch (_parallel.py): slices of a batch run side by
+side give what the whole batch gives in one piece, and the estimators use it."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastlstm._parallel
+from fastlstm import LSTMClassifier, LSTMRegressor, _threads
+from fastlstm._network import LSTMNetwork
+from fastlstm._parallel import DataParallel, n_slices, row_slices
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.mark.parametrize("n, parts", [(30, 2), (31, 2), (7, 3), (5, 5), (1, 1), (64, 4)])
+def test_row_slices_cover_the_batch_once_in_order(n, parts):
+    slices = row_slices(n, parts)
+    rows = np.concatenate([np.arange(n)[s] for s in slices])
+    np.testing.assert_array_equal(rows, np.arange(n))
+    sizes = [s.stop - s.start for s in slices]
+    assert len(sizes) == parts and max(sizes) - min(sizes) <= 1
+
+
+def test_n_slices_keeps_slices_thick_enough():
+    assert n_slices(2, 30) == 2
+    assert n_slices(2, 1) == 1
+    assert n_slices(4, 20) == 20 // fastlstm._parallel.MIN_ROWS_PER_SLICE
+    assert n_slices(1, 1000) == 1
+
+
+def network(cell="lstm", bidirectional=False, sizes=(5, 4), K=3):
+    net = LSTMNetwork(3, sizes, K, dtype=np.float64, cell=cell, bidirectional=bidirectional)
+    net.initialize(np.random.default_rng(0))
+    return net
+
+
+@pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", False),
+                                                 ("rnn", False), ("lstm", True)])
+@pytest.mark.parametrize("sequence_output", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_slices_give_the_whole_batch_forward_and_gradients(cell, bidirectional,
+                                                           sequence_output, padded):
+    T, N = 6, 11
+    net = network(cell, bidirectional)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, N, 3))
+    lengths = rng.integers(1, T + 1, size=N) if padded else None
+    out, tape = net.forward(x, sequence_output, lengths=lengths)
+    dout = rng.standard_normal(out.shape)
+    grads = net.backward(tape, dout).copy()
+
+    split = DataParallel(net, 3)
+    out_split, tape_split = split.forward(x, sequence_output, lengths=lengths)
+    np.testing.assert_allclose(out_split, out, rtol=1e-12, atol=1e-14)
+    grads_split = split.backward(tape_split, dout)
+    assert grads_split is net.grads                       # summed into the network's buffer
+    np.testing.assert_allclose(grads_split, grads, rtol=1e-10, atol=1e-13)
+
+
+def test_slices_carry_the_initial_state_and_return_the_final_one():
+    T, N = 5, 9
+    net = network()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, N, 3))
+    state = [(rng.standard_normal((N, H)), rng.standard_normal((N, H))) for H in (5, 4)]
+    out, tape = net.forward(x, initial_state=state)
+    out_split, tape_split = DataParallel(net, 2).forward(x, initial_state=state)
+    np.testing.assert_allclose(out_split, out, rtol=1e-12)
+    for (h, c), (h_s, c_s) in zip(tape.final_state(), tape_split.final_state()):
+        np.testing.assert_allclose(h_s, h, rtol=1e-12)
+        np.testing.assert_allclose(c_s, c, rtol=1e-12)
+
+
+def test_dropout_streams_are_fixed_by_the_generator():
+    net = LSTMNetwork(3, (6,), 2, dtype=np.float64, dropout=0.5)
+    net.initialize(np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((4, 10, 3))
+    runs = [DataParallel(net, 2).forward(x, training=True, rng=np.random.default_rng(7))[0]
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    eval_out = net.forward(x)[0]
+    assert not np.allclose(runs[0], eval_out)              # dropout did act
+
+
+def test_run_parallel_returns_in_order_and_raises_a_workers_error():
+    assert _threads.run_parallel(lambda k: k * k, range(4)) == [0, 1, 4, 9]
+    done = []
+
+    def work(k):
+        if k == 1:
+            raise ValueError("slice 1 failed")
+        done.append(k)
+        return k
+
+    with pytest.raises(ValueError, match="slice 1 failed"):
+        _threads.run_parallel(work, range(3))
+    assert sorted(done) == [0, 2]                          # the others finished first
+
+
+def sequences(n=128, T=5, D=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, T, D))
+    return X, X[:, :, 0].sum(axis=1)
+
+
+# A network big enough (batch * 4H * H >= 2**22) to leave the one-thread rule.
+BIG = dict(hidden_layer_sizes=(128,), batch_size=64, max_iter=2, dtype="float64",
+           random_state=0)
+
+
+def spy_slices(monkeypatch):
+    seen = []
+    original = DataParallel.__init__
+
+    def init(self, net, parts, training=True):
+        seen.append((parts, training, threading.current_thread().name))
+        original(self, net, parts, training)
+
+    monkeypatch.setattr(DataParallel, "__init__", init)
+    return seen
+
+
+def test_fit_and_predict_on_two_threads_cut_batches_into_slices(monkeypatch):
+    X, y = sequences()
+    seen = spy_slices(monkeypatch)
+    two = LSTMRegressor(n_jobs=2, **BIG).fit(X, y)
+    assert seen == [(2, True, "MainThread")]
+    pred_two = two.predict(X)
+    assert seen[-1][:2] == (2, False)
+    seen.clear()
+    one = LSTMRegressor(n_jobs=1, **BIG).fit(X, y)
+    one.predict(X)
+    assert seen == []                                      # one thread: no slices
+    # the same training, summed in another order: equal to rounding
+    np.testing.assert_allclose(two.network_.params, one.network_.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pred_two, one.predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_sliced_training_is_reproducible_with_dropout():
+    X, y = sequences()
+    y = (y > 0).astype(int)
+    params = dict(BIG, hidden_layer_sizes=(128, 128), dropout=0.3, n_jobs=2, dtype="float32")
+    first = LSTMClassifier(**params).fit(X, y)
+    second = LSTMClassifier(**params).fit(X, y)
+    np.testing.assert_array_equal(first.network_.params, second.network_.params)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
