@@ -218,10 +218,16 @@ def engine_classes():
     """The engines importable here; prints a note for each one skipped."""
     import importlib.util
     found = [FastLSTM, Torch]
-    if importlib.util.find_spec("keras") is not None:
-        found.append(Keras)
-    else:
+    if importlib.util.find_spec("keras") is None:
         log("note: keras is not installed here, so the Keras column is skipped")
+        return found
+    try:
+        import keras  # noqa: F401  (installed without its backend, it fails to import)
+    except ImportError as err:
+        log(f"note: keras is installed but does not import ({err}), so the Keras column "
+            "is skipped")
+        return found
+    found.append(Keras)
     return found
 
 

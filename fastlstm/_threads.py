@@ -81,11 +81,21 @@ def recurrent_threads():
     layer kernels mix BLAS calls with their own threaded loops, so one limit
     governs both), at most the CPUs this process may run on; 1 at least."""
     limits = [n for n in (get() for get, _ in _blas_libs()) if n > 0]
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(limits + [cpus]))
+    return max(1, min(limits + [_cpus()]))
+
+
+_cpu_count = None
+
+
+def _cpus():
+    """CPUs this process may run on, read once (the kernels ask on every call)."""
+    global _cpu_count
+    if _cpu_count is None:
+        try:
+            _cpu_count = len(os.sched_getaffinity(0))
+        except AttributeError:
+            _cpu_count = os.cpu_count() or 1
+    return _cpu_count
 
 
 _pool = None

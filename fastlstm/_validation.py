@@ -58,7 +58,10 @@ def _as_number_array(value, name):
 
 def _check_finite(arr, name):
     """ValueError if arr (already float) holds NaN or +-inf. One reduction first:
-    a finite float64 sum means every element is finite (NaN and inf propagate)."""
+    a finite float64 sum means every element is finite (NaN and inf propagate);
+    small arrays take np.isfinite directly, cheaper than setting up errstate."""
+    if arr.size <= 4096 and np.isfinite(arr).all():
+        return
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
             return
@@ -76,7 +79,9 @@ def check_sequences(X, dtype, name="X"):
     A 2-D X holds univariate sequences: (n_samples, n_timesteps) means D = 1.
     Every way X can be unusable gets a TypeError or ValueError naming X.
     """
-    arr = _as_number_array(X, name)
+    # an ndarray already of the type to compute in skips the conversions (predict
+    # on one small sequence spends most of its time here otherwise)
+    arr = X if type(X) is np.ndarray and X.dtype == dtype else _as_number_array(X, name)
     if arr.ndim not in (2, 3):
         got = "a scalar" if arr.ndim == 0 else f"an array with {arr.ndim} dimensions"
         hint = (". Reshape your data: one sequence of n steps is X.reshape(1, -1)"
@@ -92,8 +97,9 @@ def check_sequences(X, dtype, name="X"):
                          "of 1 is required.)")
     if arr.ndim == 3 and arr.shape[2] == 0:
         raise ValueError(f"{name} has 0 features per time step: need at least one")
-    with np.errstate(over="ignore"):  # float64 -> float32 overflow is reported as inf
-        arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        with np.errstate(over="ignore"):  # float64 -> float32 overflow is reported as inf
+            arr = np.ascontiguousarray(arr, dtype=dtype)
     _check_finite(arr, name)
     given_ndim = arr.ndim
     if arr.ndim == 2:
