@@ -205,7 +205,10 @@ class _BaseLSTM(BaseEstimator):
             except (MemoryError, ValueError) as err:  # numpy's "array is too big": ValueError
                 raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} needs more "
                                  f"memory than is available for its parameters ({err})") from None
-            net.initialize(self._rng)
+            # one BLAS thread: OpenBLAS's workers, once woken by the QR of a large
+            # initialisation, spin for ~0.1 s on the core the training threads need
+            with _threads.one_blas_thread():
+                net.initialize(self._rng)
             self.network_ = net
             self._optimizer = _Optimizer(net.params)
             self.loss_curve_ = []

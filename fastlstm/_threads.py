@@ -101,6 +101,18 @@ def _cpus():
 _pool = None
 
 
+def _forget_pool_in_child():
+    """A forked child has none of its parent's worker threads, but would inherit the
+    pool object that believes it has them, and wait forever on work queued to it:
+    start the child with no pool (and an unheld lock)."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def run_parallel(fn, items):
     """[fn(item) for item in items], the first in the calling thread and the rest
     on a pool of worker threads (fn must release the GIL for this to pay: the

@@ -145,3 +145,27 @@ def test_sliced_training_is_reproducible_with_dropout():
     second = LSTMClassifier(**params).fit(X, y)
     np.testing.assert_array_equal(first.network_.params, second.network_.params)
     np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+
+
+def _predict_in_child(model, X, queue):
+    queue.put(model.predict(X))
+
+
+def test_a_forked_child_predicts_with_slices_too():
+    """A child forked after the parent used its worker threads inherits no threads:
+    it must start its own, not wait on the parent's."""
+    import multiprocessing
+    X, y = sequences()
+    model = LSTMRegressor(n_jobs=2, **BIG).fit(X, y)
+    expected = model.predict(X)                            # the parent's pool is running
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_predict_in_child, args=(model, X, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=30)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    np.testing.assert_array_equal(got, expected)
