@@ -169,3 +169,33 @@ def test_a_forked_child_predicts_with_slices_too():
         if child.is_alive():
             child.kill()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_small_networks_run_on_one_thread_and_wide_single_sequences_on_more():
+    assert _threads.is_small(32, (50,))                    # sine: one thread
+    assert not _threads.is_small(30, (300, 300))           # charlm: threads (slices)
+    assert _threads.is_small(1, (300,))                    # one sequence, W_hh fits one L2
+    assert not _threads.is_small(1, (512,))                # one sequence, W_hh does not
+
+
+def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
+    """A single sequence through a 512-unit layer runs its gemv on the BLAS threads
+    in force (two here), a 64-unit one on one thread; neither is cut into slices."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    forward = LSTMNetwork.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(min(info["num_threads"] for info in threadpool_info()
+                        if info["user_api"] == "blas"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LSTMNetwork, "forward", spy)
+    X = np.random.default_rng(0).standard_normal((1, 3, 2))
+    for H, threads in ((512, 2), (64, 1)):
+        model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1).fit(X, [0.5])
+        seen.clear()
+        with threadpool_limits(2, user_api="blas"):
+            model.predict(X)
+        assert seen == [threads]
