@@ -22,6 +22,12 @@
  * in order, whatever the thread count and the row/column blocking, so results
  * are bit-identical for any number of threads.
  *
+ * In use: by default the layer kernels run this loop on ONE thread, where it
+ * beats the BLAS loop (see _use_packed in _kernels.pyx), and the estimators
+ * thread over the batch instead (_parallel.py): on two cores the barrier per
+ * step cost more than the split gained. The split stays, tested, for callers
+ * that pass n_threads.
+ *
  * Portability: only the functions marked FL_AVX512 use AVX-512; the caller
  * checks fl_recurrent_available() at run time and keeps its BLAS loop
  * otherwise. The threads come from _pool.h.
