@@ -199,3 +199,35 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
         with threadpool_limits(2, user_api="blas"):
             model.predict(X)
         assert seen == [threads]
+
+
+def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch):
+    """SIGINT raised while the slices run (here: from inside a slice's forward, on
+    whichever thread runs it): fit waits for the other slice, keeps the last
+    completed epoch, and the worker threads serve the next fit."""
+    import _thread
+    import signal
+
+    X, y = sequences()
+    params = dict(BIG, max_iter=20, n_jobs=2)
+    calls = [0]
+    forward = LSTMNetwork.forward
+
+    def interrupting(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 9:                                  # during the 3rd epoch (2 slices x 2 batches)
+            _thread.interrupt_main(signal.SIGINT)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LSTMNetwork, "forward", interrupting)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.warns(RuntimeWarning, match="interrupted"):
+            model = LSTMRegressor(**params).fit(X, y)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.undo()
+    assert 1 <= model.n_iter_ < 20
+    reference = LSTMRegressor(**{**params, "max_iter": model.n_iter_}).fit(X, y)
+    np.testing.assert_array_equal(model.network_.params, reference.network_.params)
+    assert np.isfinite(model.predict(X)).all()
