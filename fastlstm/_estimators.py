@@ -394,7 +394,7 @@ class _BaseLSTM(BaseEstimator):
                             continue
                     if sequence:  # (W*B[, K]) time-major rows, weights in the same order
                         tw = tb[t0:t1].reshape(((t1 - t0) * len(idx),) + tb.shape[2:])
-                        ww = np.tile(wb, t1 - t0)
+                        ww = np.broadcast_to(wb, (t1 - t0, len(wb))).reshape(-1)  # tiled
                         if lb is not None:                         # padded steps weigh 0
                             ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
                     else:

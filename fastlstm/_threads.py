@@ -86,6 +86,8 @@ def recurrent_threads():
     in force (users cap BLAS with threadpoolctl or OPENBLAS_NUM_THREADS, and the
     layer kernels mix BLAS calls with their own threaded loops, so one limit
     governs both), at most the CPUs this process may run on; 1 at least."""
+    if _active:  # inside a one_blas_thread block: the limit is 1, no need to ask BLAS
+        return 1
     limits = [n for n in (get() for get, _ in _blas_libs()) if n > 0]
     return max(1, min(limits + [_cpus()]))
 
