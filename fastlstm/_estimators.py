@@ -692,9 +692,11 @@ _PARAMETERS_DOC = """
         Float type of the computation. None keeps a float32 or float64 X as it
         is and computes anything else (ints, lists) in float32.
     n_jobs : int or None, default=None
-        Threads for the BLAS calls the kernels make, during fit and predict
-        (-1: all cores). None leaves the BLAS default (or the threadpoolctl
-        limit in force).
+        Threads for fit and predict (-1: all cores); None takes the BLAS
+        thread limit in force (OpenBLAS's default, or a threadpoolctl limit).
+        With several threads, a network big enough to gain cuts each batch
+        into one slice per thread (8 samples at least), run side by side on
+        single-threaded kernels; small networks run on one thread.
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, the shuffling, dropout and the validation
         split: the same seed (and thread count) gives the same weights.
