@@ -116,3 +116,24 @@ def test_predict_one_sequence(benchmark, sine_data, fitted_sine):
     x1 = sine_data[0][:1]                                                 # (1, 10, 1)
     pred = benchmark(fitted_sine.predict, x1)
     assert pred.shape == (1,) and np.isfinite(pred).all()
+
+
+@pytest.fixture(scope="module")
+def medium_data():
+    """medium-shaped data (T=50, D=32, 10 classes), 256 samples: two batches of 128."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 50, 32), dtype=np.float32)
+    return X, rng.integers(0, 10, size=256)
+
+
+def test_fit_one_epoch_medium_sliced_over_two_threads(benchmark, medium_data):
+    """Each batch of 128 cut into two slices of 64, one per thread (_parallel.py)."""
+    from fastlstm import LSTMClassifier
+    model = LSTMClassifier(hidden_layer_sizes=(128,), batch_size=128, max_iter=1, alpha=0.0,
+                           tol=0.0, n_iter_no_change=10**9, random_state=0, n_jobs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        benchmark(model.fit, *medium_data)
+    assert model.n_iter_ == 1 and np.isfinite(model.loss_curve_).all()
+    proba = model.predict_proba(medium_data[0])                        # sliced too
+    assert proba.shape == (256, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
