@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
-from ._parallel import DataParallel, n_slices
+from ._parallel import MIN_SLICED_WORK, DataParallel, forward_work, n_slices
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
 
@@ -39,21 +39,20 @@ def _n_features(X3, x_ndim):
 
 
 @contextlib.contextmanager
-def _thread_limit(n_jobs, batch, hidden_sizes, split=False):
+def _thread_limit(n_jobs, batch, hidden_sizes, work=0):
     """The threads a call runs on; yields how many slices each batch is cut into.
 
-    Small networks run on one BLAS thread (see _threads). Otherwise, with split
-    (fit, predict) and several threads (n_jobs, or else the BLAS limit in force),
-    batches are cut into one slice per thread run side by side on single-threaded
-    kernels (_parallel.py); without, the kernels run on n_jobs BLAS threads if
-    given and the limit in force if not."""
-    if _threads.is_small(batch, hidden_sizes):
-        with _threads.one_blas_thread():
-            yield 1
-        return
+    Several threads (n_jobs, or else the BLAS limit in force) and batches of
+    enough work (fit and predict pass `work`, the multiply-adds of a batch's
+    forward pass): each batch is cut into one slice per thread, run side by side
+    on single-threaded kernels (_parallel.py). Otherwise the kernels run on one
+    BLAS thread for small networks (see _threads), else on n_jobs BLAS threads
+    if given and the limit in force if not."""
     n = None if n_jobs is None else max(1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
-    parts = n_slices(_threads.recurrent_threads() if n is None else n, batch) if split else 1
-    if parts > 1:
+    parts = 1
+    if work >= MIN_SLICED_WORK:
+        parts = n_slices(_threads.recurrent_threads() if n is None else n, batch, work)
+    if parts > 1 or _threads.is_small(batch, hidden_sizes):
         with _threads.one_blas_thread():
             yield parts
     elif n is None:
@@ -244,8 +243,10 @@ class _BaseLSTM(BaseEstimator):
                              "pad them to one length or leave tbptt_steps=None")
         weights = self._sample_weights(sample_weight, targets, X3.shape[0], lengths)
         batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
-        with _thread_limit(self.n_jobs, min(batch_size, len(X3)), self.network_.hidden_sizes,
-                           split=True) as parts:
+        batch = min(batch_size, len(X3))
+        steps = X3.shape[1] if self.tbptt_steps is None else min(self.tbptt_steps, X3.shape[1])
+        with _thread_limit(self.n_jobs, batch, self.network_.hidden_sizes,
+                           work=forward_work(self.network_, batch, steps)) as parts:
             self._train(X3, targets, weights, incremental, lengths, parts)
         return self
 
@@ -475,7 +476,7 @@ class _BaseLSTM(BaseEstimator):
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
         with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes,
-                           split=True) as parts:
+                           work=forward_work(self.network_, len(X3), X3.shape[1])) as parts:
             return self._forward_checked(X3, lengths, parts), lengths
 
     def _forward_checked(self, X3, lengths=None, parts=1):

@@ -15,11 +15,18 @@ reproducible for a given number of slices (they round differently from one).
 import numpy as np
 
 from . import _threads
-from ._network import _Arena
+from ._network import GATES, _Arena
 
 # A slice needs this many samples: below it, one gemm per step is too thin to pay
 # for the split.
 MIN_ROWS_PER_SLICE = 8
+# ... and a batch this much work (multiply-adds of its forward pass): handing a
+# slice to another thread costs tens of microseconds, which small networks do not
+# earn back (2 threads vs 1, training, samples/s: sine, 3.3M, 43K vs 53-63K;
+# binadd, 0.6M, 72-104K vs 320-350K; 2 x LSTM(50) over 20 steps, 21M, 8.5-9.2K vs
+# 7.9-9.5K; 2 x LSTM(64) over 32 steps, 66M, 4.7-5.0K vs 3.7-3.8K; the demo's
+# 2 x LSTM(128) over 64 steps, 507M, 1.1K vs 0.65K).
+MIN_SLICED_WORK = 2**25
 
 
 def row_slices(n, parts):
@@ -28,9 +35,23 @@ def row_slices(n, parts):
     return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
 
 
-def n_slices(threads, batch):
-    """How many slices a batch of `batch` samples is cut into on `threads` threads."""
+def n_slices(threads, batch, work=MIN_SLICED_WORK):
+    """How many slices a batch of `batch` samples, `work` multiply-adds (see
+    forward_work), is cut into on `threads` threads: 1 (no split) for small ones."""
+    if work < MIN_SLICED_WORK:
+        return 1
     return max(1, min(threads, batch // MIN_ROWS_PER_SLICE))
+
+
+def forward_work(net, batch, n_steps):
+    """Multiply-adds of the recurrent layers' forward pass over a batch:
+    batch x steps x sum over layers (and directions) of G x (D + H)."""
+    directions = 2 if net.bidirectional else 1
+    work, n_in = 0, net.n_features
+    for H in net.hidden_sizes:
+        work += directions * GATES[net.cell] * H * (n_in + H)
+        n_in = directions * H
+    return batch * n_steps * work
 
 
 class _SplitTape:

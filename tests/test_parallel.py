@@ -27,6 +27,16 @@ def test_n_slices_keeps_slices_thick_enough():
     assert n_slices(2, 1) == 1
     assert n_slices(4, 20) == 20 // fastlstm._parallel.MIN_ROWS_PER_SLICE
     assert n_slices(1, 1000) == 1
+    limit = fastlstm._parallel.MIN_SLICED_WORK
+    assert n_slices(2, 1000, work=limit - 1) == 1                # too little work to split
+    assert n_slices(2, 1000, work=limit) == 2
+
+
+def test_forward_work_counts_the_multiply_adds_of_every_layer():
+    net = LSTMNetwork(3, (5, 4), 2)
+    assert fastlstm._parallel.forward_work(net, 7, 11) == 7 * 11 * (20 * 8 + 16 * 9)
+    both = LSTMNetwork(3, (5,), 2, cell="gru", bidirectional=True)
+    assert fastlstm._parallel.forward_work(both, 2, 3) == 2 * 3 * 2 * 15 * 8
 
 
 def network(cell="lstm", bidirectional=False, sizes=(5, 4), K=3):
@@ -98,13 +108,14 @@ def test_run_parallel_returns_in_order_and_raises_a_workers_error():
     assert sorted(done) == [0, 2]                          # the others finished first
 
 
-def sequences(n=128, T=5, D=3, seed=0):
+def sequences(n=128, T=10, D=3, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, T, D))
     return X, X[:, :, 0].sum(axis=1)
 
 
-# A network big enough (batch * 4H * H >= 2**22) to leave the one-thread rule.
+# A network big enough to be cut into slices: a batch of 64 over 10 steps is
+# 64 * 10 * 512 * 131 = 43M multiply-adds (MIN_SLICED_WORK is 2**25 = 34M).
 BIG = dict(hidden_layer_sizes=(128,), batch_size=64, max_iter=2, dtype="float64",
            random_state=0)
 
@@ -231,3 +242,14 @@ def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(mon
     reference = LSTMRegressor(**{**params, "max_iter": model.n_iter_}).fit(X, y)
     np.testing.assert_array_equal(model.network_.params, reference.network_.params)
     assert np.isfinite(model.predict(X)).all()
+
+
+def test_a_small_network_is_not_cut_into_slices(monkeypatch):
+    """sine's size (3.3M multiply-adds a batch): a thread hand-off costs more than
+    it saves, so even with two threads the batch runs whole, on one."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 10, 1))
+    seen = spy_slices(monkeypatch)
+    model = LSTMRegressor(hidden_layer_sizes=(50,), batch_size=32, max_iter=1, n_jobs=2)
+    model.fit(X, X[:, -1, 0]).predict(X)
+    assert seen == []
