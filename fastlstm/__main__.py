@@ -27,9 +27,9 @@ def main(argv=None):
     demo_parser.add_argument("--no-plot", action="store_true", help="do not write the plot")
     demo_parser.add_argument("--no-progress", action="store_true",
                              help="no progress bars on stderr")
-    demo_parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                             help="BLAS threads (default: %(default)s, best for these small "
-                                  "models; 0: BLAS's own default)")
+    demo_parser.add_argument("--blas-threads", type=int, default=0, metavar="N",
+                             help="a BLAS thread limit for the demo (default: 0, no limit: "
+                                  "fastlstm picks one thread or one slice per core)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         with warnings.catch_warnings():  # fixed epoch budgets: not-converged is expected

@@ -76,8 +76,10 @@ def test_bits_per_char_counts_unseen_characters_finitely():
 
 def test_demo_command_line(tmp_path):
     # run from a neutral folder so the installed package is the one imported
+    # --blas-threads 1: the in-process run above leaves the threads to fastlstm
     result = subprocess.run([sys.executable, "-m", "fastlstm", "demo", "--quick", "--plot",
-                             "sine.png"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                             "sine.png", "--blas-threads", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.search(r"\| sine forecast \| test MSE \| [0-9.]+ \|", result.stdout)
     assert "| binary addition | exact sums |" in result.stdout
