@@ -22,7 +22,8 @@ from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
-from ._parallel import MIN_SLICED_WORK, DataParallel, forward_work, n_slices
+from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, DataParallel,
+                        forward_work, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
 
@@ -39,19 +40,19 @@ def _n_features(X3, x_ndim):
 
 
 @contextlib.contextmanager
-def _thread_limit(n_jobs, batch, hidden_sizes, work=0):
+def _thread_limit(n_jobs, batch, hidden_sizes, work=0, min_work=MIN_SLICED_WORK):
     """The threads a call runs on; yields how many slices each batch is cut into.
 
     Several threads (n_jobs, or else the BLAS limit in force) and batches of
     enough work (fit and predict pass `work`, the multiply-adds of a batch's
-    forward pass): each batch is cut into one slice per thread, run side by side
-    on single-threaded kernels (_parallel.py). Otherwise the kernels run on one
+    forward pass, to compare with min_work): each batch is cut into one slice
+    per thread, run side by side on single-threaded kernels (_parallel.py). Otherwise the kernels run on one
     BLAS thread for small networks (see _threads), else on n_jobs BLAS threads
     if given and the limit in force if not."""
     n = None if n_jobs is None else max(1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
     parts = 1
-    if work >= MIN_SLICED_WORK:
-        parts = n_slices(_threads.recurrent_threads() if n is None else n, batch, work)
+    if work >= min_work:
+        parts = n_slices(_threads.recurrent_threads() if n is None else n, batch, work, min_work)
     if parts > 1 or _threads.is_small(batch, hidden_sizes):
         with _threads.one_blas_thread():
             yield parts
@@ -476,7 +477,8 @@ class _BaseLSTM(BaseEstimator):
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
         with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes,
-                           work=forward_work(self.network_, len(X3), X3.shape[1])) as parts:
+                           work=forward_work(self.network_, len(X3), X3.shape[1]),
+                           min_work=MIN_SLICED_PREDICT_WORK) as parts:
             return self._forward_checked(X3, lengths, parts), lengths
 
     def _forward_checked(self, X3, lengths=None, parts=1):

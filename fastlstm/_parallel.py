@@ -27,6 +27,12 @@ MIN_ROWS_PER_SLICE = 8
 # 7.9-9.5K; 2 x LSTM(64) over 32 steps, 66M, 4.7-5.0K vs 3.7-3.8K; the demo's
 # 2 x LSTM(128) over 64 steps, 507M, 1.1K vs 0.65K).
 MIN_SLICED_WORK = 2**25
+# A prediction hands off once per call, not twice per batch, and has no serial
+# loss and update around it: it pays from less work (sine, 2 threads vs 1,
+# samples/s: 256 rows, 26M, 274-277K vs 194-199K; 128 rows, 13M, 205-235K vs
+# 190-226K; 64 rows, 6.5M, 150-157K vs 176-190K; binadd 1024 rows, 9.4M,
+# 1.21-1.29M vs 1.32-1.34M).
+MIN_SLICED_PREDICT_WORK = 2**24
 
 
 def row_slices(n, parts):
@@ -35,10 +41,10 @@ def row_slices(n, parts):
     return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
 
 
-def n_slices(threads, batch, work=MIN_SLICED_WORK):
+def n_slices(threads, batch, work=MIN_SLICED_WORK, min_work=MIN_SLICED_WORK):
     """How many slices a batch of `batch` samples, `work` multiply-adds (see
-    forward_work), is cut into on `threads` threads: 1 (no split) for small ones."""
-    if work < MIN_SLICED_WORK:
+    forward_work), is cut into on `threads` threads: 1 (no split) below min_work."""
+    if work < min_work:
         return 1
     return max(1, min(threads, batch // MIN_ROWS_PER_SLICE))
 

@@ -246,10 +246,13 @@ def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(mon
 
 def test_a_small_network_is_not_cut_into_slices(monkeypatch):
     """sine's size (3.3M multiply-adds a batch): a thread hand-off costs more than
-    it saves, so even with two threads the batch runs whole, on one."""
+    it saves, so even with two threads the batch runs whole, on one; predicting
+    256 sequences at once (26M, one hand-off) is worth slicing."""
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((64, 10, 1))
+    X = rng.standard_normal((256, 10, 1))
     seen = spy_slices(monkeypatch)
     model = LSTMRegressor(hidden_layer_sizes=(50,), batch_size=32, max_iter=1, n_jobs=2)
-    model.fit(X, X[:, -1, 0]).predict(X)
+    model.fit(X[:64], X[:64, -1, 0]).predict(X[:64])
     assert seen == []
+    model.predict(X)
+    assert [(parts, training) for parts, training, _ in seen] == [(2, False)]
