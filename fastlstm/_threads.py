@@ -6,6 +6,9 @@ few microseconds; splitting them across BLAS threads costs more than it saves
 a busy machine). So small problems run with one BLAS thread, set through
 ctypes on the BLAS libraries threadpoolctl finds (about a microsecond a call),
 and large ones keep whatever limit is in force.
+
+Batches with enough work run as slices side by side (_parallel.py) on the
+worker threads of run_parallel, each slice on one BLAS thread.
 """
 import contextlib
 import os
@@ -106,15 +109,16 @@ def _cpus():
     return _cpu_count
 
 
-_pool = None
+_pool = None         # the worker threads of run_parallel, made on first use
+_pool_size = 0
 
 
 def _forget_pool_in_child():
     """A forked child has none of its parent's worker threads, but would inherit the
     pool object that believes it has them, and wait forever on work queued to it:
     start the child with no pool (and an unheld lock)."""
-    global _pool, _lock
-    _pool, _lock = None, threading.Lock()
+    global _pool, _pool_size, _lock
+    _pool, _pool_size, _lock = None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -126,16 +130,18 @@ def run_parallel(fn, items):
     on a pool of worker threads (fn must release the GIL for this to pay: the
     layer kernels do). Waits for every call before returning or raising, so no
     worker still writes into buffers once the caller moves on."""
-    global _pool
+    global _pool, _pool_size
     items = list(items)
     if len(items) == 1:
         return [fn(items[0])]
     with _lock:
-        if _pool is None or _pool._max_workers < len(items) - 1:
-            _pool = ThreadPoolExecutor(max_workers=len(items) - 1,
-                                       thread_name_prefix="fastlstm")
-        pool = _pool
-    futures = [pool.submit(fn, item) for item in items[1:]]
+        if _pool_size < len(items) - 1:   # more threads than ever before: a bigger pool
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its threads end once their work is done
+            _pool_size = len(items) - 1
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="fastlstm")
+        # submitted under the lock: no other caller can shut this pool down meanwhile
+        futures = [_pool.submit(fn, item) for item in items[1:]]
     try:
         first = fn(items[0])
     finally:

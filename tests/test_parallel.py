@@ -108,6 +108,20 @@ def test_run_parallel_returns_in_order_and_raises_a_workers_error():
     assert sorted(done) == [0, 2]                          # the others finished first
 
 
+def test_run_parallel_grows_its_pool_under_concurrent_callers():
+    """Callers on several threads asking for more and more workers: every call
+    gets all its results (none lands on a pool that was just replaced)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(size):
+        return _threads.run_parallel(lambda k: k + size, range(size))
+
+    sizes = [2, 3, 5, 2, 4, 6, 3, 2] * 4
+    with ThreadPoolExecutor(8) as callers:
+        results = list(callers.map(call, sizes))
+    assert results == [[k + size for k in range(size)] for size in sizes]
+
+
 def sequences(n=128, T=10, D=3, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, T, D))
