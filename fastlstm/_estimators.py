@@ -46,9 +46,9 @@ def _thread_limit(n_jobs, batch, hidden_sizes, work=0, min_work=MIN_SLICED_WORK)
     Several threads (n_jobs, or else the BLAS limit in force) and batches of
     enough work (fit and predict pass `work`, the multiply-adds of a batch's
     forward pass, to compare with min_work): each batch is cut into one slice
-    per thread, run side by side on single-threaded kernels (_parallel.py). Otherwise the kernels run on one
-    BLAS thread for small networks (see _threads), else on n_jobs BLAS threads
-    if given and the limit in force if not."""
+    per thread, run side by side on single-threaded kernels (_parallel.py).
+    Otherwise the kernels run on one BLAS thread for small networks (see
+    _threads), else on n_jobs BLAS threads if given and the limit in force if not."""
     n = None if n_jobs is None else max(1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
     parts = 1
     if work >= min_work:
@@ -388,8 +388,9 @@ class _BaseLSTM(BaseEstimator):
                 state = None
                 for t0 in range(0, T, window):
                     t1 = min(t0 + window, T)
-                    out, tape = runner.forward(xb[t0:t1], sequence, training=True, rng=self._rng,
-                                            arena=arena, initial_state=state, lengths=lb)
+                    out, tape = runner.forward(xb[t0:t1], sequence, training=True,
+                                               rng=self._rng, arena=arena, initial_state=state,
+                                               lengths=lb)
                     if t1 < T:
                         state = tape.final_state()
                         if not sequence:  # many-to-one: only the last window has a loss

@@ -240,7 +240,7 @@ def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(mon
 
     def interrupting(self, *args, **kwargs):
         calls[0] += 1
-        if calls[0] == 9:                                  # during the 3rd epoch (2 slices x 2 batches)
+        if calls[0] == 9:              # in the 3rd epoch: 2 slices x 2 batches an epoch
             _thread.interrupt_main(signal.SIGINT)
         return forward(self, *args, **kwargs)
 
