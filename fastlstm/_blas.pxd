@@ -1,6 +1,6 @@
 # The BLAS call and small helpers that every compiled layer kernel uses
 # (_kernels.pyx, _cells.pyx): header-only (cdef inline), so each module gets its own copy
-# from this one source.
+# from this one source. Shapes: G gate rows (4H LSTM, 3H GRU, H RNN), row-major.
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
@@ -46,3 +46,48 @@ cdef inline bint any_nonzero(const floating *a, Py_ssize_t n) noexcept nogil:
         if a[k] != 0:
             return True
     return False
+
+
+cdef inline void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t G,
+                                  const floating *x, const floating *w_ih,
+                                  const floating *bias, const floating *bias2,
+                                  floating *out) noexcept nogil:
+    """out (T*N, G) = x @ W_ih.T + bias (+ bias2 when not NULL), all T*N rows in
+    one gemm: the first step of every layer's forward."""
+    cdef Py_ssize_t row, k
+    for k in range(G):
+        out[k] = bias[k] + (bias2[k] if bias2 != NULL else 0)
+    for row in range(1, T * N):
+        for k in range(G):
+            out[row * G + k] = out[k]
+    if D > 0:
+        gemm(False, True, T * N, G, D, <floating>1, x, D, w_ih, D, <floating>1, out, G)
+
+
+cdef inline void sum_rows(Py_ssize_t rows, Py_ssize_t G, const floating *a,
+                          floating *out) noexcept nogil:
+    """out (G,) += a (rows, G).sum(axis=0)"""
+    cdef Py_ssize_t row, k
+    for row in range(rows):
+        for k in range(G):
+            out[k] += a[row * G + k]
+
+
+cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_ssize_t D,
+                                  Py_ssize_t H, const floating *dg_ih, const floating *dg_hh,
+                                  const floating *x, const floating *h, const floating *h0,
+                                  floating *dw_ih, floating *dw_hh) noexcept nogil:
+    """The weight gradients of one layer's backward, one gemm each over all T*N rows
+    after its time loop, accumulated into dw_ih (G, D) and dw_hh (G, H):
+        dW_ih += dg_ih.T @ x                  dg_ih (T, N, G), x (T, N, D)
+        dW_hh += dg_hh[1:].T @ h[:-1]         dg_hh (T, N, G), h (T, N, H)
+        dW_hh += dg_hh[0].T @ h0              h0 (N, H), skipped when all zero
+    dg_ih and dg_hh are the same buffer except for the GRU, whose hidden-side
+    gate gradients differ from its input-side ones."""
+    if D > 0:
+        gemm(True, False, G, D, T * N, <floating>1, dg_ih, G, x, D, <floating>1, dw_ih, D)
+    if T > 1:
+        gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_hh + N * G, G, h, H,
+             <floating>1, dw_hh, H)
+    if any_nonzero(h0, N * H):
+        gemm(True, False, G, H, N, <floating>1, dg_hh, G, h0, H, <floating>1, dw_hh, H)

@@ -15,7 +15,7 @@ GRU  weight_ih (3H, D), weight_hh (3H, H), blocks r, z, n as in torch. The hidde
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from ._blas cimport any_nonzero, gemm
+from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
 from ._checks cimport _check, _lengths_ptr, _shape
 
 import numpy as np
@@ -41,20 +41,6 @@ cdef extern from "_cells.h" nogil:
 # ---- helpers ----------------------------------------------------------------------
 
 
-cdef void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t G,
-                           const floating *x, const floating *w_ih, const floating *bias,
-                           const floating *bias2, floating *out) noexcept nogil:
-    """out (T*N, G) = x @ W_ih.T + bias (+ bias2 when not NULL), one gemm."""
-    cdef Py_ssize_t row, k
-    for k in range(G):
-        out[k] = bias[k] + (bias2[k] if bias2 != NULL else 0)
-    for row in range(1, T * N):
-        for k in range(G):
-            out[row * G + k] = out[k]
-    if D > 0:
-        gemm(False, True, T * N, G, D, <floating>1, x, D, w_ih, D, <floating>1, out, G)
-
-
 cdef void carry_padded_h(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t *lengths,
                          floating *h) noexcept nogil:
     """h[t, n] = h[t-1, n] for samples whose sequence has ended."""
@@ -63,14 +49,6 @@ cdef void carry_padded_h(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t, const int64_t
         if t >= lengths[n]:
             for j in range(H):
                 h[(t * N + n) * H + j] = h[((t - 1) * N + n) * H + j]
-
-
-cdef void sum_rows(Py_ssize_t rows, Py_ssize_t G, const floating *a, floating *out) noexcept nogil:
-    """out (G,) += a (rows, G).sum(axis=0)"""
-    cdef Py_ssize_t row, k
-    for row in range(rows):
-        for k in range(G):
-            out[k] += a[row * G + k]
 
 
 # ---- plain RNN, forward ------------------------------------------------------------
@@ -189,15 +167,8 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 gemm(False, False, N, H, H, <floating>1, dp_ptr, H,
                      w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dpre[0] @ W_hh
 
-        if D > 0:
-            gemm(True, False, H, D, T * N, <floating>1, dp_ptr, H, &x[0, 0, 0], D,
-                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dpre.T @ x
-        if T > 1:
-            gemm(True, False, H, H, (T - 1) * N, <floating>1, dp_ptr + NH, H, h_ptr, H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dpre[1:].T @ h[:-1]
-        if any_nonzero(&h0[0, 0], NH):
-            gemm(True, False, H, H, N, <floating>1, dp_ptr, H, &h0[0, 0], H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dpre[0].T @ h0
+        weight_gradients(T, N, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
+                         h_ptr, &h0[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0])
         sum_rows(T * N, H, dp_ptr, &dbias[0])                # db = dpre.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, H, <floating>1, dp_ptr, H, &weight_ih[0, 0], D,
@@ -352,15 +323,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
                  w_hh, H, <floating>1, dh_prev, H)
 
-        if D > 0:
-            gemm(True, False, G, D, T * N, <floating>1, di_ptr, G, &x[0, 0, 0], D,
-                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dgates_i.T @ x
-        if T > 1:
-            gemm(True, False, G, H, (T - 1) * N, <floating>1, dhg_ptr + NG, G, h_ptr, H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates_h[1:].T @ h[:-1]
-        if any_nonzero(&h0[0, 0], NH):
-            gemm(True, False, G, H, N, <floating>1, dhg_ptr, G, &h0[0, 0], H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates_h[0].T @ h0
+        weight_gradients(T, N, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
+                         h_ptr, &h0[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0])
         sum_rows(T * N, G, di_ptr, &dbias_ih[0])             # db_ih = dgates_i.sum(rows)
         sum_rows(T * N, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
         if dx_ptr != NULL:

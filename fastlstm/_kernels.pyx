@@ -15,7 +15,7 @@ from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from ._blas cimport any_nonzero, gemm
+from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
 from ._checks cimport _check, _lengths_ptr, _shape
 
 import numpy as np
@@ -183,7 +183,7 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     if T == 0 or N == 0 or H == 0:
         return
 
-    cdef Py_ssize_t t, row, k, NG = N * G, NH = N * H
+    cdef Py_ssize_t t, NG = N * G, NH = N * H
     cdef floating *g_ptr = &gates[0, 0, 0]
     cdef floating *c_ptr = &c[0, 0, 0]
     cdef floating *tc_ptr = &tanh_c[0, 0, 0]
@@ -198,14 +198,8 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
         packed = _use_packed(N, H, nt, len_ptr != NULL)
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
-        for k in range(G):
-            g_ptr[k] = bias_ih[k] + bias_hh[k]
-        for row in range(1, T * N):
-            for k in range(G):
-                g_ptr[row * G + k] = g_ptr[k]
-        if D > 0:
-            gemm(False, True, T * N, G, D, <floating>1, &x[0, 0, 0], D,
-                 &weight_ih[0, 0], D, <floating>1, g_ptr, G)   # gates += x @ W_ih.T
+        input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0],
+                         &bias_ih[0], &bias_hh[0], g_ptr)
         has_h0 = any_nonzero(&h0[0, 0], NH)
         if floating is float:
             if packed:
@@ -280,17 +274,17 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         dh0[...] = 0
         return
 
-    cdef Py_ssize_t t, row, k, NG = N * G, NH = N * H
+    cdef Py_ssize_t t, NG = N * G, NH = N * H
     cdef const floating *g_ptr = &gates[0, 0, 0]
     cdef const floating *c_ptr = &c[0, 0, 0]
     cdef const floating *tc_ptr = &tanh_c[0, 0, 0]
     cdef const floating *h_ptr = &h[0, 0, 0]
+    cdef const floating *x_ptr = &x[0, 0, 0] if D > 0 else NULL
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef floating *dh_ptr = &dh[0, 0, 0]
     cdef floating *dg_ptr = &dgates[0, 0, 0]
     cdef floating *dx_ptr = NULL
     cdef const floating *c_prev
-    cdef bint has_h0
     cdef int nt = 1
     cdef bint packed = False
     if floating is float:
@@ -327,20 +321,9 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                     gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
                          w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
 
-        # weight gradients, one gemm each over all rows
-        if D > 0:
-            gemm(True, False, G, D, T * N, <floating>1, dg_ptr, G, &x[0, 0, 0], D,
-                 <floating>1, &dweight_ih[0, 0], D)          # dW_ih += dgates.T @ x
-        if T > 1:
-            gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_ptr + NG, G, h_ptr, H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates[1:].T @ h[:-1]
-        has_h0 = any_nonzero(&h0[0, 0], NH)
-        if has_h0:
-            gemm(True, False, G, H, N, <floating>1, dg_ptr, G, &h0[0, 0], H,
-                 <floating>1, &dweight_hh[0, 0], H)          # dW_hh += dgates[0].T @ h0
-        for row in range(T * N):
-            for k in range(G):
-                dbias[k] += dg_ptr[row * G + k]               # db = dgates.sum(rows)
+        weight_gradients(T, N, G, D, H, dg_ptr, dg_ptr, x_ptr, h_ptr, &h0[0, 0],
+                         &dweight_ih[0, 0], &dweight_hh[0, 0])
+        sum_rows(T * N, G, dg_ptr, &dbias[0])                # db = dgates.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, G, <floating>1, dg_ptr, G, &weight_ih[0, 0], D,
                  <floating>0, dx_ptr, D)                     # dx = dgates @ W_ih
