@@ -312,6 +312,18 @@ static int fl_useful_threads(int64_t N, int64_t H, int n_threads)
     return nt > 1 ? (int)nt : 1;
 }
 
+/* Run one time loop (part = fl_forward_part or fl_backward_part) on the threads
+ * worth using, each with its slice of W_hh packed: 0, or -1 if memory is missing. */
+static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
+{
+    int nt = fl_useful_threads(L->N, L->H, n_threads);
+    L->slices = fl_slices_new(nt, L->H);
+    if (!L->slices) return -1;
+    fl_team_run(nt, part, L);
+    fl_slices_free(L->slices, nt);
+    return 0;
+}
+
 #endif /* FL_HAVE_AVX512_CODE */
 
 /*
@@ -326,13 +338,9 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
-    int nt = fl_useful_threads(N, H, n_threads);
     fl_loop L = {T, N, H, w_hh, h0, c0, NULL, NULL, tanh_c,
-                 gates, c, h, NULL, NULL, NULL, NULL, fl_slices_new(nt, H)};
-    if (!L.slices) return -1;
-    fl_team_run(nt, fl_forward_part, &L);
-    fl_slices_free(L.slices, nt);
-    return 0;
+                 gates, c, h, NULL, NULL, NULL, NULL, NULL};
+    return fl_run_loop(&L, n_threads, fl_forward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)h0; (void)c0; (void)gates;
     (void)c; (void)tanh_c; (void)h; (void)n_threads;
@@ -354,13 +362,9 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
-    int nt = fl_useful_threads(N, H, n_threads);
     fl_loop L = {T, N, H, w_hh, NULL, c0, gates, c, tanh_c,
-                 NULL, NULL, NULL, dh, dc, dh0, dgates, fl_slices_new(nt, H)};
-    if (!L.slices) return -1;
-    fl_team_run(nt, fl_backward_part, &L);
-    fl_slices_free(L.slices, nt);
-    return 0;
+                 NULL, NULL, NULL, dh, dc, dh0, dgates, NULL};
+    return fl_run_loop(&L, n_threads, fl_backward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
     (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
