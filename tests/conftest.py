@@ -1,3 +1,5 @@
+import signal
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,22 @@ def make_network(n_features=3, hidden=(4, 3), n_outputs=2, dtype=np.float64, dro
     return net
 
 
+def random_layer_arrays(G, T, N, D, H, dtype, seed=0, zero_state=False, n_states=1):
+    """Random inputs of one layer kernel: x (T, N, D), w_ih (G, D), w_hh (G, H),
+    b_ih, b_hh (G,), then n_states initial states (N, H) (h0, and c0 for the
+    LSTM), zeros if zero_state."""
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    x = draw(T, N, D)
+    w_ih, w_hh = draw(G, D, scale=0.5), draw(G, H, scale=0.5)
+    b_ih, b_hh = draw(G), draw(G)
+    states = [np.zeros((N, H), dtype) if zero_state else draw(N, H) for _ in range(n_states)]
+    return (x, w_ih, w_hh, b_ih, b_hh, *states)
+
+
 def network_loss(net, x, target, loss, sequence=False, dropout_seed=None):
     """(loss value, dloss/dparams) of net on one batch; dropout masks from dropout_seed."""
     training = dropout_seed is not None
@@ -30,6 +48,15 @@ def network_loss(net, x, target, loss, sequence=False, dropout_seed=None):
     else:
         value = _ops.softmax_cross_entropy(out, target.reshape(-1), weight, dout)
     return value, net.backward(tape, dout).copy()
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt during the test, as in a plain Python program
+    (the handler in force before is put back after)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

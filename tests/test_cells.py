@@ -2,6 +2,7 @@
 kernels against the reference (float32 and float64)."""
 import numpy as np
 import pytest
+from conftest import random_layer_arrays
 
 from fastlstm import _reference as ref
 
@@ -19,17 +20,8 @@ GATES = {"rnn_tanh": 1, "rnn_sigmoid": 1, "gru": 3}
 
 
 def random_layer(cell, T, N, D, H, dtype, seed=0, zero_state=False):
-    rng = np.random.default_rng(seed)
-    G = GATES[cell] * H
-
-    def draw(*shape, scale=1.0):
-        return (scale * rng.standard_normal(shape)).astype(dtype)
-
-    x = draw(T, N, D)
-    w_ih, w_hh = draw(G, D, scale=0.5), draw(G, H, scale=0.5)
-    b_ih, b_hh = draw(G), draw(G)
-    h0 = np.zeros((N, H), dtype) if zero_state else draw(N, H)
-    return x, w_ih, w_hh, b_ih, b_hh, h0
+    """(x, w_ih, w_hh, b_ih, b_hh, h0) of one RNN or GRU layer."""
+    return random_layer_arrays(GATES[cell] * H, T, N, D, H, dtype, seed, zero_state)
 
 
 def ref_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0):

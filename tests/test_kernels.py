@@ -1,6 +1,7 @@
 """Each compiled kernel against the plain NumPy reference, float32 and float64."""
 import numpy as np
 import pytest
+from conftest import random_layer_arrays
 
 from fastlstm import _kernels, _ops
 from fastlstm import _reference as ref
@@ -26,18 +27,8 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
 def random_layer(T, N, D, H, dtype, seed=0, zero_state=False):
-    rng = np.random.default_rng(seed)
-    G = 4 * H
-
-    def draw(*shape, scale=1.0):
-        return (scale * rng.standard_normal(shape)).astype(dtype)
-
-    x = draw(T, N, D)
-    w_ih, w_hh = draw(G, D, scale=0.5), draw(G, H, scale=0.5)
-    b_ih, b_hh = draw(G), draw(G)
-    h0 = np.zeros((N, H), dtype) if zero_state else draw(N, H)
-    c0 = np.zeros((N, H), dtype) if zero_state else draw(N, H)
-    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+    """(x, w_ih, w_hh, b_ih, b_hh, h0, c0) of one LSTM layer."""
+    return random_layer_arrays(4 * H, T, N, D, H, dtype, seed, zero_state, n_states=2)
 
 
 @pytest.fixture(params=PATHS, ids=lambda p: f"{p[0]}-{p[1]}thread")

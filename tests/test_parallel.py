@@ -226,7 +226,8 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
         assert seen == [threads]
 
 
-def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch):
+def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch,
+                                                                            sigint_raises):
     """SIGINT raised while the slices run (here: from inside a slice's forward, on
     whichever thread runs it): fit waits for the other slice, keeps the last
     completed epoch, and the worker threads serve the next fit."""
@@ -245,12 +246,8 @@ def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(mon
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(LSTMNetwork, "forward", interrupting)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.warns(RuntimeWarning, match="interrupted"):
-            model = LSTMRegressor(**params).fit(X, y)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        model = LSTMRegressor(**params).fit(X, y)
     monkeypatch.undo()
     assert 1 <= model.n_iter_ < 20
     reference = LSTMRegressor(**{**params, "max_iter": model.n_iter_}).fit(X, y)

@@ -174,18 +174,14 @@ def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch, estimator, n_updates
         model.network_.params, estimator(**params).fit(X, y).network_.params)
 
 
-def test_a_real_sigint_during_fit_is_caught_the_same_way(monkeypatch):
+def test_a_real_sigint_during_fit_is_caught_the_same_way(monkeypatch, sigint_raises):
     """The signal arrives from another thread while the kernels run; Python raises
     KeyboardInterrupt in the fitting thread at its next check."""
     X, y = exploding_task()
     params = dict(hidden_layer_sizes=(6,), batch_size=16, max_iter=50, random_state=0)
     interrupt_after(monkeypatch, 6, lambda: _thread.interrupt_main(signal.SIGINT))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.warns(RuntimeWarning, match="interrupted"):
-            model = LSTMRegressor(**params).fit(X, y)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        model = LSTMRegressor(**params).fit(X, y)
     assert 1 <= model.n_iter_ < 50
     reference = LSTMRegressor(**{**params, "max_iter": model.n_iter_}).fit(X, y)
     np.testing.assert_array_equal(model.network_.params, reference.network_.params)
