@@ -121,7 +121,6 @@ class LSTMNetwork:
         self.grads = np.zeros(n_params, dtype=self.dtype)       # (P,)
         self.p = named_views(self.params, self.layout)
         self.g = named_views(self.grads, self.layout)
-        self._arena = _Arena(self.dtype)
 
     def replica(self, own_gradients=True):
         """A network on these very parameters (the same memory, so an update shows
@@ -133,7 +132,6 @@ class LSTMNetwork:
         if own_gradients:
             twin.grads = np.zeros_like(self.grads)                  # (P,)
             twin.g = named_views(twin.grads, self.layout)
-        twin._arena = _Arena(self.dtype)
         return twin
 
     # ---- set-up ---------------------------------------------------------------

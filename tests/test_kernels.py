@@ -33,7 +33,7 @@ def random_layer(T, N, D, H, dtype, seed=0, zero_state=False):
 
 @pytest.fixture(params=PATHS, ids=lambda p: f"{p[0]}-{p[1]}thread")
 def path(request):
-    """(kind, n_threads) of the time loop; the packed loop is switched back on after."""
+    """(kind, n_threads) of the time loop; the setting in force before is restored after."""
     kind, n_threads = request.param
     previous = _kernels.set_packed_recurrence(kind == "packed")
     yield kind, n_threads
