@@ -16,7 +16,7 @@ from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
-from ._checks cimport _check, _lengths_ptr, _shape
+from ._checks cimport _check, _lengths_ptr
 
 import numpy as np
 
@@ -170,15 +170,16 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
-    _check("weight_ih", _shape(weight_ih, 2), (G, D))
-    _check("weight_hh", _shape(weight_hh, 2), (G, H))
-    _check("bias_ih", _shape(bias_ih, 1), (G,))
-    _check("bias_hh", _shape(bias_hh, 1), (G,))
-    for name, buf in (("h0", h0), ("c0", c0)):
-        _check(name, _shape(buf, 2), (N, H))
-    _check("gates", _shape(gates, 3), (T, N, G))
-    for name, buf in (("c", c), ("tanh_c", tanh_c), ("h", h)):
-        _check(name, _shape(buf, 3), (T, N, H))
+    _check("weight_ih", weight_ih.shape, 2, G, D)
+    _check("weight_hh", weight_hh.shape, 2, G, H)
+    _check("bias_ih", bias_ih.shape, 1, G)
+    _check("bias_hh", bias_hh.shape, 1, G)
+    _check("h0", h0.shape, 2, N, H)
+    _check("c0", c0.shape, 2, N, H)
+    _check("gates", gates.shape, 3, T, N, G)
+    _check("c", c.shape, 3, T, N, H)
+    _check("tanh_c", tanh_c.shape, 3, T, N, H)
+    _check("h", h.shape, 3, T, N, H)
     cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
     if T == 0 or N == 0 or H == 0:
         return
@@ -254,19 +255,23 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
-    _check("weight_ih", _shape(weight_ih, 2), (G, D))
-    _check("weight_hh", _shape(weight_hh, 2), (G, H))
-    for name, buf in (("h0", h0), ("c0", c0), ("dc", dc), ("dh0", dh0)):
-        _check(name, _shape(buf, 2), (N, H))
-    for name, buf in (("gates", gates), ("dgates", dgates)):
-        _check(name, _shape(buf, 3), (T, N, G))
-    for name, buf in (("c", c), ("tanh_c", tanh_c), ("h", h), ("dh", dh)):
-        _check(name, _shape(buf, 3), (T, N, H))
+    _check("weight_ih", weight_ih.shape, 2, G, D)
+    _check("weight_hh", weight_hh.shape, 2, G, H)
+    _check("h0", h0.shape, 2, N, H)
+    _check("c0", c0.shape, 2, N, H)
+    _check("dc", dc.shape, 2, N, H)
+    _check("dh0", dh0.shape, 2, N, H)
+    _check("gates", gates.shape, 3, T, N, G)
+    _check("dgates", dgates.shape, 3, T, N, G)
+    _check("c", c.shape, 3, T, N, H)
+    _check("tanh_c", tanh_c.shape, 3, T, N, H)
+    _check("h", h.shape, 3, T, N, H)
+    _check("dh", dh.shape, 3, T, N, H)
     if dx is not None:
-        _check("dx", _shape(dx, 3), (T, N, D))
-    _check("dweight_ih", _shape(dweight_ih, 2), (G, D))
-    _check("dweight_hh", _shape(dweight_hh, 2), (G, H))
-    _check("dbias", _shape(dbias, 1), (G,))
+        _check("dx", dx.shape, 3, T, N, D)
+    _check("dweight_ih", dweight_ih.shape, 2, G, D)
+    _check("dweight_hh", dweight_hh.shape, 2, G, H)
+    _check("dbias", dbias.shape, 1, G)
     cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
     if N == 0 or H == 0:
         return
@@ -333,7 +338,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
 
 def sigmoid(const floating[::1] x, floating[::1] out):
     """out = 1 / (1 + exp(-x)), finite for any finite or infinite x."""
-    _check("out", _shape(out, 1), _shape(x, 1))
+    _check("out", out.shape, 1, x.shape[0])
     if x.shape[0] == 0:
         return
     with nogil:
@@ -345,7 +350,7 @@ def sigmoid(const floating[::1] x, floating[::1] out):
 
 def tanh(const floating[::1] x, floating[::1] out):
     """out = tanh(x), finite for any finite or infinite x."""
-    _check("out", _shape(out, 1), _shape(x, 1))
+    _check("out", out.shape, 1, x.shape[0])
     if x.shape[0] == 0:
         return
     with nogil:

@@ -239,8 +239,8 @@ class LSTMNetwork:
             head_in = np.concatenate([layer_in[T - 1, :, :H], layer_in[0, :, H:]], axis=1)
         else:
             head_in = layer_in[T - 1]
-        out = head_in @ self.p["head.weight"].T                   # (M, K)
-        out += self.p["head.bias"]
+        out = np.empty((head_in.shape[0], self.n_outputs), dtype=self.dtype)   # (M, K)
+        _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order)
 
     def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena):
@@ -271,24 +271,27 @@ class LSTMNetwork:
         """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
         layers, head_in, sequence_output, arena = (tape.layers, tape.head_in,
                                                    tape.sequence_output, tape.arena)
-        # through out = head_in @ W.T + b
-        self.g["head.weight"][...] = dout.T @ head_in             # (K, H_last)
-        self.g["head.bias"][...] = dout.sum(axis=0)
-        dhead_in = dout @ self.p["head.weight"]                   # (M, H_last)
         T, N = layers[0][0].shape[:2]
         top = len(self.hidden_sizes) - 1
         H = self.hidden_sizes[top]
         width = 2 * H if self.bidirectional else H
         dlayer_out = arena.get(("dh", top), (T, N, width))       # (T, N, H or 2H)
+        # through out = head_in @ W.T + b, the gradient on head_in written straight
+        # into the top layer's dh where the head read its rows
         if sequence_output:
-            dlayer_out[...] = dhead_in.reshape(dlayer_out.shape)
+            dhead_in = dlayer_out.reshape(T * N, width)           # every step
         elif self.bidirectional:
+            dhead_in = arena.get("dhead_in", (N, width))          # scattered below
+        else:
+            dlayer_out[:T - 1] = 0
+            dhead_in = dlayer_out[T - 1]                          # the last step
+        dout = np.ascontiguousarray(dout, dtype=self.dtype)       # (M, K)
+        _cells.dense_backward(head_in, self.p["head.weight"], dout, self.g["head.weight"],
+                              self.g["head.bias"], dhead_in)
+        if self.bidirectional and not sequence_output:
             dlayer_out[...] = 0
             dlayer_out[T - 1, :, :H] = dhead_in[:, :H]
             dlayer_out[0, :, H:] = dhead_in[:, H:]
-        else:
-            dlayer_out[...] = 0
-            dlayer_out[T - 1] = dhead_in
         for k in range(top, -1, -1):
             H = self.hidden_sizes[k]
             layer_in, gates, c, tanh_c, h, uniform, h0, c0 = layers[k]

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import _cells
 from ._network import _Arena
 from ._validation import check_sequences
 
@@ -75,9 +76,9 @@ def run(net, X3, state, arena=None):
     top_h = tape.layers[-1][4]                                  # (T, N, H_last), no dropout
     w, b = net.p["head.weight"], net.p["head.bias"]             # (K, H_last), (K,)
     out = np.empty((N, T, net.n_outputs), dtype=net.dtype)
+    step_out = np.empty((N, net.n_outputs), dtype=net.dtype)   # (N, K)
     for t in range(T):
-        step_out = top_h[t] @ w.T                               # (N, K), as in forward
-        step_out += b
+        _cells.dense_forward(top_h[t], w, b, step_out)          # as in forward
         out[:, t] = step_out
     return out, tape.final_state()
 

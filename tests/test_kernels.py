@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import random_layer_arrays
 
-from fastlstm import _kernels, _ops
+from fastlstm import _cells, _kernels, _ops
 from fastlstm import _reference as ref
 
 SHAPES = [  # (T, N, D, H)
@@ -225,6 +225,49 @@ def test_huge_preactivations_keep_the_layer_finite(dtype):
     gates, c, tanh_c, h = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     assert np.isfinite(h).all() and np.isfinite(gates).all()
     assert (np.abs(h) <= 1).all()
+
+
+# ---- the dense head against plain NumPy ---------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, I, K", [
+    (7, 5, 3),
+    (512, 16, 1),   # one output: the one-column gemv path
+    (1, 50, 1),     # one row and one output
+    (1, 9, 4),      # one row: the one-row gemv path
+    (3, 1, 2),      # one input feature
+    (0, 4, 2),      # no rows
+])
+def test_dense_head_matches_numpy(M, I, K, dtype):
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((M, I)).astype(dtype), rng.standard_normal((M, K)).astype(dtype)
+    w, b = rng.standard_normal((K, I)).astype(dtype), rng.standard_normal(K).astype(dtype)
+    x64, w64, dout64 = (a.astype(np.float64) for a in (x, w, dout))
+    tol = dict(rtol=TOL[dtype], atol=TOL[dtype])
+    out = np.full((M, K), np.nan, dtype=dtype)
+    _cells.dense_forward(x, w, b, out)
+    np.testing.assert_allclose(out, x64 @ w64.T + b, **tol)
+    # the outputs are overwritten, not accumulated into
+    dw, db, dx = (np.full(shape, np.nan, dtype=dtype) for shape in ((K, I), (K,), (M, I)))
+    _cells.dense_backward(x, w, dout, dw, db, dx)
+    np.testing.assert_allclose(dw, dout64.T @ x64, **tol)
+    np.testing.assert_allclose(db, dout64.sum(axis=0), **tol)
+    np.testing.assert_allclose(dx, dout64 @ w64, **tol)
+    dw2, db2 = np.full_like(dw, np.nan), np.full_like(db, np.nan)
+    _cells.dense_backward(x, w, dout, dw2, db2, None)      # no dx asked: same weights' grads
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+def test_dense_head_rejects_bad_shapes():
+    x, w, b = np.zeros((4, 3)), np.zeros((2, 3)), np.zeros(2)
+    with pytest.raises(ValueError, match=r"out has shape \(4, 3\), expected \(4, 2\)"):
+        _cells.dense_forward(x, w, b, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="bias has shape"):
+        _cells.dense_forward(x, w, np.zeros(3), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="dx has shape"):
+        _cells.dense_backward(x, w, np.zeros((4, 2)), np.zeros((2, 3)), np.zeros(2),
+                              np.zeros((4, 2)))
 
 
 # ---- the Numba ops against plain NumPy -----------------------------------------
