@@ -1,7 +1,6 @@
 """LSTMRegressor and LSTMClassifier: validation, the training loop, the sklearn
 protocol. The math lives in _network (layers, head) and _ops (losses, optimisers).
 """
-import contextlib
 import os
 import re
 import sys
@@ -39,28 +38,41 @@ def _n_features(X3, x_ndim):
     return X3.shape[2] if x_ndim == 3 else X3.shape[1] * X3.shape[2]
 
 
-@contextlib.contextmanager
-def _thread_limit(n_jobs, batch, hidden_sizes, work=0, min_work=MIN_SLICED_WORK):
-    """The threads a call runs on; yields how many slices each batch is cut into.
+class _thread_limit:
+    """`with _thread_limit(...) as parts:` the threads a call runs on; parts is how
+    many slices each batch is cut into.
 
     Several threads (n_jobs, or else the BLAS limit in force) and batches of
     enough work (fit and predict pass `work`, the multiply-adds of a batch's
     forward pass, to compare with min_work): each batch is cut into one slice
     per thread, run side by side on single-threaded kernels (_parallel.py).
     Otherwise the kernels run on one BLAS thread for small networks (see
-    _threads), else on n_jobs BLAS threads if given and the limit in force if not."""
-    n = None if n_jobs is None else max(1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
-    parts = 1
-    if work >= min_work:
-        parts = n_slices(_threads.recurrent_threads() if n is None else n, batch, work, min_work)
-    if parts > 1 or _threads.is_small(batch, hidden_sizes):
-        with _threads.one_blas_thread():
-            yield parts
-    elif n is None:
-        yield 1
-    else:
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield 1
+    _threads), else on n_jobs BLAS threads if given and the limit in force if not.
+    A class rather than a generator context manager: a single-sequence predict
+    enters one, and every microsecond shows there."""
+
+    def __init__(self, n_jobs, batch, hidden_sizes, work=0, min_work=MIN_SLICED_WORK):
+        self.n = None if n_jobs is None else max(
+            1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+        self.parts = 1
+        if work >= min_work:
+            self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
+                                  batch, work, min_work)
+        self.small = _threads.is_small(batch, hidden_sizes)
+        self._limit = None
+
+    def __enter__(self):
+        if self.parts > 1 or self.small:
+            self._limit = _threads.one_blas_thread()
+        elif self.n is not None:
+            self._limit = threadpool_limits(limits=self.n, user_api="blas")  # set here
+        if self._limit is not None:
+            self._limit.__enter__()
+        return self.parts
+
+    def __exit__(self, *exc_info):
+        if self._limit is not None:
+            self._limit.__exit__(*exc_info)
 
 
 class _Progress:
@@ -500,22 +512,25 @@ class _BaseLSTM(BaseEstimator):
         # a bidirectional pass needs each whole sequence: no windows of steps
         window = T if lengths is not None or net.bidirectional else min(
             max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
-        arena = _Arena(net.dtype)  # private to this call: predict is thread-safe
+        arena = net.borrow_arena()  # private to this call: predict is thread-safe
         outs = []
-        for start in range(0, N, batch):
-            xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
-            lb = None if lengths is None else lengths[start:start + batch]
-            B = xb.shape[1]
-            state, steps = None, []
-            for t0 in range(0, T, window):
-                out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
-                                        arena=arena, initial_state=state, lengths=lb)
-                if t0 + window < T:
-                    state = tape.final_state()
-                if sequence:  # (W*B, K) time-major -> (B, W, K)
-                    steps.append(np.array(out).reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
-            outs.append(np.concatenate(steps, axis=1) if sequence else np.array(out))
-        return np.concatenate(outs, axis=0)
+        try:
+            for start in range(0, N, batch):
+                xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
+                lb = None if lengths is None else lengths[start:start + batch]
+                B = xb.shape[1]
+                state, steps = None, []
+                for t0 in range(0, T, window):
+                    out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
+                                               arena=arena, initial_state=state, lengths=lb)
+                    if t0 + window < T:
+                        state = tape.final_state()
+                    if sequence:  # (W*B, K) time-major -> (B, W, K)
+                        steps.append(out.reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
+                outs.append(np.concatenate(steps, axis=1) if sequence else out)
+        finally:
+            net.return_arena(arena)
+        return outs[0] if len(outs) == 1 and not sequence else np.concatenate(outs, axis=0)
 
     # ---- model files (no pickle) ---------------------------------------------
 

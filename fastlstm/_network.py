@@ -19,6 +19,11 @@ from . import _cells, _kernels, _ops
 
 # gate blocks per hidden unit: LSTM i, f, g, o; GRU r, z, n; RNN one
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Scratch arenas a network keeps between predictions (borrow_arena), and the
+# largest one kept: enough for single sequences and small batches, where
+# allocating costs as much as computing.
+SPARE_ARENAS = 4
+SPARE_ARENA_BYTES = 1 << 20
 
 
 def parameter_layout(n_features, hidden_sizes, n_outputs, cell="lstm", bidirectional=False):
@@ -49,6 +54,15 @@ def named_views(flat, layout):
     return views
 
 
+def layer_views(views, hidden_sizes, bidirectional):
+    """{(k, suffix): (weight_ih, weight_hh, bias_ih, bias_hh)} of each layer and
+    direction, from named_views' dict: what the kernels take, looked up once."""
+    return {(k, suffix): tuple(views[f"{name}_l{k}{suffix}"]
+                               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(len(hidden_sizes))
+            for suffix in (("", "_reverse") if bidirectional else ("",))}
+
+
 class _Arena:
     """Reusable scratch memory: views of the first T*N*... elements of flat
     buffers, so a smaller last batch needs no new allocation."""
@@ -56,14 +70,36 @@ class _Arena:
     def __init__(self, dtype):
         self.dtype = dtype
         self._buffers = {}
+        self._views = {}     # (key, shape) -> the view handed out before
+        self.nbytes = 0      # of all buffers
 
     def get(self, key, shape):
+        # a batch asks ~10 times, mostly for views it had last batch: one lookup
+        view = self._views.get((key, shape))
+        if view is not None:
+            return view
         size = math.prod(shape)  # not np.prod: this runs several times per batch
         buf = self._buffers.get(key)
         if buf is None or buf.size < size:
+            self.nbytes -= 0 if buf is None else buf.nbytes
             buf = np.empty(size, dtype=self.dtype)
+            self.nbytes += buf.nbytes
             self._buffers[key] = buf
-        return buf[:size].reshape(shape)
+            # views of the old buffer are not views of this one
+            self._views = {k: v for k, v in self._views.items() if k[0] != key}
+        if len(self._views) > 256:  # a long-lived arena seeing many shapes: start over
+            self._views = {}
+        view = self._views[(key, shape)] = buf[:size].reshape(shape)
+        return view
+
+    def zeros(self, key, shape):
+        """A view of zeros that nobody writes to (initial states): filled once, when
+        first handed out, not on every call."""
+        view = self._views.get((key, shape))
+        if view is None:
+            view = self.get(key, shape)
+            view[...] = 0
+        return view
 
 
 class _Tape:
@@ -121,6 +157,9 @@ class LSTMNetwork:
         self.grads = np.zeros(n_params, dtype=self.dtype)       # (P,)
         self.p = named_views(self.params, self.layout)
         self.g = named_views(self.grads, self.layout)
+        self.layer_p = layer_views(self.p, self.hidden_sizes, self.bidirectional)
+        self.layer_g = layer_views(self.g, self.hidden_sizes, self.bidirectional)
+        self._spare_arenas = []                                  # see borrow_arena
 
     def replica(self, own_gradients=True):
         """A network on these very parameters (the same memory, so an update shows
@@ -132,7 +171,27 @@ class LSTMNetwork:
         if own_gradients:
             twin.grads = np.zeros_like(self.grads)                  # (P,)
             twin.g = named_views(twin.grads, self.layout)
+            twin.layer_g = layer_views(twin.g, self.hidden_sizes, self.bidirectional)
         return twin
+
+    # ---- scratch memory of predictions ----------------------------------------
+
+    def borrow_arena(self):
+        """Scratch memory for one prediction: a small arena kept from an earlier
+        call, else a new one; hand it back with return_arena. A fresh arena's
+        allocations cost a single-sequence predict ~10 us, as much as its
+        kernels. Concurrent calls never get the same arena (list.pop and
+        list.append are atomic)."""
+        try:
+            return self._spare_arenas.pop()
+        except IndexError:
+            return _Arena(self.dtype)
+
+    def return_arena(self, arena):
+        """Keep arena for the next call if it is small: a fitted model holds on to
+        at most SPARE_ARENAS x SPARE_ARENA_BYTES of scratch memory."""
+        if len(self._spare_arenas) < SPARE_ARENAS and arena.nbytes <= SPARE_ARENA_BYTES:
+            self._spare_arenas.append(arena)
 
     # ---- set-up ---------------------------------------------------------------
 
@@ -207,8 +266,7 @@ class LSTMNetwork:
         layer_in = x
         for k, H in enumerate(self.hidden_sizes):
             if initial_state is None:
-                h0 = c0 = arena.get(("zeros", k), (N, H))
-                h0[...] = 0
+                h0 = c0 = arena.zeros(("zeros", k), (N, H))
             else:
                 h0, c0 = (np.ascontiguousarray(s, dtype=self.dtype) for s in initial_state[k])
             gates, c, tanh_c, h = self._layer_forward(k, "", layer_in, h0, c0, lengths, arena)
@@ -249,8 +307,7 @@ class LSTMNetwork:
         T, N, _ = layer_in.shape
         H = self.hidden_sizes[k]
         key = lambda name: (name, k, suffix)  # noqa: E731
-        weights = tuple(self.p[f"{name}_l{k}{suffix}"]
-                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        weights = self.layer_p[k, suffix]
         h = arena.get(key("h"), (T, N, H))
         gates = c = tanh_c = None
         if self.cell == "lstm":
@@ -324,11 +381,10 @@ class LSTMNetwork:
         H = self.hidden_sizes[k]
         gates, c, tanh_c, h = saved
         key = lambda name: (name, k, suffix)  # noqa: E731
-        names = [f"{name}_l{k}{suffix}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        for name in names:
-            self.g[name][...] = 0                                 # the kernels accumulate
-        w_ih, w_hh = self.p[names[0]], self.p[names[1]]
-        dw_ih, dw_hh, db_ih, db_hh = (self.g[name] for name in names)
+        w_ih, w_hh = self.layer_p[k, suffix][:2]
+        dw_ih, dw_hh, db_ih, db_hh = grads = self.layer_g[k, suffix]
+        for grad in grads:
+            grad[...] = 0                                         # the kernels accumulate
         dh0 = arena.get(key("dh0"), (N, H))
         if self.cell == "lstm":
             dc = arena.get(key("dc"), (N, H))                     # dL/dc_T = 0

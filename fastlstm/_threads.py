@@ -10,7 +10,6 @@ and large ones keep whatever limit is in force.
 Batches with enough work run as slices side by side (_parallel.py) on the
 worker threads of run_parallel, each slice on one BLAS thread.
 """
-import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -50,25 +49,33 @@ def _blas_libs():
     return _libs
 
 
-@contextlib.contextmanager
-def one_blas_thread(enabled=True):
-    """Run the block with one BLAS thread (if enabled). Blocks may overlap across
-    Python threads: the first one in sets the limit, the last one out restores it."""
-    global _active, _saved
-    if not enabled:
-        yield
-        return
-    with _lock:
-        if _active == 0:
-            libs = _blas_libs()
-            _saved = [get() for get, _ in libs]
-            for (_, set_), n in zip(libs, _saved):
-                if n != 1:  # setting OpenBLAS's thread count is not free, even to itself
-                    set_(1)
-        _active += 1
-    try:
-        yield
-    finally:
+class one_blas_thread:
+    """`with one_blas_thread():` runs the block with one BLAS thread (if enabled).
+    Blocks may overlap across Python threads: the first one in sets the limit,
+    the last one out restores it. A class, not a generator context manager: a
+    single-sequence predict enters one, and the generator's machinery cost ~2 us."""
+    __slots__ = ("enabled",)
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+
+    def __enter__(self):
+        global _active, _saved
+        if not self.enabled:
+            return
+        with _lock:
+            if _active == 0:
+                libs = _blas_libs()
+                _saved = [get() for get, _ in libs]
+                for (_, set_), n in zip(libs, _saved):
+                    if n != 1:  # setting OpenBLAS's thread count is not free, even to itself
+                        set_(1)
+            _active += 1
+
+    def __exit__(self, *exc_info):
+        global _active
+        if not self.enabled:
+            return
         with _lock:
             _active -= 1
             if _active == 0:

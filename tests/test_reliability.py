@@ -308,6 +308,43 @@ def test_eight_threads_predicting_at_once_match_serial_calls(estimator, output):
             np.testing.assert_array_equal(got, serial[k])
 
 
+# ---- scratch memory -------------------------------------------------------------
+
+def test_scratch_arena_views_follow_their_buffer():
+    arena = net_module._Arena(np.float32)
+    small = arena.get("x", (2, 3))
+    assert arena.get("x", (2, 3)) is small              # handed out again, not rebuilt
+    big = arena.get("x", (4, 5))                         # outgrows the buffer: a new one
+    again = arena.get("x", (2, 3))
+    assert np.shares_memory(again, big) and not np.shares_memory(again, small)
+    arena.zeros("z", (3,))[...] = 0
+    big_zeros = arena.zeros("z", (50,))                  # a new buffer, zero-filled too
+    assert not big_zeros.any()
+    assert arena.nbytes == (20 + 50) * 4                 # the live buffers only
+
+
+def test_predictions_keep_only_a_few_small_scratch_arenas():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 40, 3)).astype(np.float32)
+    model = LSTMRegressor(hidden_layer_sizes=(16,), max_iter=1, random_state=0).fit(
+        X[:64], X[:64, -1, 0])
+    net = model.network_
+    one = model.predict(X[:1])
+    model.predict(X)                                     # > 1 MB of scratch: not kept
+    assert len(net._spare_arenas) == 1
+    assert all(a.nbytes <= net_module.SPARE_ARENA_BYTES for a in net._spare_arenas)
+    np.testing.assert_array_equal(model.predict(X[:1]), one)   # reused arena, same result
+    barrier = threading.Barrier(8)
+
+    def work(_):
+        barrier.wait()
+        return model.predict(X[:3])
+
+    with ThreadPoolExecutor(8) as pool:                  # up to 8 arenas at once
+        list(pool.map(work, range(8)))
+    assert len(net._spare_arenas) <= net_module.SPARE_ARENAS
+
+
 # ---- no leaks -------------------------------------------------------------------
 
 def resident_bytes():
