@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastlstm import LSTMClassifier, LSTMRegressor
+from fastlstm._estimators import _generator
 from fastlstm._network import LSTMNetwork
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -128,6 +129,11 @@ def test_window_covering_the_sequence_equals_full_bptt(estimator, output, params
 @pytest.mark.parametrize("estimator, output, params", CASES)
 def test_short_windows_train(estimator, output, params):
     X, y = case_data(estimator, output, T=20)
+    if estimator is LSTMRegressor:
+        # unit-scale targets: a sum of 20 steps has a spread of ~4.5, which 45 Adam
+        # steps of 1e-2 barely reach whatever the windows learn (the loss then
+        # fell or not by the seed's luck)
+        y = y / y.std()
     common = dict(hidden_layer_sizes=(8,), output=output, max_iter=15, batch_size=10,
                   learning_rate_init=1e-2, random_state=0)
     common.update(params)
@@ -149,7 +155,7 @@ def test_windows_carry_the_state_and_update_once_each():
     model.fit(X, y)
 
     init = LSTMRegressor(**{**model.get_params(), "max_iter": 1})
-    rng = np.random.default_rng(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
+    rng = _generator(0)                                           # as fit draws it
     net = LSTMNetwork(2, (5,), 1, dtype=np.float32)
     net.initialize(rng)
     x_tm = np.ascontiguousarray(X.transpose(1, 0, 2))            # (T, N, D)

@@ -38,9 +38,8 @@ EXPLODING = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=1.0, 
 
 def initial_params(n_features, hidden_sizes, n_outputs, random_state):
     """The weights fit starts from, drawn as fit draws them."""
-    seed = np.random.RandomState(random_state).randint(np.iinfo(np.int32).max)
     net = net_module.LSTMNetwork(n_features, hidden_sizes, n_outputs, dtype=np.float32)
-    net.initialize(np.random.default_rng(seed))
+    net.initialize(est_module._generator(random_state))
     return net.params
 
 
