@@ -51,7 +51,7 @@ def _generator(random_state):
     return np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _seed_of(random_state):
     """The seed an int random_state gives, remembered: building the RandomState
     (MT19937's seeding) costs ~0.2 ms, paid by every fit otherwise."""
