@@ -528,10 +528,13 @@ class _BaseLSTM(BaseEstimator):
         per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
         if net.bidirectional:
             per_step *= 3  # two directions and their concatenated output
-        batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
-        # a bidirectional pass needs each whole sequence: no windows of steps
-        window = T if lengths is not None or net.bidirectional else min(
-            max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
+        if N * T * per_step <= _PREDICT_CHUNK_BYTES:   # one piece (and no arithmetic)
+            batch, window = N, T
+        else:
+            batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
+            # a bidirectional pass needs each whole sequence: no windows of steps
+            window = T if lengths is not None or net.bidirectional else min(
+                max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
         arena = net.borrow_arena()  # private to this call: predict is thread-safe
         outs = []
         try:
