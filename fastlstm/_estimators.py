@@ -78,7 +78,8 @@ class _thread_limit:
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
                                   batch, work, min_work)
-        self.small = _threads.is_small(batch, hidden_sizes)
+        self.small = (_threads.is_small(batch, hidden_sizes)
+                      and not _threads.blas_stays_single(batch, hidden_sizes))
         self._limit = None
 
     def __enter__(self):

@@ -22,6 +22,12 @@ SMALL_STEP_WORK = 2**22
 # once W_hh outgrows one core's L2 (forward of one layer, T=100, H=512: 6.9 ms on
 # one thread, 3.6 ms on two; H=300 and H=128: no gain, H=50: a loss).
 ONE_ROW_STEP_WORK = 2**20
+# One sequence through layers whose per-step product (4H x H) is below this runs
+# on one BLAS thread whatever the limit: OpenBLAS threads a gemv only from
+# 2304 x 4 = 9216 elements of its matrix (binadd's is 64 x 16). Setting and
+# restoring the limit (~2.5 us) is then a tenth of such a predict for nothing.
+# (Should a BLAS thread smaller products, they only run slower.)
+ONE_THREAD_ANYWAY_ROW_WORK = 2**13
 
 _libs = None
 _lock = threading.Lock()
@@ -89,6 +95,12 @@ def is_small(batch, hidden_sizes):
     (ONE_ROW_STEP_WORK for a single sequence)."""
     work = batch * max(4 * h * h for h in hidden_sizes)
     return work < (ONE_ROW_STEP_WORK if batch == 1 else SMALL_STEP_WORK)
+
+
+def blas_stays_single(batch, hidden_sizes):
+    """True for one sequence through layers small enough that BLAS runs every
+    per-step product on one thread by itself (see ONE_THREAD_ANYWAY_ROW_WORK)."""
+    return batch == 1 and max(4 * h * h for h in hidden_sizes) < ONE_THREAD_ANYWAY_ROW_WORK
 
 
 def recurrent_threads():

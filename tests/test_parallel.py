@@ -205,7 +205,9 @@ def test_small_networks_run_on_one_thread_and_wide_single_sequences_on_more():
 
 def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
     """A single sequence through a 512-unit layer runs its gemv on the BLAS threads
-    in force (two here), a 64-unit one on one thread; neither is cut into slices."""
+    in force (two here), a 64-unit one on one thread; neither is cut into slices. A
+    16-unit one leaves the limit alone (BLAS threads no product that small) and
+    predicts the same as on one thread."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
@@ -218,12 +220,14 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
 
     monkeypatch.setattr(LSTMNetwork, "forward", spy)
     X = np.random.default_rng(0).standard_normal((1, 3, 2))
-    for H, threads in ((512, 2), (64, 1)):
+    for H, threads in ((512, 2), (64, 1), (16, 2)):
         model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1).fit(X, [0.5])
         seen.clear()
         with threadpool_limits(2, user_api="blas"):
-            model.predict(X)
+            got = model.predict(X)
         assert seen == [threads]
+        with threadpool_limits(1, user_api="blas"):
+            np.testing.assert_array_equal(model.predict(X), got)
 
 
 def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch,
