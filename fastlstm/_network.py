@@ -48,7 +48,7 @@ def named_views(flat, layout):
     """{name: view into flat} for the layout; writing a view writes the buffer."""
     views, start = {}, 0
     for name, shape in layout:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         views[name] = flat[start:start + size].reshape(shape)
         start += size
     return views
@@ -151,8 +151,8 @@ class LSTMNetwork:
         self.bidirectional = bool(bidirectional)
         self.layout = parameter_layout(self.n_features, self.hidden_sizes, self.n_outputs,
                                        cell, self.bidirectional)
-        self.n_weights = sum(int(np.prod(s)) for n, s in self.layout if "weight" in n)
-        n_params = sum(int(np.prod(s)) for _, s in self.layout)
+        self.n_weights = sum(math.prod(s) for n, s in self.layout if "weight" in n)
+        n_params = sum(math.prod(s) for _, s in self.layout)
         self.params = np.zeros(n_params, dtype=self.dtype)      # (P,)
         self.grads = np.zeros(n_params, dtype=self.dtype)       # (P,)
         self.p = named_views(self.params, self.layout)
