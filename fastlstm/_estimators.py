@@ -78,12 +78,15 @@ class _thread_limit:
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
                                   batch, work, min_work)
-        self.small = (_threads.is_small(batch, hidden_sizes)
-                      and not _threads.blas_stays_single(batch, hidden_sizes))
+        self.small = _threads.is_small(batch, hidden_sizes)
+        # one tiny sequence: BLAS keeps to one thread by itself, no limit to set
+        self.untouched = self.parts == 1 and _threads.blas_stays_single(batch, hidden_sizes)
         self._limit = None
 
     def __enter__(self):
-        if self.parts > 1 or self.small:
+        if self.untouched:
+            pass
+        elif self.parts > 1 or self.small:
             self._limit = _threads.one_blas_thread()
         elif self.n is not None:
             self._limit = threadpool_limits(limits=self.n, user_api="blas")  # set here

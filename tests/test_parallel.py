@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+import fastlstm._estimators as est_module
 import fastlstm._parallel
 from fastlstm import LSTMClassifier, LSTMRegressor, _threads
 from fastlstm._network import LSTMNetwork
@@ -228,6 +229,10 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
         assert seen == [threads]
         with threadpool_limits(1, user_api="blas"):
             np.testing.assert_array_equal(model.predict(X), got)
+    # nor does it set n_jobs' limit (threadpoolctl's ~1 ms a call) for such a sequence
+    monkeypatch.setattr(est_module, "threadpool_limits", None)   # would fail if called
+    model.set_params(n_jobs=2)
+    np.testing.assert_array_equal(model.predict(X), got)
 
 
 def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch,
