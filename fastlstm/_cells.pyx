@@ -352,8 +352,8 @@ def dense_forward(const floating[:, ::1] x,          # (M, I)
     if M == 0 or K == 0:
         return
     with nogil:
-        input_projection(1, M, I, K, &x[0, 0] if I > 0 else NULL, &weight[0, 0] if I > 0 else NULL,
-                         &bias[0], NULL, &out[0, 0])
+        input_projection(1, M, I, K, &x[0, 0] if I > 0 else NULL,
+                         &weight[0, 0] if I > 0 else NULL, &bias[0], NULL, &out[0, 0])
 
 
 def dense_backward(const floating[:, ::1] x,         # (M, I) what the forward saw
