@@ -47,15 +47,18 @@ def _generator(random_state):
     instance, drawn from as check_random_state gives it: None is numpy's global
     one, so np.random.seed works as in scikit-learn)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return np.random.default_rng(_seed_of(int(random_state)))
-    return np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        return np.random.default_rng(_seed_of_int(int(random_state)))
+    return np.random.default_rng(_seed_of(random_state))
 
 
-@functools.lru_cache(maxsize=8)
 def _seed_of(random_state):
-    """The seed an int random_state gives, remembered: building the RandomState
-    (MT19937's seeding) costs ~0.2 ms, paid by every fit otherwise."""
-    return np.random.RandomState(random_state).randint(np.iinfo(np.int32).max)
+    """The seed a random_state gives: a draw from check_random_state's RandomState."""
+    return check_random_state(random_state).randint(np.iinfo(np.int32).max)
+
+
+# An int's seed, remembered: building its RandomState (MT19937's seeding) costs
+# ~0.2 ms, paid by every fit otherwise.
+_seed_of_int = functools.lru_cache(maxsize=8)(_seed_of)
 
 
 class _thread_limit:
@@ -85,8 +88,8 @@ class _thread_limit:
 
     def __enter__(self):
         if self.untouched:
-            pass
-        elif self.parts > 1 or self.small:
+            return self.parts
+        if self.parts > 1 or self.small:
             self._limit = _threads.one_blas_thread()
         elif self.n is not None:
             self._limit = threadpool_limits(limits=self.n, user_api="blas")  # set here
@@ -532,13 +535,10 @@ class _BaseLSTM(BaseEstimator):
         per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
         if net.bidirectional:
             per_step *= 3  # two directions and their concatenated output
-        if N * T * per_step <= _PREDICT_CHUNK_BYTES:   # one piece (and no arithmetic)
-            batch, window = N, T
-        else:
-            batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
-            # a bidirectional pass needs each whole sequence: no windows of steps
-            window = T if lengths is not None or net.bidirectional else min(
-                max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
+        batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
+        # a bidirectional pass needs each whole sequence: no windows of steps
+        window = T if lengths is not None or net.bidirectional else min(
+            max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
         arena = net.borrow_arena()  # private to this call: predict is thread-safe
         outs = []
         try:
