@@ -63,7 +63,8 @@ _seed_of_int = functools.lru_cache(maxsize=8)(_seed_of)
 
 class _thread_limit:
     """`with _thread_limit(...) as parts:` the threads a call runs on; parts is how
-    many slices each batch is cut into.
+    many slices each batch is cut into, and .threads what to pass the network as
+    n_threads.
 
     Several threads (n_jobs, or else the BLAS limit in force) and batches of
     enough work (fit and predict pass `work`, the multiply-adds of a batch's
@@ -74,16 +75,25 @@ class _thread_limit:
     A class rather than a generator context manager: a single-sequence predict
     enters one, and every microsecond shows there."""
 
-    def __init__(self, n_jobs, batch, hidden_sizes, work=0, min_work=MIN_SLICED_WORK):
+    def __init__(self, n_jobs, batch, net, work=0, min_work=MIN_SLICED_WORK):
         self.n = None if n_jobs is None else max(
             1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
         self.parts = 1
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
                                   batch, work, min_work)
-        self.small = _threads.is_small(batch, hidden_sizes)
-        # one tiny sequence: BLAS keeps to one thread by itself, no limit to set
-        self.untouched = self.parts == 1 and _threads.blas_stays_single(batch, hidden_sizes)
+        self.small = _threads.is_small(batch, net.hidden_sizes)
+        self.untouched = False
+        self.threads = None
+        if batch == 1:
+            # one sequence: no limit to set when BLAS runs each of its products on
+            # one thread by itself; layers with their own loop (no BLAS) run on
+            # n_jobs threads or the BLAS limit read here, before any limit is set
+            blas_products, threads_help = net.one_sequence_plan()
+            self.untouched = _threads.blas_stays_single(blas_products)
+            self.threads = 1
+            if threads_help:
+                self.threads = self.n if self.n is not None else _threads.recurrent_threads()
         self._limit = None
 
     def __enter__(self):
@@ -283,7 +293,7 @@ class _BaseLSTM(BaseEstimator):
         batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
         batch = min(batch_size, len(X3))
         steps = X3.shape[1] if self.tbptt_steps is None else min(self.tbptt_steps, X3.shape[1])
-        with _thread_limit(self.n_jobs, batch, self.network_.hidden_sizes,
+        with _thread_limit(self.n_jobs, batch, self.network_,
                            work=forward_work(self.network_, batch, steps)) as parts:
             self._train(X3, targets, weights, incremental, lengths, parts)
         return self
@@ -516,17 +526,19 @@ class _BaseLSTM(BaseEstimator):
         """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
-        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes,
-                           work=forward_work(self.network_, len(X3), X3.shape[1]),
-                           min_work=MIN_SLICED_PREDICT_WORK) as parts:
-            return self._forward_checked(X3, lengths, parts), lengths
+        limit = _thread_limit(self.n_jobs, len(X3), self.network_,
+                              work=forward_work(self.network_, len(X3), X3.shape[1]),
+                              min_work=MIN_SLICED_PREDICT_WORK)
+        with limit as parts:
+            return self._forward_checked(X3, lengths, parts, limit.threads), lengths
 
-    def _forward_checked(self, X3, lengths=None, parts=1):
+    def _forward_checked(self, X3, lengths=None, parts=1, n_threads=None):
         """Head outputs for checked X3 (N, T, D), in batches of samples and, for
         sequences too long for the memory budget, in windows of steps with the
         state carried across: scratch memory stays near _PREDICT_CHUNK_BYTES
         whatever N and T are (padded batches, lengths given, are not windowed).
-        parts: slices each batch is cut into, run side by side (_parallel.py)."""
+        parts: slices each batch is cut into, run side by side (_parallel.py);
+        n_threads: as in the network's forward."""
         net = self.network_
         runner = DataParallel(net, parts, training=False) if parts > 1 else net
         N, T, D = X3.shape
@@ -549,7 +561,8 @@ class _BaseLSTM(BaseEstimator):
                 state, steps = None, []
                 for t0 in range(0, T, window):
                     out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
-                                               arena=arena, initial_state=state, lengths=lb)
+                                               arena=arena, initial_state=state, lengths=lb,
+                                               n_threads=n_threads)
                     if t0 + window < T:
                         state = tape.final_state()
                     if sequence:  # (W*B, K) time-major -> (B, W, K)
@@ -655,8 +668,9 @@ class _BaseLSTM(BaseEstimator):
         """
         X3 = _stepping.check_step_input(self, X)
         state = _stepping.check_state(self.network_, state, X3.shape[0])
-        with _thread_limit(self.n_jobs, len(X3), self.network_.hidden_sizes):
-            raw, state = _stepping.run(self.network_, X3, state)
+        limit = _thread_limit(self.n_jobs, len(X3), self.network_)
+        with limit:
+            raw, state = _stepping.run(self.network_, X3, state, n_threads=limit.threads)
         return self._step_outputs(raw), state
 
 _PARAMETERS_DOC = """
@@ -894,8 +908,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         n_features) if the model was fitted on y with an output axis.
         """
         check_is_fitted(self, "network_")
-        with _thread_limit(self.n_jobs, len(X), self.network_.hidden_sizes):
-            preds = _stepping.forecast(self, X, n_steps)           # (n_steps, N, K)
+        limit = _thread_limit(self.n_jobs, len(X), self.network_)
+        with limit:
+            preds = _stepping.forecast(self, X, n_steps, limit.threads)  # (n_steps, N, K)
         return self._step_outputs(np.ascontiguousarray(preds.transpose(1, 0, 2)))
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
@@ -1094,9 +1109,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         str of n_chars characters, the continuation (without the seed).
         """
         check_is_fitted(self, "network_")
-        with _thread_limit(self.n_jobs, 1, self.network_.hidden_sizes):
+        limit = _thread_limit(self.n_jobs, 1, self.network_)
+        with limit:
             return _stepping.generate(self, seed, n_chars, vocabulary, temperature,
-                                      random_state)
+                                      random_state, limit.threads)
 
 def _every_step(y_list, pred_list, sample_weight):
     """Per-step targets and predictions of sequences of several lengths as flat

@@ -44,6 +44,17 @@ cdef extern from "_recurrent.h" nogil:
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
                                   float *dgates, int n_threads)
+    ctypedef struct fl_single:
+        int nt
+        int64_t H, D
+    fl_single *fl_single_new(int nt, int64_t H, int64_t D)
+    void fl_single_free(fl_single *S)
+    int fl_single_threads(int64_t H, int n_threads)
+    int FL_SINGLE_MIN_UNITS
+    int fl_single_forward_f32(fl_single *S, int64_t T, const float *x, const float *w_ih,
+                              const float *w_hh, const float *b_ih, const float *b_hh,
+                              const float *h0, const float *c0, float *gates, float *c,
+                              float *tanh_c, float *h)
 
 from ._threads import recurrent_threads
 
@@ -80,6 +91,69 @@ def set_packed_recurrence(enabled):
 def packed_recurrence_available():
     """True when this CPU runs the packed float32 time loop (AVX-512)."""
     return bool(fl_recurrent_available())
+
+
+_available = packed_recurrence_available()
+
+
+# ---- one sequence: weights packed once, kept between calls --------------------
+
+cdef class PackedWeights:
+    """One float32 LSTM layer's weights packed for the single-sequence time loop
+    of _recurrent.h, kept between calls (a network keeps one per layer): pass it
+    to lstm_layer_forward. Each call compares the packing with the weights it is
+    given and repacks what changed, so it never serves stale weights. One call
+    uses it at a time; a concurrent one packs for itself (see run_one_sequence)."""
+    cdef fl_single *packing
+    cdef bint in_use
+
+    def __dealloc__(self):
+        fl_single_free(self.packing)
+
+
+def one_sequence_packed():
+    """True when a single float32 sequence runs the packed loop with weights kept
+    in PackedWeights (AVX-512 CPU, and not switched off by set_packed_recurrence)."""
+    return _packed_mode is not False and _available
+
+
+def one_sequence_threads_help(Py_ssize_t H):
+    """True when that loop runs a layer of H units on more than one thread."""
+    return H >= 2 * FL_SINGLE_MIN_UNITS
+
+
+cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_ssize_t D,
+                           Py_ssize_t H, const float *x, const float *w_ih,
+                           const float *w_hh, const float *b_ih, const float *b_hh,
+                           const float *h0, const float *c0, float *gates, float *c,
+                           float *tanh_c, float *h):
+    """The layer's forward over one sequence on kept's packing: False if it cannot
+    run here (no AVX-512, no memory). Its results are bit-identical for any thread
+    count, so a call that finds kept or the thread team in use runs on one thread
+    on a packing of its own, with the same results, not on the BLAS loop."""
+    cdef int nt = fl_single_threads(H, n_threads)
+    cdef int status = -1
+    cdef fl_single *own
+    if not kept.in_use:
+        if kept.packing == NULL or kept.packing.nt != nt or kept.packing.H != H \
+                or kept.packing.D != D:
+            fl_single_free(kept.packing)
+            kept.packing = fl_single_new(nt, H, D)
+        if kept.packing != NULL:
+            kept.in_use = True
+            with nogil:
+                status = fl_single_forward_f32(kept.packing, T, x, w_ih, w_hh, b_ih, b_hh,
+                                               h0, c0, gates, c, tanh_c, h)
+            kept.in_use = False
+    if status != 0:
+        own = fl_single_new(1, H, D)
+        if own == NULL:
+            return False
+        with nogil:
+            status = fl_single_forward_f32(own, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                           gates, c, tanh_c, h)
+        fl_single_free(own)
+    return status == 0
 
 
 # ---- BLAS ------------------------------------------------------------------
@@ -160,13 +234,16 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                        floating[:, :, ::1] tanh_c,           # (T, N, H) out
                        floating[:, :, ::1] h,                # (T, N, H) out
                        const int64_t[::1] lengths=None,      # (N,) real steps per sample, or None
-                       n_threads=None):
+                       n_threads=None,
+                       PackedWeights packed_weights=None):
     """Run one layer over all T steps; keep what the backward pass needs.
 
     With lengths, steps t >= lengths[n] of sample n are padding: its state is
     carried through them unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1]
     is the state after the sample's last real step.
     n_threads: threads of the time loop; None follows the BLAS limit in force.
+    packed_weights: this layer's PackedWeights; a single float32 sequence
+    (N = 1, no lengths) then runs on the weights packed there.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
@@ -196,6 +273,13 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint packed = False
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
+        if (N == 1 and len_ptr == NULL and packed_weights is not None
+                and _packed_mode is not False and _available):
+            if run_one_sequence(packed_weights, nt, T, D, H, &x[0, 0, 0] if D > 0 else NULL,
+                                &weight_ih[0, 0], w_hh, &bias_ih[0], &bias_hh[0],
+                                &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL,
+                                &c0[0, 0], g_ptr, c_ptr, tc_ptr, h_ptr):
+                return
         packed = _use_packed(N, H, nt, len_ptr != NULL)
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once

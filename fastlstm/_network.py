@@ -160,6 +160,10 @@ class LSTMNetwork:
         self.layer_p = layer_views(self.p, self.hidden_sizes, self.bidirectional)
         self.layer_g = layer_views(self.g, self.hidden_sizes, self.bidirectional)
         self._spare_arenas = []                                  # see borrow_arena
+        # per LSTM layer (and direction), float32: its weights packed for single
+        # sequences, kept between calls (_recurrent.h); empty until one runs
+        self.packed_weights = ({key: _kernels.PackedWeights() for key in self.layer_p}
+                               if cell == "lstm" and self.dtype == np.float32 else {})
 
     def replica(self, own_gradients=True):
         """A network on these very parameters (the same memory, so an update shows
@@ -192,6 +196,21 @@ class LSTMNetwork:
         at most SPARE_ARENAS x SPARE_ARENA_BYTES of scratch memory."""
         if len(self._spare_arenas) < SPARE_ARENAS and arena.nbytes <= SPARE_ARENA_BYTES:
             self._spare_arenas.append(arena)
+
+    # ---- one sequence ---------------------------------------------------------
+
+    def one_sequence_plan(self):
+        """How a single sequence runs -> (blas_products, threads_help).
+
+        Float32 LSTM layers run it on the packed loop of _recurrent.h, which calls
+        no BLAS; other layers run one BLAS product of one row per step. blas_products
+        lists the matrix sizes (elements) of the one-row products BLAS is left
+        with: the head's, and each such layer's. threads_help: the packed loop
+        runs some layer on more than one thread."""
+        head = self.n_outputs * self.hidden_sizes[-1] * (2 if self.bidirectional else 1)
+        if self.packed_weights and _kernels.one_sequence_packed():
+            return [head], any(_kernels.one_sequence_threads_help(H) for H in self.hidden_sizes)
+        return [head] + [GATES[self.cell] * H * H for H in self.hidden_sizes], False
 
     # ---- set-up ---------------------------------------------------------------
 
@@ -233,7 +252,7 @@ class LSTMNetwork:
     # ---- forward and backward -------------------------------------------------
 
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None, lengths=None):
+                initial_state=None, lengths=None, n_threads=None):
         """x (T, N, D) -> (output, tape).
 
         output is (N, K), or (T*N, K) in time-major row order if sequence_output.
@@ -244,7 +263,9 @@ class LSTMNetwork:
         Gradients do not flow back into initial_state (truncated BPTT).
         lengths (N,) int64: real steps of each sample of a padded batch; its state
         is carried unchanged through the padding, so the last step's output is
-        that of its last real step.
+        that of its last real step. n_threads: threads of the layers' own time
+        loops (None: the BLAS limit in force), which a single float32 sequence
+        runs on even under a limit of one BLAS thread.
 
         Bidirectional: each layer also runs over every sequence reversed (from its
         own last real step back to step 0) and outputs [h_forward[t], h_reverse[t]]
@@ -269,12 +290,14 @@ class LSTMNetwork:
                 h0 = c0 = arena.zeros(("zeros", k), (N, H))
             else:
                 h0, c0 = (np.ascontiguousarray(s, dtype=self.dtype) for s in initial_state[k])
-            gates, c, tanh_c, h = self._layer_forward(k, "", layer_in, h0, c0, lengths, arena)
+            gates, c, tanh_c, h = self._layer_forward(k, "", layer_in, h0, c0, lengths, arena,
+                                                      n_threads)
             layer_out = h
             if self.bidirectional:
                 # the reverse pass is the forward kernel on each sequence reversed
                 x_rev = layer_in[order, np.arange(N)]                           # (T, N, D)
-                rev = self._layer_forward(k, "_reverse", x_rev, h0, c0, lengths, arena)
+                rev = self._layer_forward(k, "_reverse", x_rev, h0, c0, lengths, arena,
+                                          n_threads)
                 reverse.append((x_rev,) + rev)
                 layer_out = arena.get(("both", k), (T, N, 2 * H))
                 layer_out[..., :H] = h
@@ -301,7 +324,7 @@ class LSTMNetwork:
         _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order)
 
-    def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena):
+    def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena, n_threads=None):
         """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs
         (None where the cell has no such buffer; a GRU keeps its hidden projection as c)."""
         T, N, _ = layer_in.shape
@@ -314,7 +337,9 @@ class LSTMNetwork:
             gates = arena.get(key("gates"), (T, N, 4 * H))
             c = arena.get(key("c"), (T, N, H))
             tanh_c = arena.get(key("tanh_c"), (T, N, H))
-            _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths)
+            packed = self.packed_weights.get((k, suffix)) if N == 1 else None
+            _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths,
+                                        n_threads, packed)
         elif self.cell == "gru":
             gates = arena.get(key("gates"), (T, N, 3 * H))
             c = arena.get(key("hproj"), (T, N, 3 * H))              # hidden side, kept

@@ -86,8 +86,9 @@ class DataParallel:
         self.arenas = [_Arena(net.dtype) for _ in range(parts)]
 
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None, lengths=None):
-        """As LSTMNetwork.forward (arena is ignored: each slice has its own)."""
+                initial_state=None, lengths=None, n_threads=None):
+        """As LSTMNetwork.forward (arena and n_threads are ignored: each slice has
+        its own arena and runs on one thread)."""
         T, N, _ = x.shape
         slices = row_slices(N, min(len(self.replicas), max(N, 1)))
         # dropout: one random stream per slice, all drawn from rng, so fixed by it

@@ -1,7 +1,8 @@
 /*
  * A tiny thread team for the recurrent time loops: fl_team_run(nt, fn, arg)
  * runs fn(arg, p, nt) for p = 0..nt-1 (p = 0 on the calling thread) and
- * fl_team_barrier() syncs them once per time step.
+ * fl_team_barrier() syncs them once per time step; fl_team_run_exact runs on
+ * exactly nt threads or not at all.
  *
  * Why not OpenMP: libgomp waits by spinning for ~300k iterations by default.
  * On a busy machine (more runnable threads than cores) a thread spinning at a
@@ -153,6 +154,21 @@ static void fl_team_barrier(int nt)
     }
 }
 
+/* Post fn(arg, p, nt) to workers 1..nt-1, run p = 0 here, wait for all; the
+ * caller holds fl_team.busy and the team has nt threads. */
+static void fl_team_go(int nt, fl_team_fn fn, void *arg)
+{
+    fl_team.fn = fn;
+    fl_team.arg = arg;
+    fl_team.nt = nt;
+    atomic_store(&fl_team.n_done, 0);
+    unsigned done = atomic_load(&fl_team.done_gen);
+    fl_bump(&fl_team.job, &fl_team.job_sleepers);      /* go */
+    fn(arg, 0, nt);
+    fl_wait_change(&fl_team.done_gen, done, &fl_team.done_sleepers);
+    pthread_mutex_unlock(&fl_team.busy);
+}
+
 /* fn(arg, p, nt) on nt threads (fewer if the team is busy or cannot grow). */
 static void fl_team_run(int nt, fl_team_fn fn, void *arg)
 {
@@ -168,15 +184,22 @@ static void fl_team_run(int nt, fl_team_fn fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
-    fl_team.fn = fn;
-    fl_team.arg = arg;
-    fl_team.nt = nt;
-    atomic_store(&fl_team.n_done, 0);
-    unsigned done = atomic_load(&fl_team.done_gen);
-    fl_bump(&fl_team.job, &fl_team.job_sleepers);      /* go */
-    fn(arg, 0, nt);
-    fl_wait_change(&fl_team.done_gen, done, &fl_team.done_sleepers);
-    pthread_mutex_unlock(&fl_team.busy);
+    fl_team_go(nt, fn, arg);
+}
+
+/* fn(arg, p, nt) on exactly nt >= 2 threads: 0, or -1 without running fn if the
+ * team is busy or cannot grow (for callers whose per-thread state is laid out
+ * for nt threads). */
+static int fl_team_run_exact(int nt, fl_team_fn fn, void *arg)
+{
+    if (nt < 2 || nt > FL_MAX_TEAM || pthread_mutex_trylock(&fl_team.busy) != 0)
+        return -1;
+    if (fl_team_grow(nt) < nt) {
+        pthread_mutex_unlock(&fl_team.busy);
+        return -1;
+    }
+    fl_team_go(nt, fn, arg);
+    return 0;
 }
 
 #else /* no pool: one thread */
@@ -187,6 +210,12 @@ static void fl_team_run(int nt, fl_team_fn fn, void *arg)
 {
     (void)nt;
     fn(arg, 0, 1);
+}
+
+static int fl_team_run_exact(int nt, fl_team_fn fn, void *arg)
+{
+    (void)nt; (void)fn; (void)arg;
+    return -1;
 }
 
 #endif /* FL_HAVE_POOL */

@@ -26,7 +26,9 @@
  * beats the BLAS loop (see _use_packed in _kernels.pyx), and the estimators
  * thread over the batch instead (_parallel.py): on two cores the barrier per
  * step cost more than the split gained. The split stays, tested, for callers
- * that pass n_threads.
+ * that pass n_threads. A single sequence (N = 1) is different: its per-step
+ * product is bound by cache bandwidth, and there the split pays (see the
+ * single-sequence loop at the end of this file).
  *
  * Portability: only the functions marked FL_AVX512 use AVX-512; the caller
  * checks fl_recurrent_available() at run time and keeps its BLAS loop
@@ -102,12 +104,14 @@ static int64_t fl_max_vectors(int64_t H)
     return 4 * ((H + FL_LANES - 1) / FL_LANES);
 }
 
-/* Forward slice: the 4 gate rows of units [j0, j1), vectors gate by gate.
- * packed[panel][k][lane] = W_hh[q * H + j, k] for the (q, j) of that lane. */
-static void fl_pack_forward(fl_slice *s, const float *w_hh, int64_t H, int64_t j0, int64_t j1)
+/* Forward slice of a (4H, K) matrix w (W_hh: K = H; W_ih: K = D): the 4 gate
+ * rows of units [j0, j1), vectors gate by gate.
+ * packed[panel][k][lane] = w[q * H + j, k] for the (q, j) of that lane. */
+static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, int64_t H,
+                            int64_t j0, int64_t j1)
 {
     int64_t per_gate = (j1 - j0 + FL_LANES - 1) / FL_LANES;
-    s->K = H;
+    s->K = K;
     s->n_vec = 4 * per_gate;
     for (int64_t q = 0; q < 4; q++)
         for (int64_t b = 0; b < per_gate; b++) {
@@ -117,11 +121,11 @@ static void fl_pack_forward(fl_slice *s, const float *w_hh, int64_t H, int64_t j
         }
     int64_t stride = FL_NV * FL_LANES;
     for (int64_t v = 0; v < s->n_vec; v++) {
-        float *panel = s->packed + (v / FL_NV) * H * stride + (v % FL_NV) * FL_LANES;
-        for (int64_t k = 0; k < H; k++)
+        float *panel = s->packed + (v / FL_NV) * K * stride + (v % FL_NV) * FL_LANES;
+        for (int64_t k = 0; k < K; k++)
             for (int64_t l = 0; l < FL_LANES; l++)
                 panel[k * stride + l] =
-                    (s->mask[v] >> l) & 1 ? w_hh[(s->col[v] + l) * H + k] : 0.0f;
+                    (s->mask[v] >> l) & 1 ? w[(s->col[v] + l) * K + k] : 0.0f;
     }
 }
 
@@ -261,7 +265,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, j0, j1;
     fl_units(H, p, nt, &j0, &j1);
     fl_slice *s = &L->slices[p];
-    fl_pack_forward(s, L->w_hh, H, j0, j1);
+    fl_pack_forward(s, L->w_hh, H, H, j0, j1);
     for (int64_t t = 0; t < T; t++) {
         const float *h_prev = t > 0 ? L->h + (t - 1) * NH : L->h0;
         float *g = L->gates + t * NG;
@@ -368,6 +372,201 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
     (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
+    return -1;
+#endif
+}
+
+/*
+ * One sequence (N = 1), forward only: what a single-sequence predict, step,
+ * forecast and generate run. Each step's product is then a matrix-vector
+ * product streaming all of W_hh from cache, and two things pay that do not at
+ * N > 1:
+ *  - packing once per model, not once per call: the packed weights live in an
+ *    fl_single the network keeps between calls. Every call compares the
+ *    weights with those it packed and repacks the rows that changed (an
+ *    optimizer step, a load, an edit in place), so stale weights are never used;
+ *    the comparison reads W_hh once, the time loop T times.
+ *  - two threads for wide layers: each core streams its half of W_hh from its
+ *    own L2, where one core alone is bound by its L2 bandwidth.
+ * Forward of one layer, us, 2-core Zen 4, BLAS loop / packed per call / packed
+ * once, 1 thread / the same, 2 threads: T = 50, H = 128: 209 / 157 / 157 / 110;
+ * T = 50, H = 300: 1256 / 905 / ~1000 / 544-780; T = 100, H = 512: 7283 / 5719
+ * / 6056 / 3537-3655.
+ * The input projection runs in the same team (each thread its gate rows of
+ * x @ W_ih.T for all T steps), so the path makes no BLAS call: a BLAS worker
+ * left spinning after a threaded call would take the core the team needs.
+ */
+
+/* Units each thread needs. A step of a narrow layer is short enough that the
+ * barrier's cost decides, and on this shared machine that cost swings: at
+ * H = 128 (T = 50) two threads took 120-140 us most of the time but 230-290 in
+ * some runs, against 155-190 on one; H = 256: 590-620 vs 680-820, and H = 50
+ * lost outright (17 vs 9 us). So layers narrower than 192 units run on one. */
+#define FL_SINGLE_MIN_UNITS 96
+
+typedef struct {
+    int nt;
+    int64_t H, D;
+    fl_slice *hh, *ih;          /* nt slices each: gate rows of W_hh, of W_ih */
+    float *hh_seen, *ih_seen;   /* (4H, H), (4H, D): the weights the slices hold */
+    int valid[FL_MAX_TEAM];     /* thread p's slices hold its rows of *_seen */
+} fl_single;
+
+/* Threads worth using for one sequence through a layer of H units. */
+static int fl_single_threads(int64_t H, int n_threads)
+{
+    int64_t nt = H / FL_SINGLE_MIN_UNITS;
+    if (nt > n_threads) nt = n_threads;
+    if (nt > FL_MAX_TEAM) nt = FL_MAX_TEAM;
+    return nt > 1 ? (int)nt : 1;
+}
+
+static void fl_single_free(fl_single *S)
+{
+    if (!S) return;
+    for (int p = 0; p < S->nt; p++) {
+        if (S->hh) free(S->hh[p].packed);
+        if (S->ih) free(S->ih[p].packed);
+    }
+    free(S->hh);
+    free(S->ih);
+    free(S->hh_seen);
+    free(S->ih_seen);
+    free(S);
+}
+
+static float *fl_alloc_floats(int64_t n)
+{
+    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes);
+}
+
+/* Space for a layer of H units and D inputs on nt threads (nothing packed yet),
+ * or NULL if memory is missing or H is beyond the slice descriptors. */
+static fl_single *fl_single_new(int nt, int64_t H, int64_t D)
+{
+    if (nt < 1 || nt > FL_MAX_TEAM || fl_max_vectors(H) > FL_MAX_VEC) return NULL;
+    fl_single *S = calloc(1, sizeof *S);
+    if (!S) return NULL;
+    S->nt = nt;
+    S->H = H;
+    S->D = D;
+    S->hh = calloc((size_t)nt, sizeof(fl_slice));
+    S->ih = calloc((size_t)nt, sizeof(fl_slice));
+    S->hh_seen = fl_alloc_floats(4 * H * H);
+    S->ih_seen = fl_alloc_floats(4 * H * D);
+    int ok = S->hh && S->ih && S->hh_seen && S->ih_seen;
+    for (int p = 0; ok && p < nt; p++) {
+        int64_t j0, j1;
+        fl_units(H, p, nt, &j0, &j1);
+        int64_t panels = (4 * ((j1 - j0 + FL_LANES - 1) / FL_LANES) + FL_NV - 1) / FL_NV;
+        S->hh[p].packed = fl_alloc_floats(panels * H * FL_NV * FL_LANES);
+        S->ih[p].packed = fl_alloc_floats(panels * D * FL_NV * FL_LANES);
+        ok = S->hh[p].packed && S->ih[p].packed;
+    }
+    if (!ok) {
+        fl_single_free(S);
+        return NULL;
+    }
+    return S;
+}
+
+/* 1 if the gate rows of units [j0, j1) of w (4H, K) differ from seen's. */
+static int fl_rows_differ(const float *w, const float *seen, int64_t K, int64_t H,
+                          int64_t j0, int64_t j1)
+{
+    for (int64_t q = 0; q < 4; q++) {
+        int64_t at = (q * H + j0) * K;
+        if (memcmp(w + at, seen + at, (size_t)((j1 - j0) * K) * sizeof(float)))
+            return 1;
+    }
+    return 0;
+}
+
+static void fl_rows_copy(const float *w, float *seen, int64_t K, int64_t H,
+                         int64_t j0, int64_t j1)
+{
+    for (int64_t q = 0; q < 4; q++) {
+        int64_t at = (q * H + j0) * K;
+        memcpy(seen + at, w + at, (size_t)((j1 - j0) * K) * sizeof(float));
+    }
+}
+
+typedef struct {
+    fl_single *S;
+    int64_t T;
+    const float *x, *w_ih, *w_hh, *b_ih, *b_hh, *h0, *c0;
+    float *gates, *c, *tanh_c, *h;
+} fl_single_loop;
+
+#if FL_HAVE_AVX512_CODE
+
+/* Thread p of nt: its units' gate rows, input projection included. */
+FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
+{
+    fl_single_loop *L = arg;
+    fl_single *S = L->S;
+    int64_t T = L->T, H = S->H, D = S->D, G = 4 * H, j0, j1;
+    fl_units(H, p, nt, &j0, &j1);
+    fl_slice *hh = &S->hh[p], *ih = &S->ih[p];
+    if (j1 > j0) {
+        /* the rows this thread packed, repacked if the weights changed since */
+        if (!S->valid[p] || fl_rows_differ(L->w_hh, S->hh_seen, H, H, j0, j1)
+                || fl_rows_differ(L->w_ih, S->ih_seen, D, H, j0, j1)) {
+            fl_rows_copy(L->w_hh, S->hh_seen, H, H, j0, j1);
+            fl_rows_copy(L->w_ih, S->ih_seen, D, H, j0, j1);
+            fl_pack_forward(hh, S->hh_seen, H, H, j0, j1);
+            fl_pack_forward(ih, S->ih_seen, D, H, j0, j1);
+            S->valid[p] = 1;
+        }
+        /* gates[t][my rows] = b_ih + b_hh + x[t] @ W_ih[my rows].T, every t */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t q = 0; q < 4; q++)
+                for (int64_t j = q * H + j0; j < q * H + j1; j++)
+                    L->gates[t * G + j] = L->b_ih[j] + L->b_hh[j];
+        if (D > 0)
+            fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *h_prev = t > 0 ? L->h + (t - 1) * H : L->h0;
+        float *g = L->gates + t * G;
+        if (j1 > j0) {
+            if (h_prev)   /* gates[t][my rows] += h[t-1] @ W_hh[my rows].T */
+                fl_slice_product(hh, 1, h_prev, H, g, G, 1);
+            fl_lstm_cell_fwd_units_f32(1, H, j0, j1, g, t > 0 ? L->c + (t - 1) * H : L->c0,
+                                       L->c + t * H, L->tanh_c + t * H, L->h + t * H);
+        }
+        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
+    }
+}
+
+#endif /* FL_HAVE_AVX512_CODE */
+
+/*
+ * Forward of one layer over one sequence, with the weights packed in S (made by
+ * fl_single_new for this H and D; S->nt threads).
+ *   x (T, D); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
+ *   h0 (H) or NULL for zeros; c0 (H)
+ *   gates (T, 4H) out: activations; c, tanh_c, h (T, H) out
+ * Returns 0, or -1 (nothing computed) if AVX-512 is missing or the team cannot
+ * run S->nt threads now (another call is using it).
+ */
+static int fl_single_forward_f32(fl_single *S, int64_t T, const float *x, const float *w_ih,
+                                 const float *w_hh, const float *b_ih, const float *b_hh,
+                                 const float *h0, const float *c0, float *gates, float *c,
+                                 float *tanh_c, float *h)
+{
+#if FL_HAVE_AVX512_CODE
+    if (!fl_recurrent_available()) return -1;
+    fl_single_loop L = {S, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h};
+    if (S->nt == 1) {
+        fl_single_part(&L, 0, 1);
+        return 0;
+    }
+    return fl_team_run_exact(S->nt, fl_single_part, &L);
+#else
+    (void)S; (void)T; (void)x; (void)w_ih; (void)w_hh; (void)b_ih; (void)b_hh; (void)h0;
+    (void)c0; (void)gates; (void)c; (void)tanh_c; (void)h;
     return -1;
 #endif
 }

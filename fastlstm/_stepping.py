@@ -61,9 +61,9 @@ def check_state(net, state, n_sequences):
     return checked
 
 
-def run(net, X3, state, arena=None):
+def run(net, X3, state, arena=None, n_threads=None):
     """X3 (N, T, D) from state -> (raw head output after every step (N, T, K),
-    new state).
+    new state). n_threads: as in net.forward.
 
     The head runs on each step's (N, H) block by itself, the very product
     `predict` computes for the last step: BLAS may round a product of another
@@ -72,7 +72,8 @@ def run(net, X3, state, arena=None):
     """
     N, T, _ = X3.shape
     x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))          # (T, N, D) time-major
-    _, tape = net.forward(x_tm, False, training=False, arena=arena, initial_state=state)
+    _, tape = net.forward(x_tm, False, training=False, arena=arena, initial_state=state,
+                          n_threads=n_threads)
     top_h = tape.layers[-1][4]                                  # (T, N, H_last), no dropout
     w, b = net.p["head.weight"], net.p["head.bias"]             # (K, H_last), (K,)
     out = np.empty((N, T, net.n_outputs), dtype=net.dtype)
@@ -89,10 +90,11 @@ def _check_count(value, name):
     return int(value)
 
 
-def forecast(est, X, n_steps):
+def forecast(est, X, n_steps, n_threads=None):
     """Autoregressive forecast: each prediction is fed back as the next input.
 
     X (N, T, D) history -> (n_steps, N, D) predictions, time-major.
+    n_threads: as in net.forward.
     """
     X3 = check_step_input(est, X)
     n_steps = _check_count(n_steps, "n_steps")
@@ -107,11 +109,11 @@ def forecast(est, X, n_steps):
     if n_steps == 0:
         return preds
     arena = _Arena(net.dtype)  # private to this call, reused by every step
-    out, state = run(net, X3, None, arena)                      # (N, T, K)
+    out, state = run(net, X3, None, arena, n_threads)           # (N, T, K)
     for k in range(n_steps):
         preds[k] = out[:, -1]                                   # (N, K) next value
         if k + 1 < n_steps:                                     # one step, T=1, from state
-            out, state = run(net, preds[k][:, None, :], state, arena)
+            out, state = run(net, preds[k][:, None, :], state, arena, n_threads)
     return preds
 
 
@@ -134,8 +136,9 @@ def _class_codes(est, vocabulary):
     return vocabulary.encode("".join(classes))
 
 
-def generate(est, seed, n_chars, vocabulary, temperature, random_state):
-    """Sample n_chars characters after `seed`, one at a time, carrying the state."""
+def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_threads=None):
+    """Sample n_chars characters after `seed`, one at a time, carrying the state.
+    n_threads: as in net.forward."""
     check_is_fitted(est, "network_")
     net = est.network_
     check_runs_forward(net)
@@ -164,7 +167,7 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state):
 
     arena = _Arena(net.dtype)
     x = seed_rows(vocabulary.encode(seed), net.dtype)[None]       # (1, len(seed), D)
-    logits, state = run(net, x, None, arena)                      # (1, T, C)
+    logits, state = run(net, x, None, arena, n_threads)           # (1, T, C)
     logits = logits[:, -1]                                        # (1, C) after the seed
     picked = np.empty(n_chars, dtype=np.intp)
     for k in range(n_chars):
@@ -177,6 +180,6 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state):
                     len(cdf) - 1)
         picked[k] = j
         if k + 1 < n_chars:
-            logits, state = run(net, rows[j][None, None], state, arena)
+            logits, state = run(net, rows[j][None, None], state, arena, n_threads)
             logits = logits[:, -1]
     return "".join(est.classes_[picked])

@@ -97,10 +97,10 @@ def is_small(batch, hidden_sizes):
     return work < (ONE_ROW_STEP_WORK if batch == 1 else SMALL_STEP_WORK)
 
 
-def blas_stays_single(batch, hidden_sizes):
-    """True for one sequence through layers small enough that BLAS runs every
-    per-step product on one thread by itself (see ONE_THREAD_ANYWAY_ROW_WORK)."""
-    return batch == 1 and max(4 * h * h for h in hidden_sizes) < ONE_THREAD_ANYWAY_ROW_WORK
+def blas_stays_single(products):
+    """True when BLAS runs each of these products of one row (matrix sizes in
+    elements, see LSTMNetwork.one_sequence_plan) on one thread by itself."""
+    return max(products) < ONE_THREAD_ANYWAY_ROW_WORK
 
 
 def recurrent_threads():

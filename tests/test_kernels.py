@@ -40,14 +40,14 @@ def path(request):
     _kernels.set_packed_recurrence(previous)
 
 
-def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
+def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None, packed_weights=None):
     T, N, _ = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
     gates = np.full((T, N, 4 * H), np.nan, dtype)
     c, tanh_c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(3))
     _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h,
-                                n_threads=n_threads)
+                                n_threads=n_threads, packed_weights=packed_weights)
     return gates, c, tanh_c, h
 
 
@@ -133,6 +133,114 @@ def test_float32_is_bit_identical_for_any_thread_count(shape):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+# ---- one sequence on weights packed once and kept (PackedWeights) ---------------
+
+ONE_SEQUENCE_SHAPES = [  # (T, N=1, D, H)
+    (1, 1, 1, 1),
+    (5, 1, 3, 2),
+    (5, 1, 3, 70),    # one thread (H < 192); 5 vectors of 16
+    (6, 1, 4, 200),   # two threads, a partial vector on the second
+    (13, 1, 2, 17),   # T past one 12-row tile of the input projection
+    (3, 1, 2, 300),   # charlm-sized
+]
+
+
+def needs_packed_loop():
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: a single sequence runs the BLAS loop")
+
+
+@pytest.mark.parametrize("shape", ONE_SEQUENCE_SHAPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_one_sequence_on_kept_weights_matches_reference(shape, n_threads, zero_state):
+    args = random_layer(*shape, np.float32, zero_state=zero_state)
+    gates, c, tanh_c, h = run_forward(*args, n_threads=n_threads,
+                                      packed_weights=_kernels.PackedWeights())
+    h_ref, c_last_ref, cache = ref.lstm_forward(*as64(*args))
+    tol = TOL[np.float32]
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(c[-1], c_last_ref, rtol=0, atol=tol * 10)
+    np.testing.assert_allclose(tanh_c, np.tanh(c.astype(np.float64)), rtol=0, atol=tol)
+    H = shape[3]
+    for k, at in ((0, 3), (1, 4), (2, 5), (3, 6)):   # i, f, g, o against the reference's
+        np.testing.assert_allclose(gates[..., k * H:(k + 1) * H],
+                                   np.stack([step[at] for step in cache]), atol=tol)
+
+
+def test_one_sequence_on_kept_weights_is_taken_and_bit_identical_for_any_thread_count():
+    """The kept path rounds differently from the BLAS loop (so it ran), the same on
+    1, 2 and 3 threads, and set_packed_recurrence(False) switches it off."""
+    needs_packed_loop()
+    args = random_layer(9, 1, 3, 200, np.float32)
+    blas = run_forward(*args, n_threads=1)
+    kept = [run_forward(*args, n_threads=n, packed_weights=_kernels.PackedWeights())
+            for n in (1, 2, 3)]
+    assert not np.array_equal(kept[0][3], blas[3])
+    np.testing.assert_allclose(kept[0][3], blas[3], atol=1e-4)   # rounding, grown over 9 steps
+    for other in kept[1:]:
+        for a, b in zip(kept[0], other):
+            np.testing.assert_array_equal(a, b)
+    previous = _kernels.set_packed_recurrence(False)
+    try:
+        off = run_forward(*args, n_threads=2, packed_weights=_kernels.PackedWeights())
+    finally:
+        _kernels.set_packed_recurrence(previous)
+    np.testing.assert_array_equal(off[3], blas[3])
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_kept_weights_follow_every_change_of_the_weights(n_threads):
+    """Edits in place between calls (one element of W_hh in each thread's rows, one
+    of W_ih) are seen: the next call equals a fresh packing, not the stale one.
+    A new shape on the same object is packed anew."""
+    needs_packed_loop()
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(7, 1, 3, 200, np.float32)
+    kept = _kernels.PackedWeights()
+    first = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads, kept)
+    np.testing.assert_array_equal(run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads,
+                                              kept)[3], first[3])     # reused: same result
+    for rows, edit in (((5, 7), w_hh), ((799, 199), w_hh), ((500, 2), w_ih)):
+        edit[rows] += 0.25
+        got = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads, kept)
+        fresh = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads,
+                            _kernels.PackedWeights())
+        assert not np.array_equal(got[3], first[3])
+        np.testing.assert_array_equal(got[3], fresh[3])
+        first = got
+    b_ih += 0.5                                        # biases are read on every call
+    np.testing.assert_array_equal(
+        run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads, kept)[3],
+        run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads, _kernels.PackedWeights())[3])
+    other = random_layer(4, 1, 5, 40, np.float32, seed=2)
+    np.testing.assert_array_equal(run_forward(*other, n_threads, kept)[3],
+                                  run_forward(*other, n_threads, _kernels.PackedWeights())[3])
+
+
+def test_kept_weights_shared_by_concurrent_calls_give_the_same_results():
+    """Calls that find the packing or the thread team in use pack for themselves on
+    one thread: the same bits as the serial calls."""
+    needs_packed_loop()
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    weights = random_layer(20, 1, 3, 200, np.float32)[1:]
+    layers = [(random_layer(20, 1, 3, 200, np.float32, seed=s)[0],) + weights   # eight inputs
+              for s in range(8)]
+    kept = _kernels.PackedWeights()
+    serial = [run_forward(*args, 2, kept)[3] for args in layers]
+    barrier = threading.Barrier(8)
+
+    def work(k):
+        barrier.wait()
+        return [run_forward(*layers[k], 2, kept)[3] for _ in range(20)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for k in range(8):
+        for got in results[k]:
+            np.testing.assert_array_equal(got, serial[k])
 
 
 def test_packed_path_is_taken_where_available():

@@ -235,6 +235,41 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
     np.testing.assert_array_equal(model.predict(X), got)
 
 
+def test_one_float32_sequence_runs_its_own_loop_on_the_threads_in_force(monkeypatch):
+    """A float32 LSTM runs a single sequence on its own packed loop, which calls no
+    BLAS: no BLAS limit is set (the head's product is small), and the layers get
+    the threads in force (2), n_jobs' (1) if given, or one when no layer is wide
+    enough to split. Stepping, forecasting and generating pass them too."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastlstm import _kernels
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: a single sequence runs the BLAS loop")
+    import fastlstm._network as net_module
+    seen = []
+    forward = _kernels.lstm_layer_forward
+
+    def spy(*args, **kwargs):
+        blas = min(info["num_threads"] for info in threadpool_info()
+                   if info["user_api"] == "blas")
+        seen.append((blas, args[12], args[13] is not None))   # n_threads, packed_weights
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(net_module._kernels, "lstm_layer_forward", spy)
+    X = np.random.default_rng(0).standard_normal((2, 3, 1)).astype(np.float32)
+    for H, n_jobs, threads in ((192, None, 2), (192, 1, 1), (128, None, 1)):
+        model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1, n_jobs=n_jobs).fit(X, [0.5, 1])
+        with threadpool_limits(2, user_api="blas"):
+            seen.clear()
+            model.predict(X[:1])
+            model.step(X[:1])
+            model.forecast(X[:1], 2)                         # the history, then one step
+            assert seen == [(2, threads, True)] * 4
+            seen.clear()
+            model.predict(X)                                 # two sequences: the usual way
+            assert [packed for _, _, packed in seen] == [False]
+
+
 def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch,
                                                                             sigint_raises):
     """SIGINT raised while the slices run (here: from inside a slice's forward, on
