@@ -82,7 +82,6 @@ class _thread_limit:
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
                                   batch, work, min_work)
-        self.small = _threads.is_small(batch, net.hidden_sizes)
         self.untouched = False
         self.threads = None
         if batch == 1:
@@ -94,6 +93,7 @@ class _thread_limit:
             self.threads = 1
             if threads_help:
                 self.threads = self.n if self.n is not None else _threads.recurrent_threads()
+        self.small = not self.untouched and _threads.is_small(batch, net.hidden_sizes)
         self._limit = None
 
     def __enter__(self):
@@ -526,8 +526,9 @@ class _BaseLSTM(BaseEstimator):
         """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
         output="sequence"; lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
-        limit = _thread_limit(self.n_jobs, len(X3), self.network_,
-                              work=forward_work(self.network_, len(X3), X3.shape[1]),
+        # one sequence is never cut into slices: no work to count
+        work = forward_work(self.network_, len(X3), X3.shape[1]) if len(X3) > 1 else 0
+        limit = _thread_limit(self.n_jobs, len(X3), self.network_, work=work,
                               min_work=MIN_SLICED_PREDICT_WORK)
         with limit as parts:
             return self._forward_checked(X3, lengths, parts, limit.threads), lengths

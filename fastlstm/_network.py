@@ -164,6 +164,9 @@ class LSTMNetwork:
         # sequences, kept between calls (_recurrent.h); empty until one runs
         self.packed_weights = ({key: _kernels.PackedWeights() for key in self.layer_p}
                                if cell == "lstm" and self.dtype == np.float32 else {})
+        self._plans = {}                                         # see one_sequence_plan
+        # BLAS takes 32-bit sizes: a forward pass checks its row counts against these
+        self._widest_gates = GATES[cell] * max(self.hidden_sizes)
 
     def replica(self, own_gradients=True):
         """A network on these very parameters (the same memory, so an update shows
@@ -207,10 +210,17 @@ class LSTMNetwork:
         lists the matrix sizes (elements) of the one-row products BLAS is left
         with: the head's, and each such layer's. threads_help: the packed loop
         runs some layer on more than one thread."""
-        head = self.n_outputs * self.hidden_sizes[-1] * (2 if self.bidirectional else 1)
-        if self.packed_weights and _kernels.one_sequence_packed():
-            return [head], any(_kernels.one_sequence_threads_help(H) for H in self.hidden_sizes)
-        return [head] + [GATES[self.cell] * H * H for H in self.hidden_sizes], False
+        own_loop = bool(self.packed_weights) and _kernels.one_sequence_packed()
+        plan = self._plans.get(own_loop)
+        if plan is None:   # worked out once (own_loop only changes in tests)
+            head = self.n_outputs * self.hidden_sizes[-1] * (2 if self.bidirectional else 1)
+            if own_loop:
+                plan = [head], any(_kernels.one_sequence_threads_help(H)
+                                   for H in self.hidden_sizes)
+            else:
+                plan = [head] + [GATES[self.cell] * H * H for H in self.hidden_sizes], False
+            self._plans[own_loop] = plan
+        return plan
 
     # ---- set-up ---------------------------------------------------------------
 
@@ -273,7 +283,7 @@ class LSTMNetwork:
         the last real step and h_reverse at step 0.
         """
         T, N, _ = x.shape
-        if T * N >= 2**31 or GATES[self.cell] * max(self.hidden_sizes) >= 2**31:
+        if T * N >= 2**31 or self._widest_gates >= 2**31:
             # BLAS takes 32-bit sizes: T*N rows is one gemm's row count
             raise ValueError(f"a batch of {N} sequences of {T} steps is too large for one pass "
                              f"(T * N must stay below 2**31); use a smaller batch_size or tbptt_steps")
@@ -329,20 +339,19 @@ class LSTMNetwork:
         (None where the cell has no such buffer; a GRU keeps its hidden projection as c)."""
         T, N, _ = layer_in.shape
         H = self.hidden_sizes[k]
-        key = lambda name: (name, k, suffix)  # noqa: E731
         weights = self.layer_p[k, suffix]
-        h = arena.get(key("h"), (T, N, H))
+        h = arena.get(("h", k, suffix), (T, N, H))
         gates = c = tanh_c = None
         if self.cell == "lstm":
-            gates = arena.get(key("gates"), (T, N, 4 * H))
-            c = arena.get(key("c"), (T, N, H))
-            tanh_c = arena.get(key("tanh_c"), (T, N, H))
+            gates = arena.get(("gates", k, suffix), (T, N, 4 * H))
+            c = arena.get(("c", k, suffix), (T, N, H))
+            tanh_c = arena.get(("tanh_c", k, suffix), (T, N, H))
             packed = self.packed_weights.get((k, suffix)) if N == 1 else None
             _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths,
                                         n_threads, packed)
         elif self.cell == "gru":
-            gates = arena.get(key("gates"), (T, N, 3 * H))
-            c = arena.get(key("hproj"), (T, N, 3 * H))              # hidden side, kept
+            gates = arena.get(("gates", k, suffix), (T, N, 3 * H))
+            c = arena.get(("hproj", k, suffix), (T, N, 3 * H))      # hidden side, kept
             _cells.gru_layer_forward(layer_in, *weights, h0, gates, c, h, lengths)
         else:
             _cells.rnn_layer_forward(layer_in, *weights, h0, h, self.nonlinearity == "sigmoid",
