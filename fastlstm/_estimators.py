@@ -571,7 +571,9 @@ class _BaseLSTM(BaseEstimator):
                 outs.append(np.concatenate(steps, axis=1) if sequence else out)
         finally:
             net.return_arena(arena)
-        return outs[0] if len(outs) == 1 and not sequence else np.concatenate(outs, axis=0)
+        # each part is a new array (the head's output, or a concatenation of it),
+        # never scratch memory, so one part is returned as it is
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     # ---- model files (no pickle) ---------------------------------------------
 
