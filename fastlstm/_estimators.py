@@ -72,10 +72,12 @@ class _thread_limit:
     per thread, run side by side on single-threaded kernels (_parallel.py).
     Otherwise the kernels run on one BLAS thread for small networks (see
     _threads), else on n_jobs BLAS threads if given and the limit in force if not.
+    One sequence may need no BLAS limit at all (see LSTMNetwork.one_sequence_plan);
+    fit passes training=True, as its backward pass runs BLAS products of one row.
     A class rather than a generator context manager: a single-sequence predict
     enters one, and every microsecond shows there."""
 
-    def __init__(self, n_jobs, batch, net, work=0, min_work=MIN_SLICED_WORK):
+    def __init__(self, n_jobs, batch, net, work=0, min_work=MIN_SLICED_WORK, training=False):
         self.n = None if n_jobs is None else max(
             1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
         self.parts = 1
@@ -88,7 +90,7 @@ class _thread_limit:
             # one sequence: no limit to set when BLAS runs each of its products on
             # one thread by itself; layers with their own loop (no BLAS) run on
             # n_jobs threads or the BLAS limit read here, before any limit is set
-            blas_products, threads_help = net.one_sequence_plan()
+            blas_products, threads_help = net.one_sequence_plan(training)
             self.untouched = _threads.blas_stays_single(blas_products)
             self.threads = 1
             if threads_help:
@@ -293,7 +295,7 @@ class _BaseLSTM(BaseEstimator):
         batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
         batch = min(batch_size, len(X3))
         steps = X3.shape[1] if self.tbptt_steps is None else min(self.tbptt_steps, X3.shape[1])
-        with _thread_limit(self.n_jobs, batch, self.network_,
+        with _thread_limit(self.n_jobs, batch, self.network_, training=True,
                            work=forward_work(self.network_, batch, steps)) as parts:
             self._train(X3, targets, weights, incremental, lengths, parts)
         return self

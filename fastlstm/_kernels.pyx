@@ -11,7 +11,10 @@ Per call, whatever T is:
   backward  per step one fused cell loop and one gemm (dgates @ W_hh), then one
             gemm each for dW_ih, dW_hh and dX over all rows.
 The whole time loop runs with the GIL released and no Python per step. BLAS comes
-from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship.
+from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
+AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead where it
+wins, and a single float32 sequence runs it on weights packed once and kept
+between calls (PackedWeights), input projection included.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t

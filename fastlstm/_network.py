@@ -165,7 +165,7 @@ class LSTMNetwork:
         self.packed_weights = ({key: _kernels.PackedWeights() for key in self.layer_p}
                                if cell == "lstm" and self.dtype == np.float32 else {})
         self._plans = {}                                         # see one_sequence_plan
-        # BLAS takes 32-bit sizes: a forward pass checks its row counts against these
+        # BLAS takes 32-bit sizes: a forward pass checks its row counts against this
         self._widest_gates = GATES[cell] * max(self.hidden_sizes)
 
     def replica(self, own_gradients=True):
@@ -202,15 +202,17 @@ class LSTMNetwork:
 
     # ---- one sequence ---------------------------------------------------------
 
-    def one_sequence_plan(self):
+    def one_sequence_plan(self, training=False):
         """How a single sequence runs -> (blas_products, threads_help).
 
-        Float32 LSTM layers run it on the packed loop of _recurrent.h, which calls
-        no BLAS; other layers run one BLAS product of one row per step. blas_products
-        lists the matrix sizes (elements) of the one-row products BLAS is left
-        with: the head's, and each such layer's. threads_help: the packed loop
-        runs some layer on more than one thread."""
-        own_loop = bool(self.packed_weights) and _kernels.one_sequence_packed()
+        Float32 LSTM layers run its forward pass on the packed loop of
+        _recurrent.h, which calls no BLAS; other layers, and every backward pass
+        (training), run one BLAS product of one row per step. blas_products lists
+        the matrix sizes (elements) of the one-row products BLAS is left with: the
+        head's, and each such layer's. threads_help: the packed loop runs some
+        layer on more than one thread."""
+        own_loop = (not training and bool(self.packed_weights)
+                    and _kernels.one_sequence_packed())
         plan = self._plans.get(own_loop)
         if plan is None:   # worked out once (own_loop only changes in tests)
             head = self.n_outputs * self.hidden_sizes[-1] * (2 if self.bidirectional else 1)

@@ -268,6 +268,12 @@ def test_one_float32_sequence_runs_its_own_loop_on_the_threads_in_force(monkeypa
             seen.clear()
             model.predict(X)                                 # two sequences: the usual way
             assert [packed for _, _, packed in seen] == [False]
+    # training one sequence at a time: the backward pass runs BLAS products of one row
+    # per step, which BLAS would thread (and slow down) without the limit
+    seen.clear()
+    with threadpool_limits(2, user_api="blas"):
+        LSTMRegressor(hidden_layer_sizes=(192,), batch_size=1, max_iter=1).fit(X, [0.5, 1])
+    assert seen and all(blas == 1 for blas, _, _ in seen)
 
 
 def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(monkeypatch,
