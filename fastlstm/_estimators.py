@@ -568,9 +568,12 @@ class _BaseLSTM(BaseEstimator):
                                                n_threads=n_threads)
                     if t0 + window < T:
                         state = tape.final_state()
-                    if sequence:  # (W*B, K) time-major -> (B, W, K)
+                    if sequence:  # (W*B, K) time-major -> (B, W, K), a view
                         steps.append(out.reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
-                outs.append(np.concatenate(steps, axis=1) if sequence else out)
+                if sequence:  # one sequence's view is in row order already: no copy
+                    out = (np.ascontiguousarray(steps[0]) if len(steps) == 1
+                           else np.concatenate(steps, axis=1))
+                outs.append(out)
         finally:
             net.return_arena(arena)
         # each part is a new array (the head's output, or a concatenation of it),

@@ -265,3 +265,18 @@ def test_bad_parameters_are_named(params, name):
     X, y = small_regression()
     with pytest.raises(ValueError, match=name):
         LSTMRegressor(**params).fit(X, y)
+
+
+@pytest.mark.parametrize("n_sequences", [1, 3])
+def test_per_step_predictions_are_new_contiguous_arrays(n_sequences):
+    """predict hands out arrays of its own: C-contiguous, and not overwritten by the
+    next call (one sequence's per-step outputs are returned without a copy)."""
+    X, y, _, _ = binary_addition(n_bits=6)                    # (1024, 6, 2), (1024, 6)
+    model = LSTMRegressor(hidden_layer_sizes=(8,), output="sequence", max_iter=1,
+                          random_state=0).fit(X, y)
+    first = model.predict(X[:n_sequences])
+    kept = first.copy()
+    assert first.flags.c_contiguous and first.shape == (n_sequences, 6)
+    model.predict(X[10:10 + n_sequences])
+    np.testing.assert_array_equal(first, kept)
+    assert not np.shares_memory(first, model.predict(X[:n_sequences]))
