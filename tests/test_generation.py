@@ -134,6 +134,29 @@ def test_step_state_is_what_the_model_remembers():
     np.testing.assert_array_equal(model.step(X[:4], zeros)[0], model.step(X[:4])[0])
 
 
+def test_one_float32_sequence_steps_bit_for_bit_like_the_whole_sequence():
+    """One sequence runs the packed loop on kept weights, whose every output is one
+    in-order sum however the steps are cut: stepping one step at a time gives the
+    very bits of one call over the whole sequence, and of predict, in float32 too
+    (two layers, one wide enough to split over two threads)."""
+    from fastlstm import _kernels
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: a single sequence runs the BLAS loop")
+    X, y = make_windows(noisy_sine(200), time_step=8)
+    X = X.astype(np.float32)
+    model = LSTMRegressor(hidden_layer_sizes=(200, 8), max_iter=1, random_state=0).fit(X, y)
+    whole, whole_state = model.step(X[:1])                    # (1, 8)
+    state, outs = None, []
+    for t in range(8):
+        out, state = model.step(X[:1, t:t + 1], state)
+        outs.append(out[:, 0])
+    np.testing.assert_array_equal(np.stack(outs, axis=1), whole)
+    for (h, c), (h_whole, c_whole) in zip(state, whole_state):
+        np.testing.assert_array_equal(h, h_whole)
+        np.testing.assert_array_equal(c, c_whole)
+    np.testing.assert_array_equal(model.predict(X[:1]), whole[:, -1])
+
+
 def test_step_rejects_bad_state_and_input():
     X, y = make_windows(noisy_sine(200), time_step=6)
     model = LSTMRegressor(hidden_layer_sizes=(8, 4), max_iter=2, random_state=0)
