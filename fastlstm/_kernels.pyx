@@ -83,8 +83,9 @@ cdef bint _use_packed(Py_ssize_t N, Py_ssize_t H, int nt, bint padded) noexcept:
 
 
 def set_packed_recurrence(enabled):
-    """Packed float32 time loop: True always, False never, None (the default)
-    where it is faster; returns the previous setting."""
+    """Packed float32 time loop: True always, False never (single sequences
+    included: they then run the BLAS loop too), None (the default) where it is
+    faster; returns the previous setting."""
     global _packed_mode
     previous = _packed_mode
     _packed_mode = None if enabled is None else bool(enabled)
