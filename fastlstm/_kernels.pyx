@@ -53,7 +53,6 @@ cdef extern from "_recurrent.h" nogil:
     fl_single *fl_single_new(int nt, int64_t H, int64_t D)
     void fl_single_free(fl_single *S)
     int fl_single_threads(int64_t H, int n_threads)
-    int FL_SINGLE_MIN_UNITS
     int fl_single_forward_f32(fl_single *S, int64_t T, const float *x, const float *w_ih,
                               const float *w_hh, const float *b_ih, const float *b_hh,
                               const float *h0, const float *c0, float *gates, float *c,
@@ -115,7 +114,7 @@ cdef class PackedWeights:
         fl_single_free(self.packing)
 
 
-def one_sequence_packed():
+cpdef bint one_sequence_packed():
     """True when a single float32 sequence runs the packed loop with weights kept
     in PackedWeights (AVX-512 CPU, and not switched off by set_packed_recurrence)."""
     return _packed_mode is not False and _available
@@ -123,7 +122,7 @@ def one_sequence_packed():
 
 def one_sequence_threads_help(Py_ssize_t H):
     """True when that loop runs a layer of H units on more than one thread."""
-    return H >= 2 * FL_SINGLE_MIN_UNITS
+    return fl_single_threads(H, 2) > 1
 
 
 cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_ssize_t D,
@@ -277,8 +276,7 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint packed = False
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
-        if (N == 1 and len_ptr == NULL and packed_weights is not None
-                and _packed_mode is not False and _available):
+        if N == 1 and len_ptr == NULL and packed_weights is not None and one_sequence_packed():
             if run_one_sequence(packed_weights, nt, T, D, H, &x[0, 0, 0] if D > 0 else NULL,
                                 &weight_ih[0, 0], w_hh, &bias_ih[0], &bias_hh[0],
                                 &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL,

@@ -204,10 +204,51 @@ FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int
     }
 }
 
+/* The product of ONE row: C[slice columns] (+)= a (K) @ slice. fl_tile with one
+ * row has two accumulators, each FMA waiting for the one before (4 cycles), so
+ * it streams 128 bytes of panel per 4 cycles, half of what the L2 delivers.
+ * Here FL_ROW_PANELS panels run side by side: 2 x FL_ROW_PANELS independent
+ * chains. Each output is still one sum over k = 0..K-1 in order: the same bits
+ * as the tiles give. */
+#define FL_ROW_PANELS 4
+
+FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C,
+                                     int accumulate)
+{
+    int64_t K = s->K, stride = FL_NV * FL_LANES, v = 0;
+    const int group = FL_ROW_PANELS * FL_NV;    /* vectors per pass */
+    for (; v + group <= s->n_vec; v += group) {
+        const float *panel = s->packed + (v / FL_NV) * K * stride;
+        __m512 acc[FL_ROW_PANELS * FL_NV];
+        for (int u = 0; u < group; u++)
+            acc[u] = accumulate ? _mm512_maskz_loadu_ps(s->mask[v + u], C + s->col[v + u])
+                                : _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k++) {
+            __m512 ak = _mm512_set1_ps(a[k]);
+            for (int p = 0; p < FL_ROW_PANELS; p++)
+                for (int u = 0; u < FL_NV; u++)
+                    acc[p * FL_NV + u] = _mm512_fmadd_ps(
+                        ak, _mm512_load_ps(panel + (p * K + k) * stride + u * FL_LANES),
+                        acc[p * FL_NV + u]);
+        }
+        for (int u = 0; u < group; u++)
+            _mm512_mask_storeu_ps(C + s->col[v + u], s->mask[v + u], acc[u]);
+    }
+    for (; v < s->n_vec; v += FL_NV) {          /* the last few vectors: one tile each */
+        int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+        fl_tile_any(1, nv, K, a, K, s->packed + (v / FL_NV) * K * stride, C, 0,
+                    s->col + v, s->mask + v, accumulate);
+    }
+}
+
 /* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda. */
 FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
                                        int64_t lda, float *C, int64_t ldc, int accumulate)
 {
+    if (N == 1) {
+        fl_row_product(s, A, C, accumulate);
+        return;
+    }
     int64_t stride = FL_NV * FL_LANES;
     for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
@@ -220,42 +261,14 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
     }
 }
 
-/* The product of ONE row: C[slice columns] += a (K) @ slice. fl_tile with one
- * row has two accumulators, each FMA waiting for the one before (4 cycles), so
- * it streams 128 bytes of panel per 4 cycles, half of what the L2 delivers.
- * Here FL_ROW_PANELS panels run side by side: 2 x FL_ROW_PANELS independent
- * chains. Each output is still one sum over k = 0..K-1 in order: the same bits
- * as fl_slice_product. */
-#define FL_ROW_PANELS 4
-
-FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C)
-{
-    int64_t K = s->K, stride = FL_NV * FL_LANES, v = 0;
-    const int group = FL_ROW_PANELS * FL_NV;    /* vectors per pass */
-    for (; v + group <= s->n_vec; v += group) {
-        const float *panel = s->packed + (v / FL_NV) * K * stride;
-        __m512 acc[FL_ROW_PANELS * FL_NV];
-        for (int u = 0; u < group; u++)
-            acc[u] = _mm512_maskz_loadu_ps(s->mask[v + u], C + s->col[v + u]);
-        for (int64_t k = 0; k < K; k++) {
-            __m512 ak = _mm512_set1_ps(a[k]);
-            for (int p = 0; p < FL_ROW_PANELS; p++)
-                for (int u = 0; u < FL_NV; u++)
-                    acc[p * FL_NV + u] = _mm512_fmadd_ps(
-                        ak, _mm512_load_ps(panel + (p * K + k) * stride + u * FL_LANES),
-                        acc[p * FL_NV + u]);
-        }
-        for (int u = 0; u < group; u++)
-            _mm512_mask_storeu_ps(C + s->col[v + u], s->mask[v + u], acc[u]);
-    }
-    for (; v < s->n_vec; v += FL_NV) {          /* the last few vectors, as fl_slice_product */
-        int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
-        fl_tile_any(1, nv, K, a, K, s->packed + (v / FL_NV) * K * stride, C, 0,
-                    s->col + v, s->mask + v, 1);
-    }
-}
-
 #endif /* FL_HAVE_AVX512_CODE */
+
+/* n floats (at least one) at a 64-byte boundary, for the aligned panel loads. */
+static float *fl_alloc_floats(int64_t n)
+{
+    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes);
+}
 
 /* Per-call scratch: one slice (descriptor + packed panels) per thread. */
 static fl_slice *fl_slices_new(int nt, int64_t H)
@@ -263,10 +276,8 @@ static fl_slice *fl_slices_new(int nt, int64_t H)
     if (fl_max_vectors(H) > FL_MAX_VEC) return NULL;   /* H beyond the descriptor arrays */
     fl_slice *s = calloc((size_t)nt, sizeof(fl_slice));
     if (!s) return NULL;
-    size_t bytes = (size_t)fl_packed_floats(H) * sizeof(float);
-    bytes = (bytes + 63) / 64 * 64;
     for (int p = 0; p < nt; p++) {
-        s[p].packed = aligned_alloc(64, bytes);
+        s[p].packed = fl_alloc_floats(fl_packed_floats(H));
         if (!s[p].packed) {
             for (int q = 0; q < p; q++) free(s[q].packed);
             free(s);
@@ -292,27 +303,41 @@ typedef struct {
 
 #if FL_HAVE_AVX512_CODE
 
+/* The forward time loop of units [j0, j1) on thread p's slice s of W_hh (gate
+ * rows, forward layout), after gates holds the input part of the pre-activations:
+ *     gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T ; cell forward (my units) ; barrier
+ * gates (T, N, 4H) out: activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or
+ * NULL for zeros; c0 (N, H). */
+FL_AVX512 static void fl_forward_steps(const fl_slice *s, int64_t T, int64_t N, int64_t H,
+                                       int64_t j0, int64_t j1, int nt, const float *h0,
+                                       const float *c0, float *gates, float *c,
+                                       float *tanh_c, float *h)
+{
+    int64_t G = 4 * H, NG = N * G, NH = N * H;
+    for (int64_t t = 0; t < T; t++) {
+        const float *h_prev = t > 0 ? h + (t - 1) * NH : h0;
+        float *g = gates + t * NG;
+        if (j1 > j0) {
+            if (h_prev)
+                fl_slice_product(s, N, h_prev, H, g, G, 1);
+            fl_lstm_cell_fwd_units_f32(N, H, j0, j1, g, t > 0 ? c + (t - 1) * NH : c0,
+                                       c + t * NH, tanh_c + t * NH, h + t * NH);
+        }
+        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
+    }
+}
+
 /* Thread p of nt, forward: gates (T, N, 4H) in: x @ W_ih.T + b, out:
  * activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or NULL for zeros. */
 FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;
-    int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, j0, j1;
-    fl_units(H, p, nt, &j0, &j1);
+    int64_t j0, j1;
+    fl_units(L->H, p, nt, &j0, &j1);
     fl_slice *s = &L->slices[p];
-    fl_pack_forward(s, L->w_hh, H, H, j0, j1);
-    for (int64_t t = 0; t < T; t++) {
-        const float *h_prev = t > 0 ? L->h + (t - 1) * NH : L->h0;
-        float *g = L->gates + t * NG;
-        if (j1 > j0) {
-            if (h_prev)   /* gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T */
-                fl_slice_product(s, N, h_prev, H, g, G, 1);
-            fl_lstm_cell_fwd_units_f32(N, H, j0, j1, g, t > 0 ? L->c + (t - 1) * NH : L->c0,
-                                       L->c + t * NH, (float *)L->tanh_c + t * NH,
-                                       L->h + t * NH);
-        }
-        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
-    }
+    fl_pack_forward(s, L->w_hh, L->H, L->H, j0, j1);
+    fl_forward_steps(s, L->T, L->N, L->H, j0, j1, nt, L->h0, L->c0, L->gates, L->c,
+                     (float *)L->tanh_c, L->h);
 }
 
 /* Thread p of nt, backward: dh (T, N, H) in: gradient from above, added to;
@@ -470,12 +495,6 @@ static void fl_single_free(fl_single *S)
     free(S);
 }
 
-static float *fl_alloc_floats(int64_t n)
-{
-    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) / 64 * 64;
-    return aligned_alloc(64, bytes);
-}
-
 /* Space for a layer of H units and D inputs on nt threads (nothing packed yet),
  * or NULL if memory is missing or H is beyond the slice descriptors. */
 static fl_single *fl_single_new(int nt, int64_t H, int64_t D)
@@ -562,17 +581,7 @@ FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
         if (D > 0)
             fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
     }
-    for (int64_t t = 0; t < T; t++) {
-        const float *h_prev = t > 0 ? L->h + (t - 1) * H : L->h0;
-        float *g = L->gates + t * G;
-        if (j1 > j0) {
-            if (h_prev)   /* gates[t][my rows] += h[t-1] @ W_hh[my rows].T */
-                fl_row_product(hh, h_prev, g);
-            fl_lstm_cell_fwd_units_f32(1, H, j0, j1, g, t > 0 ? L->c + (t - 1) * H : L->c0,
-                                       L->c + t * H, L->tanh_c + t * H, L->h + t * H);
-        }
-        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
-    }
+    fl_forward_steps(hh, T, 1, H, j0, j1, nt, L->h0, L->c0, L->gates, L->c, L->tanh_c, L->h);
 }
 
 #endif /* FL_HAVE_AVX512_CODE */

@@ -22,11 +22,12 @@ SMALL_STEP_WORK = 2**22
 # once W_hh outgrows one core's L2 (forward of one layer, T=100, H=512: 6.9 ms on
 # one thread, 3.6 ms on two; H=300 and H=128: no gain, H=50: a loss).
 ONE_ROW_STEP_WORK = 2**20
-# One sequence through layers whose per-step product (4H x H) is below this runs
-# on one BLAS thread whatever the limit: OpenBLAS threads a gemv only from
-# 2304 x 4 = 9216 elements of its matrix (binadd's is 64 x 16). Setting and
-# restoring the limit (~2.5 us) is then a tenth of such a predict for nothing.
-# (Should a BLAS thread smaller products, they only run slower.)
+# A product of one row (a single sequence's per-step product, its head) whose
+# matrix is below this many elements runs on one BLAS thread whatever the limit:
+# OpenBLAS threads a gemv only from 2304 x 4 = 9216 elements (binadd's per-step
+# matrix is 64 x 16). Setting and restoring the limit (~2.5 us) is then a tenth
+# of such a predict for nothing. (Should a BLAS thread smaller products, they
+# only run slower.)
 ONE_THREAD_ANYWAY_ROW_WORK = 2**13
 
 _libs = None
