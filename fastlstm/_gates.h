@@ -201,7 +201,131 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
                 dcn[j] = dct * f;                                                     \
             }                                                                         \
         }                                                                             \
-    }                                                                                 \
+    }
+FASTLSTM_CELL(f32_portable, float, fl_sigmoid_f32, fl_tanh_f32)
+FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
+
+/* ---- the float32 cell forward with AVX-512 ------------------------------
+ *
+ * The forward cell is where the five transcendentals of a unit are, and at
+ * small sizes it took a third of a layer's forward (sine, N = 32, H = 50: 4.6
+ * us a step of a 12 us step). Written with intrinsics it does, per 16 units,
+ *  - one masked pass for the ragged end of a row (H = 50: 16 + 16 + 16 + 2),
+ *    where the vectorised C loop finishes the last units one by one;
+ *  - 2^k by vscalefps, k by vrndscaleps: the same exp as fl_exp_f32 (same
+ *    reduction, same polynomial) in fewer instructions.
+ * vdivps stays: vrcp14ps with a Newton step was no faster here. The results
+ * match the portable loop's AVX-512 build (on 6.4M random gates up to |x| = 50,
+ * with inf and NaN: identical but for differences below 1e-23). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FL_GATES_AVX512 1
+#include <immintrin.h>
+#define FL_GATES_INLINE static inline __attribute__((always_inline, target("avx512f")))
+
+/* exp(x) for x in [-80, 80], 16 lanes: fl_exp_f32's steps. */
+FL_GATES_INLINE __m512 fl_exp16(__m512 x)
+{
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+}
+
+/* clamp to [-80, 80]; NaN stays NaN (vmaxps/vminps return their second operand
+ * when either is NaN, so x goes second) */
+FL_GATES_INLINE __m512 fl_clamp80_16(__m512 x)
+{
+    return _mm512_min_ps(_mm512_set1_ps(80.0f), _mm512_max_ps(_mm512_set1_ps(-80.0f), x));
+}
+
+/* 1 / d for d in [1, 6e34]: vrcp14ps and one Newton step (within 1 ulp), three
+ * instructions where vdivps holds the divider for ~10 cycles. */
+FL_GATES_INLINE __m512 fl_recip16(__m512 d)
+{
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+FL_GATES_INLINE __m512 fl_sigmoid16(__m512 x)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = fl_exp16(fl_clamp80_16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+    return _mm512_div_ps(one, _mm512_add_ps(one, e));
+}
+
+FL_GATES_INLINE __m512 fl_tanh16(__m512 x)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = fl_exp16(fl_clamp80_16(_mm512_add_ps(x, x)));
+    return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+}
+
+__attribute__((target("avx512f"))) static void fl_lstm_cell_fwd_units_f32_avx512(
+    int64_t N, int64_t H, int64_t j0, int64_t j1, float *restrict gates,
+    const float *restrict c_prev, float *restrict c, float *restrict tanh_c, float *restrict h)
+{
+    for (int64_t n = 0; n < N; n++) {
+        float *gi = gates + n * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
+        const float *cp = c_prev + n * H;
+        float *cn = c + n * H, *tc = tanh_c + n * H, *hn = h + n * H;
+        for (int64_t j = j0; j < j1; j += 16) {
+            __mmask16 m = j1 - j >= 16 ? 0xFFFF : (__mmask16)((1u << (j1 - j)) - 1);
+            __m512 i = fl_sigmoid16(_mm512_maskz_loadu_ps(m, gi + j));
+            __m512 f = fl_sigmoid16(_mm512_maskz_loadu_ps(m, gf + j));
+            __m512 g = fl_tanh16(_mm512_maskz_loadu_ps(m, gg + j));
+            __m512 o = fl_sigmoid16(_mm512_maskz_loadu_ps(m, go + j));
+            __m512 cj = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, cp + j), _mm512_mul_ps(i, g));
+            __m512 tcj = fl_tanh16(cj);
+            _mm512_mask_storeu_ps(gi + j, m, i);
+            _mm512_mask_storeu_ps(gf + j, m, f);
+            _mm512_mask_storeu_ps(gg + j, m, g);
+            _mm512_mask_storeu_ps(go + j, m, o);
+            _mm512_mask_storeu_ps(cn + j, m, cj);
+            _mm512_mask_storeu_ps(tc + j, m, tcj);
+            _mm512_mask_storeu_ps(hn + j, m, _mm512_mul_ps(o, tcj));
+        }
+    }
+}
+#else
+#define FL_GATES_AVX512 0
+#endif
+
+/* 0 runs the portable loop on AVX-512 CPUs too (tests cover it that way). */
+static int fl_cell_avx512_enabled = 1;
+
+/* The float32 cell forward: the AVX-512 loop where the CPU has it. */
+static void fl_lstm_cell_fwd_units_f32(int64_t N, int64_t H, int64_t j0, int64_t j1,
+                                       float *gates, const float *c_prev, float *c,
+                                       float *tanh_c, float *h)
+{
+#if FL_GATES_AVX512
+    if (fl_cell_avx512_enabled && __builtin_cpu_supports("avx512f")) {
+        fl_lstm_cell_fwd_units_f32_avx512(N, H, j0, j1, gates, c_prev, c, tanh_c, h);
+        return;
+    }
+#endif
+    fl_lstm_cell_fwd_units_f32_portable(N, H, j0, j1, gates, c_prev, c, tanh_c, h);
+}
+
+static void fl_lstm_cell_bwd_units_f32(int64_t N, int64_t H, int64_t j0, int64_t j1,
+                                       const float *gates, const float *c_prev,
+                                       const float *tanh_c, const float *dh, float *dc,
+                                       float *dgates)
+{
+    fl_lstm_cell_bwd_units_f32_portable(N, H, j0, j1, gates, c_prev, tanh_c, dh, dc, dgates);
+}
+
+/* ---- the cell over all units of a step ---------------------------------- */
+#define FASTLSTM_CELL_ALL_UNITS(SUFFIX, T)                                            \
     static void fl_lstm_cell_fwd_##SUFFIX(int64_t N, int64_t H, T *gates,             \
                                           const T *c_prev, T *c, T *tanh_c, T *h)     \
     {                                                                                 \
@@ -214,7 +338,7 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
         fl_lstm_cell_bwd_units_##SUFFIX(N, H, 0, H, gates, c_prev, tanh_c, dh, dc,    \
                                         dgates);                                      \
     }
-FASTLSTM_CELL(f32, float, fl_sigmoid_f32, fl_tanh_f32)
-FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
+FASTLSTM_CELL_ALL_UNITS(f32, float)
+FASTLSTM_CELL_ALL_UNITS(f64, double)
 
 #endif /* FASTLSTM_GATES_H */

@@ -37,6 +37,7 @@ cdef extern from "_gates.h" nogil:
     void fl_sigmoid_map_f64(int64_t n, const double *x, double *out)
     void fl_tanh_map_f32(int64_t n, const float *x, float *out)
     void fl_tanh_map_f64(int64_t n, const double *x, double *out)
+    int fl_cell_avx512_enabled
 
 cdef extern from "_recurrent.h" nogil:
     int fl_recurrent_available()
@@ -88,6 +89,15 @@ def set_packed_recurrence(enabled):
     global _packed_mode
     previous = _packed_mode
     _packed_mode = None if enabled is None else bool(enabled)
+    return previous
+
+
+def set_avx512_cell(enabled):
+    """float32 cell forward: True (the default) runs its AVX-512 loop where the CPU
+    has AVX-512, False the portable one (for tests); returns the previous setting."""
+    global fl_cell_avx512_enabled
+    previous = bool(fl_cell_avx512_enabled)
+    fl_cell_avx512_enabled = 1 if enabled else 0
     return previous
 
 

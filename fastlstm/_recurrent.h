@@ -105,20 +105,29 @@ static int64_t fl_max_vectors(int64_t H)
 }
 
 /* Forward slice of a (4H, K) matrix w (W_hh: K = H; W_ih: K = D): the 4 gate
- * rows of units [j0, j1), vectors gate by gate.
+ * rows of units [j0, j1), vectors gate by gate; all units (one thread) as one
+ * run of 4H rows, padded only at its end (H = 50: 13 vectors, not 4 x 4).
  * packed[panel][k][lane] = w[q * H + j, k] for the (q, j) of that lane. */
 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, int64_t H,
                             int64_t j0, int64_t j1)
 {
-    int64_t per_gate = (j1 - j0 + FL_LANES - 1) / FL_LANES;
     s->K = K;
-    s->n_vec = 4 * per_gate;
-    for (int64_t q = 0; q < 4; q++)
-        for (int64_t b = 0; b < per_gate; b++) {
-            int64_t v = q * per_gate + b, j = j0 + b * FL_LANES;
-            s->col[v] = q * H + j;
-            s->mask[v] = fl_lane_mask(j1 - j);
+    if (j0 == 0 && j1 == H) {
+        s->n_vec = (4 * H + FL_LANES - 1) / FL_LANES;
+        for (int64_t v = 0; v < s->n_vec; v++) {
+            s->col[v] = v * FL_LANES;
+            s->mask[v] = fl_lane_mask(4 * H - v * FL_LANES);
         }
+    } else {
+        int64_t per_gate = (j1 - j0 + FL_LANES - 1) / FL_LANES;
+        s->n_vec = 4 * per_gate;
+        for (int64_t q = 0; q < 4; q++)
+            for (int64_t b = 0; b < per_gate; b++) {
+                int64_t v = q * per_gate + b, j = j0 + b * FL_LANES;
+                s->col[v] = q * H + j;
+                s->mask[v] = fl_lane_mask(j1 - j);
+            }
+    }
     int64_t stride = FL_NV * FL_LANES;
     for (int64_t v = 0; v < s->n_vec; v++) {
         float *panel = s->packed + (v / FL_NV) * K * stride + (v % FL_NV) * FL_LANES;

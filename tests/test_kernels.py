@@ -20,8 +20,9 @@ SHAPES = [  # (T, N, D, H)
     (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, 3 row tiles
 ]
 # Forward and backward run through the packed, thread-split float32 time loop
-# (when the CPU has it) with 1 and 2 threads, and through the BLAS loop.
-PATHS = [("packed", 1), ("packed", 2), ("blas", 1)]
+# (when the CPU has it) with 1 and 2 threads, and through the BLAS loop; the
+# float32 cell forward through its AVX-512 loop, and its portable one on the last.
+PATHS = [("packed", 1), ("packed", 2), ("blas", 1), ("blas-portable-cell", 1)]
 # float32 against a float64 reference: a few ulp per operation, grown over T steps
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -36,8 +37,10 @@ def path(request):
     """(kind, n_threads) of the time loop; the setting in force before is restored after."""
     kind, n_threads = request.param
     previous = _kernels.set_packed_recurrence(kind == "packed")
+    previous_cell = _kernels.set_avx512_cell(kind != "blas-portable-cell")
     yield kind, n_threads
     _kernels.set_packed_recurrence(previous)
+    _kernels.set_avx512_cell(previous_cell)
 
 
 def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None, packed_weights=None):
