@@ -79,30 +79,32 @@ cdef inline void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_s
         gemm(False, True, T * N, G, D, <floating>1, x, D, w_ih, D, <floating>1, out, G)
 
 
-cdef inline void sum_rows(Py_ssize_t rows, Py_ssize_t G, const floating *a,
+cdef inline void sum_rows(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t lda, const floating *a,
                           floating *out) noexcept nogil:
-    """out (G,) += a (rows, G).sum(axis=0)"""
+    """out (G,) += a (rows, G).sum(axis=0), rows lda apart"""
     cdef Py_ssize_t row, k
     for row in range(rows):
         for k in range(G):
-            out[k] += a[row * G + k]
+            out[k] += a[row * lda + k]
 
 
-cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_ssize_t D,
-                                  Py_ssize_t H, const floating *dg_ih, const floating *dg_hh,
-                                  const floating *x, const floating *h, const floating *h0,
-                                  floating *dw_ih, floating *dw_hh) noexcept nogil:
+cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_ssize_t ldg,
+                                  Py_ssize_t D, Py_ssize_t H, const floating *dg_ih,
+                                  const floating *dg_hh, const floating *x, const floating *h,
+                                  const floating *h0, floating *dw_ih,
+                                  floating *dw_hh) noexcept nogil:
     """The weight gradients of one layer's backward, one gemm each over all T*N rows
     after its time loop, accumulated into dw_ih (G, D) and dw_hh (G, H):
         dW_ih += dg_ih.T @ x                  dg_ih (T, N, G), x (T, N, D)
         dW_hh += dg_hh[1:].T @ h[:-1]         dg_hh (T, N, G), h (T, N, H)
         dW_hh += dg_hh[0].T @ h0              h0 (N, H), skipped when all zero
+    The rows of dg_* are ldg apart (G, or more for a block of gate rows).
     dg_ih and dg_hh are the same buffer except for the GRU, whose hidden-side
     gate gradients differ from its input-side ones."""
     if D > 0:
-        gemm(True, False, G, D, T * N, <floating>1, dg_ih, G, x, D, <floating>1, dw_ih, D)
+        gemm(True, False, G, D, T * N, <floating>1, dg_ih, ldg, x, D, <floating>1, dw_ih, D)
     if T > 1:
-        gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_hh + N * G, G, h, H,
+        gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_hh + N * ldg, ldg, h, H,
              <floating>1, dw_hh, H)
     if any_nonzero(h0, N * H):
-        gemm(True, False, G, H, N, <floating>1, dg_hh, G, h0, H, <floating>1, dw_hh, H)
+        gemm(True, False, G, H, N, <floating>1, dg_hh, ldg, h0, H, <floating>1, dw_hh, H)

@@ -169,9 +169,9 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 gemm(False, False, N, H, H, <floating>1, dp_ptr, H,
                      w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dpre[0] @ W_hh
 
-        weight_gradients(T, N, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
+        weight_gradients(T, N, H, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0])
-        sum_rows(T * N, H, dp_ptr, &dbias[0])                # db = dpre.sum(rows)
+        sum_rows(T * N, H, H, dp_ptr, &dbias[0])                # db = dpre.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, H, <floating>1, dp_ptr, H, &weight_ih[0, 0], D,
                  <floating>0, dx_ptr, D)                     # dx = dpre @ W_ih
@@ -326,10 +326,10 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
                  w_hh, H, <floating>1, dh_prev, H)
 
-        weight_gradients(T, N, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
+        weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0])
-        sum_rows(T * N, G, di_ptr, &dbias_ih[0])             # db_ih = dgates_i.sum(rows)
-        sum_rows(T * N, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
+        sum_rows(T * N, G, G, di_ptr, &dbias_ih[0])             # db_ih = dgates_i.sum(rows)
+        sum_rows(T * N, G, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, G, <floating>1, di_ptr, G, &weight_ih[0, 0], D,
                  <floating>0, dx_ptr, D)                     # dx = dgates_i @ W_ih
@@ -381,7 +381,7 @@ def dense_backward(const floating[:, ::1] x,         # (M, I) what the forward s
         else:
             gemm(True, False, K, I, M, <floating>1, &dout[0, 0], K, &x[0, 0], I,
                  <floating>0, &dweight[0, 0], I)                   # dW = dout.T @ x
-            sum_rows(M, K, &dout[0, 0], &dbias[0])                  # db = dout.sum(rows)
+            sum_rows(M, K, K, &dout[0, 0], &dbias[0])                  # db = dout.sum(rows)
             if dx is not None:
                 gemm(False, False, M, I, K, <floating>1, &dout[0, 0], K, &weight[0, 0], I,
                      <floating>0, &dx[0, 0], I)                    # dx = dout @ W

@@ -24,7 +24,8 @@ from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
-from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, DataParallel,
+from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, MIN_SPLIT_LOOP_WORK,
+                        DataParallel,
                         forward_work, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
@@ -95,6 +96,9 @@ class _thread_limit:
             self.threads = 1
             if threads_help:
                 self.threads = self.n if self.n is not None else _threads.recurrent_threads()
+        if training and batch > 1 and self.parts == 1 and work >= MIN_SPLIT_LOOP_WORK:
+            # a batch trained whole: the layers' own time loops split it by samples
+            self.threads = self.n if self.n is not None else _threads.recurrent_threads()
         self.small = not self.untouched and _threads.is_small(batch, net.hidden_sizes)
         self._limit = None
 
@@ -295,9 +299,10 @@ class _BaseLSTM(BaseEstimator):
         batch_size = min(200, len(X3)) if self.batch_size == "auto" else self.batch_size
         batch = min(batch_size, len(X3))
         steps = X3.shape[1] if self.tbptt_steps is None else min(self.tbptt_steps, X3.shape[1])
-        with _thread_limit(self.n_jobs, batch, self.network_, training=True,
-                           work=forward_work(self.network_, batch, steps)) as parts:
-            self._train(X3, targets, weights, incremental, lengths, parts)
+        limit = _thread_limit(self.n_jobs, batch, self.network_, training=True,
+                              work=forward_work(self.network_, batch, steps))
+        with limit as parts:
+            self._train(X3, targets, weights, incremental, lengths, parts, limit.threads)
         return self
 
     def _sample_weights(self, sample_weight, targets, n_samples, lengths):
@@ -311,11 +316,12 @@ class _BaseLSTM(BaseEstimator):
     def _weigh_classes(self, weights, targets, lengths):
         return weights
 
-    def _train(self, X3, targets, weights, incremental, lengths=None, parts=1):
+    def _train(self, X3, targets, weights, incremental, lengths=None, parts=1, n_threads=None):
         """Epochs of minibatch updates on self.network_; stops early on a flat
         loss or validation score (tol, n_iter_no_change), on divergence and on
         Ctrl-C. incremental: one epoch, no validation split (partial_fit).
-        parts: slices each batch is cut into, run side by side (_parallel.py)."""
+        parts: slices each batch is cut into, run side by side (_parallel.py);
+        n_threads: what the network's forward and backward get (_thread_limit)."""
         net = self.network_
         runner = DataParallel(net, parts) if parts > 1 else net
         early_stopping = self.early_stopping and not incremental
@@ -337,7 +343,7 @@ class _BaseLSTM(BaseEstimator):
             for _ in range(n_epochs):
                 progress = _Progress(self.verbose, self.n_iter_ + 1, N)
                 epoch_loss = self._run_epoch(runner, x_tm, targets, weights, lengths, batch_size,
-                                             arena, progress)
+                                             arena, progress, n_threads)
                 if not (np.isfinite(epoch_loss) and np.isfinite(net.params).all()):
                     stopped = "diverged"
                     break
@@ -404,7 +410,8 @@ class _BaseLSTM(BaseEstimator):
         return (X3[train], targets[train], weights[train], take(train),
                 (X3[val], targets[val], weights[val], take(val)))
 
-    def _run_epoch(self, runner, x_tm, targets, weights, lengths, batch_size, arena, progress):
+    def _run_epoch(self, runner, x_tm, targets, weights, lengths, batch_size, arena, progress,
+                   n_threads=None):
         """One pass over the samples, shuffled if asked; returns the weighted mean
         loss, or NaN as soon as a batch loss is not finite (that batch's update is
         not applied).
@@ -439,7 +446,7 @@ class _BaseLSTM(BaseEstimator):
                     t1 = min(t0 + window, T)
                     out, tape = runner.forward(xb[t0:t1], sequence, training=True,
                                                rng=self._rng, arena=arena, initial_state=state,
-                                               lengths=lb)
+                                               lengths=lb, n_threads=n_threads)
                     if t1 < T:
                         state = tape.final_state()
                         if not sequence:  # many-to-one: only the last window has a loss
@@ -455,7 +462,7 @@ class _BaseLSTM(BaseEstimator):
                         tw, ww = tb, wb
                     dout = arena.get("dout", out.shape)
                     loss = self._loss(out, tw, ww, dout)
-                    runner.backward(tape, dout)
+                    runner.backward(tape, dout, n_threads)
                     if self.alpha > 0:
                         # MLP's L2, 0.5 * alpha * ||W||^2 / batch size, with the batch
                         # size counted in sample weight: integer weights = repeats

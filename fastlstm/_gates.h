@@ -295,6 +295,42 @@ __attribute__((target("avx512f"))) static void fl_lstm_cell_fwd_units_f32_avx512
         }
     }
 }
+
+/* The backward of the cell above (see FASTLSTM_CELL), one masked pass for the
+ * ragged end of a row as well. */
+__attribute__((target("avx512f"))) static void fl_lstm_cell_bwd_units_f32_avx512(
+    int64_t N, int64_t H, int64_t j0, int64_t j1, const float *restrict gates,
+    const float *restrict c_prev, const float *restrict tanh_c, const float *restrict dh,
+    float *restrict dc, float *restrict dgates)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t n = 0; n < N; n++) {
+        const float *gi = gates + n * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
+        float *di = dgates + n * 4 * H, *df = di + H, *dg = df + H, *dout = dg + H;
+        const float *cp = c_prev + n * H, *tc = tanh_c + n * H, *dhn = dh + n * H;
+        float *dcn = dc + n * H;
+        for (int64_t j = j0; j < j1; j += 16) {
+            __mmask16 m = j1 - j >= 16 ? 0xFFFF : (__mmask16)((1u << (j1 - j)) - 1);
+            __m512 i = _mm512_maskz_loadu_ps(m, gi + j), f = _mm512_maskz_loadu_ps(m, gf + j);
+            __m512 g = _mm512_maskz_loadu_ps(m, gg + j), o = _mm512_maskz_loadu_ps(m, go + j);
+            __m512 tcj = _mm512_maskz_loadu_ps(m, tc + j), dhj = _mm512_maskz_loadu_ps(m, dhn + j);
+            __m512 dho = _mm512_mul_ps(dhj, o);
+            /* dct = dc + dh * o * (1 - tanh_c^2) */
+            __m512 dct = _mm512_fmadd_ps(dho, _mm512_fnmadd_ps(tcj, tcj, one),
+                                         _mm512_maskz_loadu_ps(m, dcn + j));
+            _mm512_mask_storeu_ps(dout + j, m,
+                                  _mm512_mul_ps(_mm512_mul_ps(dho, tcj), _mm512_sub_ps(one, o)));
+            _mm512_mask_storeu_ps(di + j, m, _mm512_mul_ps(_mm512_mul_ps(dct, g),
+                                  _mm512_mul_ps(i, _mm512_sub_ps(one, i))));
+            _mm512_mask_storeu_ps(dg + j, m,
+                                  _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(g, g, one)));
+            _mm512_mask_storeu_ps(df + j, m,
+                                  _mm512_mul_ps(_mm512_mul_ps(dct, _mm512_maskz_loadu_ps(m, cp + j)),
+                                                _mm512_mul_ps(f, _mm512_sub_ps(one, f))));
+            _mm512_mask_storeu_ps(dcn + j, m, _mm512_mul_ps(dct, f));
+        }
+    }
+}
 #else
 #define FL_GATES_AVX512 0
 #endif
@@ -321,6 +357,12 @@ static void fl_lstm_cell_bwd_units_f32(int64_t N, int64_t H, int64_t j0, int64_t
                                        const float *tanh_c, const float *dh, float *dc,
                                        float *dgates)
 {
+#if FL_GATES_AVX512
+    if (fl_cell_avx512_enabled && __builtin_cpu_supports("avx512f")) {
+        fl_lstm_cell_bwd_units_f32_avx512(N, H, j0, j1, gates, c_prev, tanh_c, dh, dc, dgates);
+        return;
+    }
+#endif
     fl_lstm_cell_bwd_units_f32_portable(N, H, j0, j1, gates, c_prev, tanh_c, dh, dc, dgates);
 }
 

@@ -40,6 +40,8 @@ cdef extern from "_gates.h" nogil:
     int fl_cell_avx512_enabled
 
 cdef extern from "_recurrent.h" nogil:
+    ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
+    enum: FL_MIN_SAMPLES        # samples each thread of a batch's loop needs
     int fl_recurrent_available()
     int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                  const float *h0, const float *c0, float *gates,
@@ -47,7 +49,8 @@ cdef extern from "_recurrent.h" nogil:
     int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
-                                  float *dgates, int n_threads)
+                                  float *dgates, int n_threads, fl_team_fn after,
+                                  void *after_arg)
     ctypedef struct fl_single:
         int nt
         int64_t H, D
@@ -66,10 +69,12 @@ from ._threads import recurrent_threads
 # gemm. On one thread it beats the BLAS loop wherever that repacking weighs (fwd +
 # bwd of one layer, ms, BLAS / packed, 1 thread, quiet 2-core Zen 4: N=15 H=300
 # 55.0 / 39.0, N=32 H=512 391 / 290, N=64 H=128 27.0 / 25.4, N=32 H=128 15.4 /
-# 12.3; forward only N=128 H=128 16.0 / 17.3). Split across threads it lost to
-# BLAS's own threading on every shape (a sync per step: charlm 52.8 BLAS vs 111.5
-# packed on 2 threads), so it runs single-threaded: the estimators thread over
-# the batch instead (_parallel.py).
+# 12.3; forward only N=128 H=128 16.0 / 17.3). On several threads it splits the
+# batch by samples, with no sync inside the time loop, and beats BLAS's own
+# threading on every shape measured (fwd / bwd, ms, 2 threads, BLAS / packed:
+# N=32 H=50 0.13 / 0.07, 0.16 / 0.12; N=16 H=256 T=20 2.1 / 1.2, 3.3 / 1.9;
+# N=30 H=300 T=50 13.6 / 9.2, 20.1 / 16.4; N=128 H=128 T=50 9.0 / 8.8,
+# 17.4 / 14.9); each thread needs FL_MIN_SAMPLES (8) samples of its own.
 # _packed_mode: None = that rule, True = always where possible (tests), False = never.
 _packed_mode = None
 
@@ -78,7 +83,9 @@ cdef bint _use_packed(Py_ssize_t N, Py_ssize_t H, int nt, bint padded) noexcept:
     if padded or N <= 1:      # it knows nothing of padding; one row: BLAS's gemv is best
         return False
     if _packed_mode is None:
-        return nt == 1 and (H >= 256 or N <= 64)
+        if nt > 1:
+            return N >= 2 * FL_MIN_SAMPLES
+        return H >= 256 or N <= 64
     return _packed_mode
 
 
@@ -322,6 +329,43 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
 
 # ---- one LSTM layer, backward through time -----------------------------------
 
+ctypedef struct LayerGradients:       # what the gradients after the time loop need
+    Py_ssize_t T, N, D, H
+    const void *dgates                # (T, N, G)
+    const void *x                     # (T, N, D), NULL if D = 0
+    const void *h                     # (T, N, H)
+    const void *h0                    # (N, H)
+    const void *w_ih                  # (G, D)
+    void *dw_ih                       # (G, D) accumulated into
+    void *dw_hh                       # (G, H) accumulated into
+    void *dbias                       # (G,) accumulated into
+    void *dx                          # (T, N, D) out, or NULL
+
+
+cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL) noexcept nogil:
+    """Part p of nt of the gradients after the time loop (typed only picks the
+    type): gate rows [r0, r1) of dW_ih, dW_hh, db, in blocks of 16 rows, and rows
+    [m0, m1) of dx = dgates @ W_ih. Each element is one BLAS product's, so the
+    results are the same bits whatever nt."""
+    cdef Py_ssize_t T = a.T, N = a.N, D = a.D, H = a.H, G = 4 * H
+    cdef Py_ssize_t blocks = (G + 15) // 16
+    cdef Py_ssize_t r0 = min(G, blocks * p // nt * 16), r1 = min(G, blocks * (p + 1) // nt * 16)
+    cdef Py_ssize_t m0 = T * N * p // nt, m1 = T * N * (p + 1) // nt
+    cdef const floating *dg = <const floating *>a.dgates
+    if r1 > r0:
+        weight_gradients(T, N, r1 - r0, G, D, H, dg + r0, dg + r0, <const floating *>a.x,
+                         <const floating *>a.h, <const floating *>a.h0,
+                         <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H)
+        sum_rows(T * N, r1 - r0, G, dg + r0, <floating *>a.dbias + r0)  # db = dgates.sum(rows)
+    if a.dx != NULL and m1 > m0:
+        gemm(False, False, m1 - m0, D, G, <floating>1, dg + m0 * G, G,
+             <const floating *>a.w_ih, D, <floating>0, <floating *>a.dx + m0 * D, D)  # dx = dgates @ W_ih
+
+
+cdef void gradients_part_f32(void *a, int p, int nt) noexcept nogil:
+    gradients_part(<LayerGradients *>a, p, nt, <float *>NULL)
+
+
 def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         const floating[:, ::1] weight_ih,     # (G, D)
                         const floating[:, ::1] weight_hh,     # (G, H)
@@ -393,6 +437,11 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         packed = _use_packed(N, H, nt, len_ptr != NULL)
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
+    cdef LayerGradients grads
+    grads.T, grads.N, grads.D, grads.H = T, N, D, H
+    grads.dgates, grads.x, grads.h, grads.h0 = dg_ptr, x_ptr, h_ptr, &h0[0, 0]
+    grads.w_ih, grads.dw_ih, grads.dw_hh = &weight_ih[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0]
+    grads.dbias, grads.dx = &dbias[0], dx_ptr
     cdef floating[:, ::1] dc_stash                            # (N, H) dc of padded samples
     cdef floating *stash_ptr = NULL
     if len_ptr != NULL:
@@ -400,10 +449,11 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         stash_ptr = &dc_stash[0, 0]
     with nogil:
         if floating is float:
+            # the packed loop's threads share the gradients after it (gradients_part)
             if packed:
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
-                    &dh0[0, 0], dg_ptr, nt) == 0
+                    &dh0[0, 0], dg_ptr, nt, gradients_part_f32, &grads) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T - 1, -1, -1):
                 c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
@@ -421,13 +471,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 else:
                     gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
                          w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
-
-        weight_gradients(T, N, G, D, H, dg_ptr, dg_ptr, x_ptr, h_ptr, &h0[0, 0],
-                         &dweight_ih[0, 0], &dweight_hh[0, 0])
-        sum_rows(T * N, G, dg_ptr, &dbias[0])                # db = dgates.sum(rows)
-        if dx_ptr != NULL:
-            gemm(False, False, T * N, D, G, <floating>1, dg_ptr, G, &weight_ih[0, 0], D,
-                 <floating>0, dx_ptr, D)                     # dx = dgates @ W_ih
+            gradients_part(&grads, 0, 1, <floating *>NULL)
 
 
 # ---- the activations on their own (tests, dense heads) -----------------------

@@ -360,8 +360,9 @@ class LSTMNetwork:
                                      lengths)
         return gates, c, tanh_c, h
 
-    def backward(self, tape, dout):
-        """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,)."""
+    def backward(self, tape, dout, n_threads=None):
+        """dout (M, K) = dloss/doutput of the forward that made tape -> grads (P,).
+        n_threads: as in forward."""
         layers, head_in, sequence_output, arena = (tape.layers, tape.head_in,
                                                    tape.sequence_output, tape.arena)
         T, N = layers[0][0].shape[:2]
@@ -394,23 +395,24 @@ class LSTMNetwork:
             dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
             if not self.bidirectional:
                 self._layer_backward(k, "", layer_in, (gates, c, tanh_c, h), h0, c0,
-                                     dlayer_out, dx, tape.lengths, arena)
+                                     dlayer_out, dx, tape.lengths, arena, n_threads)
             else:
                 order = tape.order
                 dh_fwd = np.ascontiguousarray(dlayer_out[..., :H])            # (T, N, H)
                 self._layer_backward(k, "", layer_in, (gates, c, tanh_c, h), h0, c0,
-                                     dh_fwd, dx, tape.lengths, arena)
+                                     dh_fwd, dx, tape.lengths, arena, n_threads)
                 x_rev, *saved = tape.reverse[k]
                 dh_rev = dlayer_out[..., H:][order, np.arange(N)]             # reversed time
                 dx_rev = arena.get(("dx_rev", k), layer_in.shape) if k > 0 else None
                 self._layer_backward(k, "_reverse", x_rev, saved, h0, c0, dh_rev, dx_rev,
-                                     tape.lengths, arena)
+                                     tape.lengths, arena, n_threads)
                 if dx is not None:
                     dx += dx_rev[order, np.arange(N)]
             dlayer_out = dx
         return self.grads
 
-    def _layer_backward(self, k, suffix, layer_in, saved, h0, c0, dh, dx, lengths, arena):
+    def _layer_backward(self, k, suffix, layer_in, saved, h0, c0, dh, dx, lengths, arena,
+                        n_threads=None):
         """Gradients of one direction of layer k into self.g; dh (T, N, H) is clobbered,
         dx (T, N, D) written unless None."""
         T, N, _ = layer_in.shape
@@ -427,7 +429,8 @@ class LSTMNetwork:
             dc[...] = 0
             dgates = arena.get(key("dgates"), (T, N, 4 * H))
             _kernels.lstm_layer_backward(layer_in, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh,
-                                         dc, dh0, dgates, dx, dw_ih, dw_hh, db_ih, lengths)
+                                         dc, dh0, dgates, dx, dw_ih, dw_hh, db_ih, lengths,
+                                         n_threads)
             db_hh[...] = db_ih                                    # b_ih and b_hh enter alike
         elif self.cell == "gru":
             dgates_i = arena.get(key("dgates"), (T, N, 3 * H))

@@ -27,6 +27,11 @@ MIN_ROWS_PER_SLICE = 8
 # 7.9-9.5K; 2 x LSTM(64) over 32 steps, 66M, 4.7-5.0K vs 3.7-3.8K; the demo's
 # 2 x LSTM(128) over 64 steps, 507M, 1.1K vs 0.65K).
 MIN_SLICED_WORK = 2**25
+# A batch trained whole (below MIN_SLICED_WORK) with this much work or more hands
+# its threads to the layer kernels, whose packed loop splits it by samples with no
+# Python between the threads (_recurrent.h): sine, 3.3M, 82K -> 111K samples/s
+# on 2 threads; binadd, 0.6M, 510-540K either way, and once 280K on two.
+MIN_SPLIT_LOOP_WORK = 2**20
 # A prediction hands off once per call, not twice per batch, and has no serial
 # loss and update around it: it pays from less work (sine, 2 threads vs 1,
 # samples/s: 256 rows, 26M, 274-277K vs 194-199K; 128 rows, 13M, 205-235K vs
@@ -116,8 +121,9 @@ class DataParallel:
             out = np.concatenate(outs)                    # (N, K)
         return out, _SplitTape([tape for _, tape in results], slices, (T, N))
 
-    def backward(self, tape, dout):
-        """As LSTMNetwork.backward: net.grads = the sum of the slices' gradients."""
+    def backward(self, tape, dout, n_threads=None):
+        """As LSTMNetwork.backward: net.grads = the sum of the slices' gradients
+        (n_threads is ignored: each slice runs on one thread)."""
         T, N = tape.shape
         sequence = tape.tapes[0].sequence_output
         K = dout.shape[1]

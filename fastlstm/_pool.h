@@ -32,7 +32,7 @@
 #endif
 
 #define FL_MAX_TEAM 16
-#define FL_SPINS 20000   /* ~10-50 us of polling before sleeping */
+#define FL_SPINS 20000   /* polls before sleeping: ~0.5 ms on Zen 4 (a pause is ~25 ns) */
 
 typedef void (*fl_team_fn)(void *arg, int p, int nt);
 

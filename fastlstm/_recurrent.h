@@ -1,34 +1,31 @@
 /*
  * The per-step recurrent product of one LSTM layer, float32, for CPUs with
  * AVX-512: the whole time loop of the forward pass and of backward-through-
- * time, split by hidden units between threads.
+ * time, on a team of threads.
  *
  * Why not one sgemm per step: at mid sizes (N=30, H=300; N=128, H=128) the
- * BLAS repacks W_hh on every call and runs at ~70 GFLOP/s. Here each thread
- * packs its slice of W_hh ONCE per call (64-byte aligned panels) and a
- * register-blocked kernel streams it every step.
+ * BLAS repacks W_hh on every call and runs at ~70 GFLOP/s. Here W_hh is packed
+ * ONCE per call (64-byte aligned panels) and a register-blocked kernel streams
+ * it every step.
  *
- * The split: thread p owns hidden units [j0, j1). In the forward pass it owns
- * the four gate rows of those units (i, f, g, o), so it can run the cell loop
- * of its units right after its share of the product, with no data from the
- * other thread; h[t] is complete only when every thread is done, hence one
- * barrier per step:
- *     gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T ; cell forward (my units) ; barrier
- * Backward, the product needs all of dgates[t] and writes only my columns of
- * dh[t-1]:
- *     cell backward (my units) ; barrier ; dh[t-1][:, my units] += dgates[t] @ W_hh[:, my units]
+ * A batch splits by samples: thread p runs samples [n0, n1) through all units
+ * and all steps, with no data from the other threads, so the time loop has no
+ * barrier at all:
+ *     forward   gates[t][my samples] += h[t-1][my samples] @ W_hh.T ; cell forward
+ *     backward  cell backward ; dh[t-1][my samples] += dgates[t][my samples] @ W_hh
+ * and once the backward loop is done, one barrier, after which each thread
+ * computes its share of the weight gradients (a callback: the caller's BLAS).
+ * Splitting by units instead (thread p owns the gate rows of units [j0, j1))
+ * needs one barrier per step, since h[t] is complete only when every thread is
+ * done; on a batch that lost to the split by samples on every shape measured
+ * (2 threads, fwd / bwd, us: sine-sized N=32 H=50 115 / 183 vs 72 / 122;
+ * N=64 H=64 695 / 801 vs 435 / 698). A single sequence (N = 1) can only split
+ * by units, and there it pays: its per-step product is bound by cache
+ * bandwidth (see the single-sequence loop at the end of this file).
  *
  * Determinism: every output element is one accumulator summed over k = 0..K-1
  * in order, whatever the thread count and the row/column blocking, so results
  * are bit-identical for any number of threads.
- *
- * In use: by default the layer kernels run this loop on ONE thread, where it
- * beats the BLAS loop (see _use_packed in _kernels.pyx), and the estimators
- * thread over the batch instead (_parallel.py): on two cores the barrier per
- * step cost more than the split gained. The split stays, tested, for callers
- * that pass n_threads. A single sequence (N = 1) is different: its per-step
- * product is bound by cache bandwidth, and there the split pays (see the
- * single-sequence loop at the end of this file).
  *
  * Portability: only the functions marked FL_AVX512 use AVX-512; the caller
  * checks fl_recurrent_available() at run time and keeps its BLAS loop
@@ -58,9 +55,6 @@
 #define FL_NV 2      /* vectors (of 16 columns) per packed panel */
 #define FL_MR 12     /* rows per register tile: 12 x 2 accumulators of 32 */
 #define FL_MAX_VEC 512  /* vectors per thread: 4 gates x H up to 2048 */
-/* N * H * H (a quarter of a step's product flops / 2) below which one thread
- * runs the loop; tuned on the benchmark workloads. */
-#define FL_MIN_WORK_PER_THREAD (32 * 64 * 64)
 
 /* 1 when this CPU (and OS) can run the AVX-512 path. */
 static int fl_recurrent_available(void)
@@ -307,89 +301,106 @@ typedef struct {
     int64_t T, N, H;
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
+    fl_team_fn after;   /* backward: run by every thread once all of dgates is done, or NULL */
+    void *after_arg;
     fl_slice *slices;
 } fl_loop;
 
+/* Samples [n0, n1) of thread p out of nt: contiguous, sizes differing by at most one. */
+static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
+{
+    *n0 = N * p / nt;
+    *n1 = N * (p + 1) / nt;
+}
+
 #if FL_HAVE_AVX512_CODE
 
-/* The forward time loop of units [j0, j1) on thread p's slice s of W_hh (gate
- * rows, forward layout), after gates holds the input part of the pre-activations:
- *     gates[t][:, my rows] += h[t-1] @ W_hh[my rows].T ; cell forward (my units) ; barrier
+/* The forward time loop of samples [n0, n1), units [j0, j1) on slice s of W_hh
+ * (gate rows of those units, forward layout), after gates holds the input part
+ * of the pre-activations:
+ *     gates[t][my samples, my rows] += h[t-1][my samples] @ W_hh[my rows].T ;
+ *     cell forward (my samples, my units) ; barrier of sync_nt threads
+ * (split by units, sync_nt = nt: h[t] complete before anyone reads it; by
+ * samples, 1: no barrier).
  * gates (T, N, 4H) out: activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or
  * NULL for zeros; c0 (N, H). */
-FL_AVX512 static void fl_forward_steps(const fl_slice *s, int64_t T, int64_t N, int64_t H,
-                                       int64_t j0, int64_t j1, int nt, const float *h0,
-                                       const float *c0, float *gates, float *c,
-                                       float *tanh_c, float *h)
+FL_AVX512 static void fl_forward_steps(const fl_slice *s, int64_t T, int64_t N, int64_t n0,
+                                       int64_t n1, int64_t H, int64_t j0, int64_t j1,
+                                       int sync_nt, const float *h0, const float *c0,
+                                       float *gates, float *c, float *tanh_c, float *h)
 {
-    int64_t G = 4 * H, NG = N * G, NH = N * H;
+    int64_t G = 4 * H, NG = N * G, NH = N * H, M = n1 - n0;
     for (int64_t t = 0; t < T; t++) {
         const float *h_prev = t > 0 ? h + (t - 1) * NH : h0;
-        float *g = gates + t * NG;
-        if (j1 > j0) {
+        const float *c_prev = t > 0 ? c + (t - 1) * NH : c0;
+        float *g = gates + t * NG + n0 * G;
+        int64_t at = t * NH + n0 * H;
+        if (j1 > j0 && M > 0) {
             if (h_prev)
-                fl_slice_product(s, N, h_prev, H, g, G, 1);
-            fl_lstm_cell_fwd_units_f32(N, H, j0, j1, g, t > 0 ? c + (t - 1) * NH : c0,
-                                       c + t * NH, tanh_c + t * NH, h + t * NH);
+                fl_slice_product(s, M, h_prev + n0 * H, H, g, G, 1);
+            fl_lstm_cell_fwd_units_f32(M, H, j0, j1, g, c_prev + n0 * H, c + at,
+                                       tanh_c + at, h + at);
         }
-        fl_team_barrier(nt);   /* h[t] complete before anyone reads it */
+        fl_team_barrier(sync_nt);
     }
 }
 
-/* Thread p of nt, forward: gates (T, N, 4H) in: x @ W_ih.T + b, out:
- * activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or NULL for zeros. */
+/* Thread p of nt, forward, samples [n0, n1): gates (T, N, 4H) in: x @ W_ih.T + b,
+ * out: activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or NULL for zeros. */
 FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;
-    int64_t j0, j1;
-    fl_units(L->H, p, nt, &j0, &j1);
+    int64_t n0, n1;
+    fl_samples(L->N, p, nt, &n0, &n1);
     fl_slice *s = &L->slices[p];
-    fl_pack_forward(s, L->w_hh, L->H, L->H, j0, j1);
-    fl_forward_steps(s, L->T, L->N, L->H, j0, j1, nt, L->h0, L->c0, L->gates, L->c,
-                     (float *)L->tanh_c, L->h);
+    fl_pack_forward(s, L->w_hh, L->H, L->H, 0, L->H);
+    fl_forward_steps(s, L->T, L->N, n0, n1, L->H, 0, L->H, 1, L->h0, L->c0, L->gates,
+                     L->c, (float *)L->tanh_c, L->h);
 }
 
-/* Thread p of nt, backward: dh (T, N, H) in: gradient from above, added to;
- * dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out; dgates (T, N, 4H) out. */
+/* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
+ * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out; dgates
+ * (T, N, 4H) out; then its share of the weight gradients (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;
-    int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, j0, j1;
-    fl_units(H, p, nt, &j0, &j1);
+    int64_t T = L->T, N = L->N, H = L->H, G = 4 * H, NG = N * G, NH = N * H, n0, n1;
+    fl_samples(N, p, nt, &n0, &n1);
+    int64_t M = n1 - n0;
     fl_slice *s = &L->slices[p];
-    fl_pack_backward(s, L->w_hh, H, j0, j1);
-    for (int64_t t = T - 1; t >= 0; t--) {
-        /* dgates[t][:, my rows], dc[:, my units] <- dc_{t-1}, through the cell */
-        if (j1 > j0)
-            fl_lstm_cell_bwd_units_f32(N, H, j0, j1, L->gates_in + t * NG,
-                                       t > 0 ? L->c_in + (t - 1) * NH : L->c0,
-                                       L->tanh_c + t * NH, L->dh + t * NH, L->dc,
-                                       L->dgates + t * NG);
-        fl_team_barrier(nt);   /* dgates[t] complete before anyone reads it */
-        if (j1 > j0) {
-            if (t > 0)   /* dh[t-1][:, my units] += dgates[t] @ W_hh[:, my units] */
-                fl_slice_product(s, N, L->dgates + t * NG, G, L->dh + (t - 1) * NH, H, 1);
-            else         /* dh0[:, my units] = dgates[0] @ W_hh[:, my units] */
-                fl_slice_product(s, N, L->dgates, G, L->dh0, H, 0);
-        }
+    fl_pack_backward(s, L->w_hh, H, 0, H);
+    for (int64_t t = T - 1; t >= 0 && M > 0; t--) {
+        const float *dg = L->dgates + t * NG + n0 * G;
+        /* dgates[t][my samples], dc[my samples] <- dc_{t-1}, through the cell */
+        fl_lstm_cell_bwd_units_f32(M, H, 0, H, L->gates_in + t * NG + n0 * G,
+                                   (t > 0 ? L->c_in + (t - 1) * NH : L->c0) + n0 * H,
+                                   L->tanh_c + t * NH + n0 * H, L->dh + t * NH + n0 * H,
+                                   L->dc + n0 * H, (float *)dg);
+        if (t > 0)   /* dh[t-1][my samples] += dgates[t][my samples] @ W_hh */
+            fl_slice_product(s, M, dg, G, L->dh + (t - 1) * NH + n0 * H, H, 1);
+        else         /* dh0[my samples] = dgates[0][my samples] @ W_hh */
+            fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0);
+    }
+    if (L->after) {
+        fl_team_barrier(nt);   /* all of dgates done */
+        L->after(L->after_arg, p, nt);
     }
 }
 
-/* Threads worth using: each needs a block of 16 units, and at small sizes a
- * barrier per step costs more than a thread saves. */
-static int fl_useful_threads(int64_t N, int64_t H, int n_threads)
+/* Threads worth using: each needs FL_MIN_SAMPLES samples. */
+#define FL_MIN_SAMPLES 8
+
+static int fl_useful_threads(int64_t N, int n_threads)
 {
-    int64_t blocks = (H + FL_LANES - 1) / FL_LANES;
-    int64_t nt = n_threads < blocks ? n_threads : blocks;
-    if (N * H * H < FL_MIN_WORK_PER_THREAD * (nt > 1 ? nt : 1)) nt = 1;
+    int64_t nt = n_threads < N / FL_MIN_SAMPLES ? n_threads : N / FL_MIN_SAMPLES;
     return nt > 1 ? (int)nt : 1;
 }
 
 /* Run one time loop (part = fl_forward_part or fl_backward_part) on the threads
- * worth using, each with its slice of W_hh packed: 0, or -1 if memory is missing. */
+ * worth using, each with its own copy of W_hh packed: 0, or -1 if memory is missing. */
 static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 {
-    int nt = fl_useful_threads(L->N, L->H, n_threads);
+    int nt = fl_useful_threads(L->N, n_threads);
     L->slices = fl_slices_new(nt, L->H);
     if (!L->slices) return -1;
     fl_team_run(nt, part, L);
@@ -412,7 +423,7 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_loop L = {T, N, H, w_hh, h0, c0, NULL, NULL, tanh_c,
-                 gates, c, h, NULL, NULL, NULL, NULL, NULL};
+                 gates, c, h, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     return fl_run_loop(&L, n_threads, fl_forward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)h0; (void)c0; (void)gates;
@@ -422,7 +433,8 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float
 }
 
 /*
- * Backward time loop (the weight-gradient gemms stay with the caller).
+ * Backward time loop; the weight gradients are left to after(after_arg, p, nt),
+ * which every thread of the team calls once dgates is complete (NULL: none).
  *   gates (T, N, 4H) activations; c, tanh_c (T, N, H); c0 (N, H)
  *   dh (T, N, H) in: gradient from above, accumulated into (clobbered)
  *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out;  dgates (T, N, 4H) out
@@ -431,16 +443,18 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float
 static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                      const float *c0, const float *gates, const float *c,
                                      const float *tanh_c, float *dh, float *dc, float *dh0,
-                                     float *dgates, int n_threads)
+                                     float *dgates, int n_threads, fl_team_fn after,
+                                     void *after_arg)
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_loop L = {T, N, H, w_hh, NULL, c0, gates, c, tanh_c,
-                 NULL, NULL, NULL, dh, dc, dh0, dgates, NULL};
+                 NULL, NULL, NULL, dh, dc, dh0, dgates, after, after_arg, NULL};
     return fl_run_loop(&L, n_threads, fl_backward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
     (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
+    (void)after; (void)after_arg;
     return -1;
 #endif
 }
@@ -590,7 +604,7 @@ FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
         if (D > 0)
             fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
     }
-    fl_forward_steps(hh, T, 1, H, j0, j1, nt, L->h0, L->c0, L->gates, L->c, L->tanh_c, L->h);
+    fl_forward_steps(hh, T, 1, 0, 1, H, j0, j1, nt, L->h0, L->c0, L->gates, L->c, L->tanh_c, L->h);
 }
 
 #endif /* FL_HAVE_AVX512_CODE */

@@ -18,6 +18,7 @@ SHAPES = [  # (T, N, D, H)
     (4, 13, 3, 40),   # N past one 12-row register tile; H = 2.5 vectors
     (3, 12, 1, 17),   # N = one full tile; the 2nd thread owns a single unit
     (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, 3 row tiles
+    (4, 32, 1, 50),   # sine-sized: 2 threads split it by samples, 16 each (a tile and 4 rows)
 ]
 # Forward and backward run through the packed, thread-split float32 time loop
 # (when the CPU has it) with 1 and 2 threads, and through the BLAS loop; the
@@ -263,12 +264,14 @@ def test_packed_path_is_taken_where_available():
     np.testing.assert_allclose(blas_h, packed_h, atol=1e-3)  # rounding only, grown over 8 steps
 
 
-def test_default_takes_the_packed_loop_on_one_thread_only():
-    """By default (None) the packed loop runs where it wins: one thread, and a
-    small batch or a wide layer; on two threads the BLAS loop runs."""
+@pytest.mark.parametrize("N, packed_on_two", [(15, False), (16, True)])
+def test_default_takes_the_packed_loop_where_it_wins(N, packed_on_two):
+    """By default (None) the packed loop runs where it wins: on one thread a small
+    batch or a wide layer; on two, a batch of 8 samples a thread or more (split by
+    samples), the BLAS loop below that."""
     if not _kernels.packed_recurrence_available():
         pytest.skip("no AVX-512 on this CPU: only the BLAS loop exists")
-    args = random_layer(8, 15, 4, 300, np.float32)
+    args = random_layer(8, N, 4, 300, np.float32)
     previous = _kernels.set_packed_recurrence(False)
     try:
         blas = [run_forward(*args, n_threads=n)[3] for n in (1, 2)]
@@ -278,8 +281,9 @@ def test_default_takes_the_packed_loop_on_one_thread_only():
         default = [run_forward(*args, n_threads=n)[3] for n in (1, 2)]
     finally:
         _kernels.set_packed_recurrence(previous)
+    assert not np.array_equal(packed, blas[1])
     np.testing.assert_array_equal(default[0], packed)
-    np.testing.assert_array_equal(default[1], blas[1])
+    np.testing.assert_array_equal(default[1], packed if packed_on_two else blas[1])
 
 
 def test_backward_without_dx_leaves_weight_gradients_equal():

@@ -306,9 +306,9 @@ def test_ctrl_c_during_a_sliced_fit_keeps_the_last_epoch_and_the_pool_usable(mon
 
 
 def test_a_small_network_is_not_cut_into_slices(monkeypatch):
-    """sine's size (3.3M multiply-adds a batch): a thread hand-off costs more than
-    it saves, so even with two threads the batch runs whole, on one; predicting
-    256 sequences at once (26M, one hand-off) is worth slicing."""
+    """sine's size (3.3M multiply-adds a batch): a Python thread hand-off per
+    slice costs more than it saves, so even with two threads the batch runs whole;
+    predicting 256 sequences at once (26M, one hand-off) is worth slicing."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((256, 10, 1))
     seen = spy_slices(monkeypatch)
@@ -317,3 +317,50 @@ def test_a_small_network_is_not_cut_into_slices(monkeypatch):
     assert seen == []
     model.predict(X)
     assert [(parts, training) for parts, training, _ in seen] == [(2, False)]
+
+
+def spy_layer_threads(monkeypatch):
+    """[(n_threads of a layer forward, of the backward after it)] seen while training."""
+    import fastlstm._network as net_module
+    seen = []
+    kernels = net_module._kernels
+    forward, backward = kernels.lstm_layer_forward, kernels.lstm_layer_backward
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def lstm_layer_forward(self, *args, **kwargs):
+            seen.append([args[12]])
+            return forward(*args, **kwargs)
+
+        def lstm_layer_backward(self, *args, **kwargs):
+            seen[-1].append(args[18])
+            return backward(*args, **kwargs)
+
+    monkeypatch.setattr(net_module, "_kernels", Spy())
+    return seen
+
+
+def test_a_batch_trained_whole_gives_the_layers_its_threads(monkeypatch):
+    """sine's size on two threads: the batch is not sliced, but forward and backward
+    pass both threads to the layer kernels, whose packed loop splits the batch by
+    samples (_recurrent.h). Its results are those of one thread, bit for bit. A
+    batch of binadd's size (0.6M multiply-adds) is too small to hand off."""
+    from fastlstm import _kernels
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 10, 1)).astype(np.float32)
+    y = X[:, -1, 0]
+    seen = spy_layer_threads(monkeypatch)
+    params = dict(hidden_layer_sizes=(50,), batch_size=32, max_iter=2, random_state=0)
+    two = LSTMRegressor(n_jobs=2, **params).fit(X, y)
+    assert seen and all(threads == [2, 2] for threads in seen)
+    seen.clear()
+    one = LSTMRegressor(n_jobs=1, **params).fit(X, y)
+    assert seen and all(threads == [1, 1] for threads in seen)
+    if _kernels.packed_recurrence_available():
+        np.testing.assert_array_equal(two.network_.params, one.network_.params)
+    seen.clear()
+    LSTMRegressor(hidden_layer_sizes=(16,), batch_size=64, max_iter=1, n_jobs=2).fit(
+        rng.standard_normal((64, 8, 2)), rng.standard_normal(64))
+    assert seen and all(threads == [None, None] for threads in seen)
