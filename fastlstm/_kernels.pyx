@@ -342,24 +342,40 @@ ctypedef struct LayerGradients:       # what the gradients after the time loop n
     void *dx                          # (T, N, D) out, or NULL
 
 
+# The gradients after the time loop of a small layer are cut into this many
+# fixed blocks (of gate rows, and of rows of dx), each one BLAS call whatever the
+# thread count: a block's bits then never depend on how the blocks are shared
+# out (BLAS's own blocking does show: sgemv over 96 + 104 rows rounds some rows
+# differently from one call over 200). At sine's size the four calls are also
+# faster than one (backward, 1 thread: 177 -> 159 us); from GRADIENT_ONE_CALL_WORK
+# multiply-adds on, one call over all rows is (large, N=32: 161 vs 171 ms),
+# and the batch is not split by samples (_parallel.MIN_SLICED_WORK).
+cdef enum:
+    GRADIENT_BLOCKS = 4
+    GRADIENT_ONE_CALL_WORK = 33554432   # 2**25
+
+
 cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL) noexcept nogil:
     """Part p of nt of the gradients after the time loop (typed only picks the
-    type): gate rows [r0, r1) of dW_ih, dW_hh, db, in blocks of 16 rows, and rows
-    [m0, m1) of dx = dgates @ W_ih. Each element is one BLAS product's, so the
-    results are the same bits whatever nt."""
+    type): of the layer's blocks (see GRADIENT_BLOCKS), [blocks * p / nt,
+    blocks * (p + 1) / nt): gate rows of dW_ih, dW_hh, db (multiples of 16 rows)
+    and rows of dx = dgates @ W_ih."""
     cdef Py_ssize_t T = a.T, N = a.N, D = a.D, H = a.H, G = 4 * H
-    cdef Py_ssize_t blocks = (G + 15) // 16
-    cdef Py_ssize_t r0 = min(G, blocks * p // nt * 16), r1 = min(G, blocks * (p + 1) // nt * 16)
-    cdef Py_ssize_t m0 = T * N * p // nt, m1 = T * N * (p + 1) // nt
+    cdef Py_ssize_t units = (G + 15) // 16, b, r0, r1, m0, m1
+    cdef Py_ssize_t blocks = GRADIENT_BLOCKS if T * N * G * (D + H) < GRADIENT_ONE_CALL_WORK else 1
     cdef const floating *dg = <const floating *>a.dgates
-    if r1 > r0:
-        weight_gradients(T, N, r1 - r0, G, D, H, dg + r0, dg + r0, <const floating *>a.x,
-                         <const floating *>a.h, <const floating *>a.h0,
-                         <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H)
-        sum_rows(T * N, r1 - r0, G, dg + r0, <floating *>a.dbias + r0)  # db = dgates.sum(rows)
-    if a.dx != NULL and m1 > m0:
-        gemm(False, False, m1 - m0, D, G, <floating>1, dg + m0 * G, G,
-             <const floating *>a.w_ih, D, <floating>0, <floating *>a.dx + m0 * D, D)  # dx = dgates @ W_ih
+    for b in range(blocks * p // nt, blocks * (p + 1) // nt):
+        r0 = min(G, units * b // blocks * 16)
+        r1 = min(G, units * (b + 1) // blocks * 16)
+        if r1 > r0:
+            weight_gradients(T, N, r1 - r0, G, D, H, dg + r0, dg + r0, <const floating *>a.x,
+                             <const floating *>a.h, <const floating *>a.h0,
+                             <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H)
+            sum_rows(T * N, r1 - r0, G, dg + r0, <floating *>a.dbias + r0)  # db = dgates.sum(rows)
+        m0, m1 = T * N * b // blocks, T * N * (b + 1) // blocks
+        if a.dx != NULL and m1 > m0:
+            gemm(False, False, m1 - m0, D, G, <floating>1, dg + m0 * G, G,
+                 <const floating *>a.w_ih, D, <floating>0, <floating *>a.dx + m0 * D, D)  # dx = dgates @ W_ih
 
 
 cdef void gradients_part_f32(void *a, int p, int nt) noexcept nogil:
