@@ -172,8 +172,13 @@ class _Optimizer:
             _ops.clip_grad_norm(grads, est.clip_grad_norm)
         self.n_steps += 1
         if est.solver == "adam":
-            _ops.adam_step(params, grads, self.first_moment, self.second_moment, self.n_steps,
-                           est.learning_rate_init, est.beta_1, est.beta_2, est.epsilon)
+            as_params = params.dtype.type            # the update runs in the parameters' dtype
+            beta1, beta2, t = est.beta_1, est.beta_2, self.n_steps
+            _ops.adam_step(params, grads, self.first_moment, self.second_moment,
+                           as_params(beta1), as_params(1.0 - beta1), as_params(beta2),
+                           as_params(1.0 - beta2),
+                           as_params(est.learning_rate_init / (1.0 - beta1 ** t)),
+                           as_params(math.sqrt(1.0 - beta2 ** t)), as_params(est.epsilon))
         else:
             _ops.sgd_step(params, grads, self.first_moment, est.learning_rate_init,
                           est.momentum, est.nesterovs_momentum)

@@ -421,18 +421,26 @@ def test_softmax_cross_entropy_and_gradient(dtype):
     np.testing.assert_allclose(proba, np.exp(logp), atol=1e-6)
 
 
-def test_adam_step_matches_formula():
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_adam_step_matches_formula(dtype, rtol):
+    """Three steps against the textbook formula in float64; the update runs in the
+    parameters' dtype."""
     rng = np.random.default_rng(0)
-    params, grads = rng.standard_normal((2, 10))
-    m, v = np.zeros(10), np.zeros(10)
-    expected = params.copy()
+    params, grads = rng.standard_normal((2, 10)).astype(dtype)
+    m, v = np.zeros(10, dtype), np.zeros(10, dtype)
+    expected = params.astype(np.float64)
     m_ref, v_ref = np.zeros(10), np.zeros(10)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    as_dtype = np.dtype(dtype).type
     for step in (1, 2, 3):
-        _ops.adam_step(params, grads, m, v, step, 0.01, 0.9, 0.999, 1e-8)
-        m_ref = 0.9 * m_ref + 0.1 * grads
-        v_ref = 0.999 * v_ref + 0.001 * grads ** 2
-        expected -= 0.01 * (m_ref / (1 - 0.9 ** step)) / (np.sqrt(v_ref / (1 - 0.999 ** step)) + 1e-8)
-    np.testing.assert_allclose(params, expected, rtol=1e-12)
+        _ops.adam_step(params, grads, m, v, as_dtype(b1), as_dtype(1 - b1), as_dtype(b2),
+                       as_dtype(1 - b2), as_dtype(lr / (1 - b1 ** step)),
+                       as_dtype(np.sqrt(1 - b2 ** step)), as_dtype(eps))
+        m_ref = b1 * m_ref + (1 - b1) * grads
+        v_ref = b2 * v_ref + (1 - b2) * grads.astype(np.float64) ** 2
+        expected -= lr * (m_ref / (1 - b1 ** step)) / (np.sqrt(v_ref / (1 - b2 ** step)) + eps)
+    assert params.dtype == dtype and m.dtype == dtype
+    np.testing.assert_allclose(params, expected, rtol=rtol)
 
 
 def test_clip_grad_norm_and_dropout_mask():
