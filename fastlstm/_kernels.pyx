@@ -13,8 +13,10 @@ Per call, whatever T is:
 The whole time loop runs with the GIL released and no Python per step. BLAS comes
 from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
 AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead where it
-wins, and a single float32 sequence runs it on weights packed once and kept
-between calls (PackedWeights), input projection included.
+wins (on several threads, a batch split by samples; the weight gradients after it
+shared by its threads, see gradients_part), and a single float32 sequence runs it
+on weights packed once and kept between calls (PackedWeights), input projection
+included.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
