@@ -96,8 +96,8 @@ class _thread_limit:
             self.threads = 1
             if threads_help:
                 self.threads = self.n if self.n is not None else _threads.recurrent_threads()
-        if training and batch > 1 and self.parts == 1 and work >= MIN_SPLIT_LOOP_WORK:
-            # a batch trained whole: the layers' own time loops split it by samples
+        if batch > 1 and self.parts == 1 and work >= MIN_SPLIT_LOOP_WORK:
+            # a batch run whole: the layers' own time loops split it by samples
             self.threads = self.n if self.n is not None else _threads.recurrent_threads()
         self.small = not self.untouched and _threads.is_small(batch, net.hidden_sizes)
         self._limit = None

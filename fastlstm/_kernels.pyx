@@ -43,7 +43,6 @@ cdef extern from "_gates.h" nogil:
 
 cdef extern from "_recurrent.h" nogil:
     ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
-    enum: FL_MIN_SAMPLES        # samples each thread of a batch's loop needs
     int fl_recurrent_available()
     int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                  const float *h0, const float *c0, float *gates,
@@ -68,33 +67,32 @@ from ._threads import recurrent_threads
 
 # The packed time loop of _recurrent.h (float32, AVX-512 CPUs) packs W_hh once
 # per call and keeps it in its own layout, where BLAS repacks it for every step's
-# gemm. On one thread it beats the BLAS loop wherever that repacking weighs (fwd +
-# bwd of one layer, ms, BLAS / packed, 1 thread, quiet 2-core Zen 4: N=15 H=300
-# 55.0 / 39.0, N=32 H=512 391 / 290, N=64 H=128 27.0 / 25.4, N=32 H=128 15.4 /
-# 12.3; forward only N=128 H=128 16.0 / 17.3). On several threads it splits the
-# batch by samples, with no sync inside the time loop, and beats BLAS's own
-# threading on every shape measured (fwd / bwd, ms, 2 threads, BLAS / packed:
-# N=32 H=50 0.13 / 0.07, 0.16 / 0.12; N=16 H=256 T=20 2.1 / 1.2, 3.3 / 1.9;
-# N=30 H=300 T=50 13.6 / 9.2, 20.1 / 16.4; N=128 H=128 T=50 9.0 / 8.8,
-# 17.4 / 14.9); each thread needs FL_MIN_SAMPLES (8) samples of its own.
-# _packed_mode: None = that rule, True = always where possible (tests), False = never.
+# gemm. With its AVX-512 cell loops it beats the BLAS loop on one thread on every
+# shape measured (fwd / bwd of one layer, ms, BLAS / packed, 2-core Zen 4:
+# T=50 N=128 D=32 H=128 14.2 / 13.7, 29.6 / 28.4; N=96 10.6 / 9.8, 23.3 / 21.6;
+# T=20 N=128 D=16 H=64 1.50 / 1.40, 2.90 / 2.67; T=10 N=256 D=1 H=50 0.98 / 0.92,
+# 1.73 / 1.68; T=50 N=128 D=40 H=200 34.0 / 29.1, 64.6 / 60.8). On several threads
+# it splits the batch by samples, with no sync inside the time loop, and beats
+# BLAS's own threading too (fwd / bwd, ms, 2 threads, BLAS / packed: N=32 H=50
+# 0.13 / 0.07, 0.16 / 0.12; N=16 H=256 T=20 2.1 / 1.2, 3.3 / 1.9; N=30 H=300 T=50
+# 13.6 / 9.2, 20.1 / 16.4; N=128 H=128 T=50 9.0 / 8.8, 17.4 / 14.9); each thread
+# needs FL_MIN_SAMPLES (8) samples of its own. So it runs wherever it can (float32,
+# no padding, a batch), whatever the thread count: the results of a batch are then
+# the same bits on any number of threads (and in any slicing, forward).
+# _packed_mode: None or True = wherever it can (the default), False = never.
 _packed_mode = None
 
 
-cdef bint _use_packed(Py_ssize_t N, Py_ssize_t H, int nt, bint padded) noexcept:
+cdef bint _use_packed(Py_ssize_t N, bint padded) noexcept:
     if padded or N <= 1:      # it knows nothing of padding; one row: BLAS's gemv is best
         return False
-    if _packed_mode is None:
-        if nt > 1:
-            return N >= 2 * FL_MIN_SAMPLES
-        return H >= 256 or N <= 64
-    return _packed_mode
+    return _packed_mode is not False
 
 
 def set_packed_recurrence(enabled):
-    """Packed float32 time loop: True always, False never (single sequences
-    included: they then run the BLAS loop too), None (the default) where it is
-    faster; returns the previous setting."""
+    """Packed float32 time loop: True or None (the default) wherever it can run,
+    False never (single sequences included: they then run the BLAS loop too);
+    returns the previous setting."""
     global _packed_mode
     previous = _packed_mode
     _packed_mode = None if enabled is None else bool(enabled)
@@ -301,7 +299,7 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                                 &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL,
                                 &c0[0, 0], g_ptr, c_ptr, tc_ptr, h_ptr):
                 return
-        packed = _use_packed(N, H, nt, len_ptr != NULL)
+        packed = _use_packed(N, len_ptr != NULL)
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
         input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0],
@@ -452,7 +450,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint packed = False
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
-        packed = _use_packed(N, H, nt, len_ptr != NULL)
+        packed = _use_packed(N, len_ptr != NULL)
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
     cdef LayerGradients grads

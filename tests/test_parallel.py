@@ -342,11 +342,12 @@ def spy_layer_threads(monkeypatch):
     return seen
 
 
-def test_a_batch_trained_whole_gives_the_layers_its_threads(monkeypatch):
+def test_a_batch_run_whole_gives_the_layers_its_threads(monkeypatch):
     """sine's size on two threads: the batch is not sliced, but forward and backward
     pass both threads to the layer kernels, whose packed loop splits the batch by
-    samples (_recurrent.h). Its results are those of one thread, bit for bit. A
-    batch of binadd's size (0.6M multiply-adds) is too small to hand off."""
+    samples (_recurrent.h), in fit and predict alike. Its results are those of one
+    thread, bit for bit. A batch of binadd's size (0.6M multiply-adds) is too small
+    to hand off."""
     from fastlstm import _kernels
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 10, 1)).astype(np.float32)
@@ -360,6 +361,10 @@ def test_a_batch_trained_whole_gives_the_layers_its_threads(monkeypatch):
     assert seen and all(threads == [1, 1] for threads in seen)
     if _kernels.packed_recurrence_available():
         np.testing.assert_array_equal(two.network_.params, one.network_.params)
+    seen.clear()
+    predicted = two.predict(X)
+    assert seen == [[2]]
+    np.testing.assert_array_equal(predicted, two.set_params(n_jobs=1).predict(X))
     seen.clear()
     LSTMRegressor(hidden_layer_sizes=(16,), batch_size=64, max_iter=1, n_jobs=2).fit(
         rng.standard_normal((64, 8, 2)), rng.standard_normal(64))
