@@ -72,7 +72,9 @@ class _thread_limit:
     forward pass, to compare with min_work): each batch is cut into one slice
     per thread, run side by side on single-threaded kernels (_parallel.py).
     Otherwise the kernels run on one BLAS thread for small networks (see
-    _threads), else on n_jobs BLAS threads if given and the limit in force if not.
+    _threads), else on n_jobs BLAS threads if given and the limit in force if not;
+    and a batch run whole with MIN_SPLIT_LOOP_WORK or more hands the threads to
+    the layers' own time loops (.threads), which split it by samples.
     One sequence may need no BLAS limit at all (see LSTMNetwork.one_sequence_plan);
     fit passes training=True, as its backward pass runs BLAS products of one row.
     A class rather than a generator context manager: a single-sequence predict

@@ -8,7 +8,9 @@ ctypes on the BLAS libraries threadpoolctl finds (about a microsecond a call),
 and large ones keep whatever limit is in force.
 
 Batches with enough work run as slices side by side (_parallel.py) on the
-worker threads of run_parallel, each slice on one BLAS thread.
+worker threads of run_parallel, each slice on one BLAS thread; smaller batches
+from _parallel.MIN_SPLIT_LOOP_WORK on run whole, with the threads handed to the
+layers' packed time loops, which split them by samples (_recurrent.h).
 """
 import os
 import threading
