@@ -98,8 +98,11 @@ class _thread_limit:
             self.threads = 1
             if threads_help:
                 self.threads = self.n if self.n is not None else _threads.recurrent_threads()
-        if batch > 1 and self.parts == 1 and work >= MIN_SPLIT_LOOP_WORK:
-            # a batch run whole: the layers' own time loops split it by samples
+        self.split_inside = batch > 1 and self.parts == 1 and work >= MIN_SPLIT_LOOP_WORK
+        if self.split_inside:
+            # a batch run whole: the layers' own time loops split it by samples, and
+            # the BLAS calls around and inside them run on one thread each, as a
+            # slice's do (two team threads calling a threaded BLAS would oversubscribe)
             self.threads = self.n if self.n is not None else _threads.recurrent_threads()
         self.small = not self.untouched and _threads.is_small(batch, net.hidden_sizes)
         self._limit = None
@@ -107,7 +110,7 @@ class _thread_limit:
     def __enter__(self):
         if self.untouched:
             return self.parts
-        if self.parts > 1 or self.small:
+        if self.parts > 1 or self.small or self.split_inside:
             self._limit = _threads.one_blas_thread()
         elif self.n is not None:
             self._limit = threadpool_limits(limits=self.n, user_api="blas")  # set here

@@ -18,8 +18,9 @@
  * Splitting by units instead (thread p owns the gate rows of units [j0, j1))
  * needs one barrier per step, since h[t] is complete only when every thread is
  * done; on a batch that lost to the split by samples on every shape measured
- * (2 threads, fwd / bwd, us: sine-sized N=32 H=50 115 / 183 vs 72 / 122;
- * N=64 H=64 695 / 801 vs 435 / 698). A single sequence (N = 1) can only split
+ * (2 threads, fwd / bwd, us, by units vs by samples: T=20 N=64 H=64 695 / 801
+ * vs 435 / 698; at sine's size, N=32 H=50, the split by units did not pay at
+ * all and ran on one thread: 115 / 183 vs 72 / 122). A single sequence (N = 1) can only split
  * by units, and there it pays: its per-step product is bound by cache
  * bandwidth (see the single-sequence loop at the end of this file).
  *

@@ -369,3 +369,29 @@ def test_a_batch_run_whole_gives_the_layers_its_threads(monkeypatch):
     LSTMRegressor(hidden_layer_sizes=(16,), batch_size=64, max_iter=1, n_jobs=2).fit(
         rng.standard_normal((64, 8, 2)), rng.standard_normal(64))
     assert seen and all(threads == [None, None] for threads in seen)
+
+
+def test_a_batch_split_inside_the_layers_runs_blas_on_one_thread(monkeypatch):
+    """A network too big for the small-network rule but whose batch runs whole
+    (64 x 128 units over 3 steps: 13M multiply-adds) gives the layers the two
+    threads of the limit in force, and their BLAS calls run on one thread each,
+    as a slice's do: two team threads calling a two-thread BLAS would put four
+    threads on two cores."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import fastlstm._network as net_module
+    seen = []
+    forward = net_module._kernels.lstm_layer_forward
+
+    def spy(*args, **kwargs):
+        blas = min(info["num_threads"] for info in threadpool_info()
+                   if info["user_api"] == "blas")
+        seen.append((blas, args[12]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(net_module._kernels, "lstm_layer_forward", spy)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 3, 8)).astype(np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        LSTMRegressor(hidden_layer_sizes=(128,), batch_size=64, max_iter=1).fit(X, X[:, -1, 0])
+    assert seen == [(1, 2)]
