@@ -205,7 +205,7 @@ FASTLSTM_MAP(fl_tanh_map_f64, double, fl_tanh_f64)
 FASTLSTM_CELL(f32_portable, float, fl_sigmoid_f32, fl_tanh_f32)
 FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
 
-/* ---- the float32 cell forward with AVX-512 ------------------------------
+/* ---- the float32 cell loops with AVX-512 --------------------------------
  *
  * The forward cell is where the five transcendentals of a unit are, and at
  * small sizes it took a third of a layer's forward (sine, N = 32, H = 50: 4.6
@@ -217,6 +217,12 @@ FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
  * vdivps stays: vrcp14ps with a Newton step was no faster here. The results
  * match the portable loop's AVX-512 build (on 6.4M random gates up to |x| = 50,
  * with inf and NaN: identical but for differences below 1e-23). */
+/* Lanes on of a 16-lane vector whose first n lanes are real (all for n >= 16). */
+static inline uint16_t fl_lane_mask(int64_t n)
+{
+    return n >= 16 ? 0xFFFF : (uint16_t)((1u << n) - 1);
+}
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FL_GATES_AVX512 1
 #include <immintrin.h>
@@ -247,14 +253,6 @@ FL_GATES_INLINE __m512 fl_clamp80_16(__m512 x)
     return _mm512_min_ps(_mm512_set1_ps(80.0f), _mm512_max_ps(_mm512_set1_ps(-80.0f), x));
 }
 
-/* 1 / d for d in [1, 6e34]: vrcp14ps and one Newton step (within 1 ulp), three
- * instructions where vdivps holds the divider for ~10 cycles. */
-FL_GATES_INLINE __m512 fl_recip16(__m512 d)
-{
-    __m512 r = _mm512_rcp14_ps(d);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-
 FL_GATES_INLINE __m512 fl_sigmoid16(__m512 x)
 {
     __m512 one = _mm512_set1_ps(1.0f);
@@ -278,7 +276,7 @@ __attribute__((target("avx512f"))) static void fl_lstm_cell_fwd_units_f32_avx512
         const float *cp = c_prev + n * H;
         float *cn = c + n * H, *tc = tanh_c + n * H, *hn = h + n * H;
         for (int64_t j = j0; j < j1; j += 16) {
-            __mmask16 m = j1 - j >= 16 ? 0xFFFF : (__mmask16)((1u << (j1 - j)) - 1);
+            __mmask16 m = fl_lane_mask(j1 - j);
             __m512 i = fl_sigmoid16(_mm512_maskz_loadu_ps(m, gi + j));
             __m512 f = fl_sigmoid16(_mm512_maskz_loadu_ps(m, gf + j));
             __m512 g = fl_tanh16(_mm512_maskz_loadu_ps(m, gg + j));
@@ -310,7 +308,7 @@ __attribute__((target("avx512f"))) static void fl_lstm_cell_bwd_units_f32_avx512
         const float *cp = c_prev + n * H, *tc = tanh_c + n * H, *dhn = dh + n * H;
         float *dcn = dc + n * H;
         for (int64_t j = j0; j < j1; j += 16) {
-            __mmask16 m = j1 - j >= 16 ? 0xFFFF : (__mmask16)((1u << (j1 - j)) - 1);
+            __mmask16 m = fl_lane_mask(j1 - j);
             __m512 i = _mm512_maskz_loadu_ps(m, gi + j), f = _mm512_maskz_loadu_ps(m, gf + j);
             __m512 g = _mm512_maskz_loadu_ps(m, gg + j), o = _mm512_maskz_loadu_ps(m, go + j);
             __m512 tcj = _mm512_maskz_loadu_ps(m, tc + j), dhj = _mm512_maskz_loadu_ps(m, dhn + j);

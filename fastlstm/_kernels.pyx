@@ -8,13 +8,14 @@ Per call, whatever T is:
   forward   one gemm for the input projection of all T*N rows, then per step one
             gemm (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
             cell loop;
-  backward  per step one fused cell loop and one gemm (dgates @ W_hh), then one
-            gemm each for dW_ih, dW_hh and dX over all rows.
+  backward  per step one fused cell loop and one gemm (dgates @ W_hh), then the
+            gemms for dW_ih, dW_hh and dX over all rows (in fixed blocks of gate
+            rows for small layers, see gradients_part).
 The whole time loop runs with the GIL released and no Python per step. BLAS comes
 from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
-AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead where it
-wins (on several threads, a batch split by samples; the weight gradients after it
-shared by its threads, see gradients_part), and a single float32 sequence runs it
+AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead wherever
+it can (on several threads, a batch split by samples; the weight gradients after
+it shared by its threads, see gradients_part), and a single float32 sequence runs it
 on weights packed once and kept between calls (PackedWeights), input projection
 included.
 """
@@ -100,8 +101,9 @@ def set_packed_recurrence(enabled):
 
 
 def set_avx512_cell(enabled):
-    """float32 cell forward: True (the default) runs its AVX-512 loop where the CPU
-    has AVX-512, False the portable one (for tests); returns the previous setting."""
+    """float32 cell loops (forward and backward): True (the default) runs their
+    AVX-512 versions where the CPU has AVX-512, False the portable ones (for
+    tests); returns the previous setting."""
     global fl_cell_avx512_enabled
     previous = bool(fl_cell_avx512_enabled)
     fl_cell_avx512_enabled = 1 if enabled else 0

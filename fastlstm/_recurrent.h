@@ -88,11 +88,6 @@ static void fl_units(int64_t H, int p, int nt, int64_t *j0, int64_t *j1)
     *j1 = b1 * FL_LANES < H ? b1 * FL_LANES : H;
 }
 
-static uint16_t fl_lane_mask(int64_t n)
-{
-    return n >= FL_LANES ? 0xFFFF : (uint16_t)((1u << n) - 1);
-}
-
 /* Most vectors a thread can own; the slice arrays are sized for it. */
 static int64_t fl_max_vectors(int64_t H)
 {
@@ -133,16 +128,16 @@ static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, int64_t H,
     }
 }
 
-/* Backward slice: columns [j0, j1) of W_hh (G, H), all G = 4H rows.
+/* Backward slice: all H columns of W_hh (G, H), all G = 4H rows.
  * packed[panel][k][lane] = W_hh[k, j] for the j of that lane. */
-static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H, int64_t j0, int64_t j1)
+static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H)
 {
     int64_t G = 4 * H, stride = FL_NV * FL_LANES;
     s->K = G;
-    s->n_vec = (j1 - j0 + FL_LANES - 1) / FL_LANES;
+    s->n_vec = (H + FL_LANES - 1) / FL_LANES;
     for (int64_t v = 0; v < s->n_vec; v++) {
-        s->col[v] = j0 + v * FL_LANES;
-        s->mask[v] = fl_lane_mask(j1 - s->col[v]);
+        s->col[v] = v * FL_LANES;
+        s->mask[v] = fl_lane_mask(H - s->col[v]);
     }
     for (int64_t v = 0; v < s->n_vec; v++) {
         float *panel = s->packed + (v / FL_NV) * G * stride + (v % FL_NV) * FL_LANES;
@@ -369,7 +364,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     fl_samples(N, p, nt, &n0, &n1);
     int64_t M = n1 - n0;
     fl_slice *s = &L->slices[p];
-    fl_pack_backward(s, L->w_hh, H, 0, H);
+    fl_pack_backward(s, L->w_hh, H);
     for (int64_t t = T - 1; t >= 0 && M > 0; t--) {
         const float *dg = L->dgates + t * NG + n0 * G;
         /* dgates[t][my samples], dc[my samples] <- dc_{t-1}, through the cell */
