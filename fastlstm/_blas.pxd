@@ -97,8 +97,9 @@ cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_s
     after its time loop, accumulated into dw_ih (G, D) and dw_hh (G, H):
         dW_ih += dg_ih.T @ x                  dg_ih (T, N, G), x (T, N, D)
         dW_hh += dg_hh[1:].T @ h[:-1]         dg_hh (T, N, G), h (T, N, H)
-        dW_hh += dg_hh[0].T @ h0              h0 (N, H), skipped when all zero
-    The rows of dg_* are ldg apart (G, or more for a block of gate rows).
+        dW_hh += dg_hh[0].T @ h0              h0 (N, H), or NULL when all zero
+    The rows of dg_* are ldg apart (G, or more for a block of gate rows). The
+    caller checks h0 for zeros once (a layer's blocks of gate rows share it).
     dg_ih and dg_hh are the same buffer except for the GRU, whose hidden-side
     gate gradients differ from its input-side ones."""
     if D > 0:
@@ -106,5 +107,5 @@ cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_s
     if T > 1:
         gemm(True, False, G, H, (T - 1) * N, <floating>1, dg_hh + N * ldg, ldg, h, H,
              <floating>1, dw_hh, H)
-    if any_nonzero(h0, N * H):
+    if h0 != NULL:
         gemm(True, False, G, H, N, <floating>1, dg_hh, ldg, h0, H, <floating>1, dw_hh, H)

@@ -336,7 +336,7 @@ ctypedef struct LayerGradients:       # what the gradients after the time loop n
     const void *dgates                # (T, N, G)
     const void *x                     # (T, N, D), NULL if D = 0
     const void *h                     # (T, N, H)
-    const void *h0                    # (N, H)
+    const void *h0                    # (N, H), NULL if all zero
     const void *w_ih                  # (G, D)
     void *dw_ih                       # (G, D) accumulated into
     void *dw_hh                       # (G, H) accumulated into
@@ -457,7 +457,8 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         dx_ptr = &dx[0, 0, 0]
     cdef LayerGradients grads
     grads.T, grads.N, grads.D, grads.H = T, N, D, H
-    grads.dgates, grads.x, grads.h, grads.h0 = dg_ptr, x_ptr, h_ptr, &h0[0, 0]
+    grads.dgates, grads.x, grads.h = dg_ptr, x_ptr, h_ptr
+    grads.h0 = &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL
     grads.w_ih, grads.dw_ih, grads.dw_hh = &weight_ih[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0]
     grads.dbias, grads.dx = &dbias[0], dx_ptr
     cdef floating[:, ::1] dc_stash                            # (N, H) dc of padded samples
