@@ -21,6 +21,8 @@ included.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
+from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
 from ._checks cimport _check, _lengths_ptr
 
@@ -59,10 +61,10 @@ cdef extern from "_recurrent.h" nogil:
     fl_single *fl_single_new(int nt, int64_t H, int64_t D)
     void fl_single_free(fl_single *S)
     int fl_single_threads(int64_t H, int n_threads)
-    int fl_single_forward_f32(fl_single *S, int64_t T, const float *x, const float *w_ih,
-                              const float *w_hh, const float *b_ih, const float *b_hh,
-                              const float *h0, const float *c0, float *gates, float *c,
-                              float *tanh_c, float *h)
+    int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const float *x,
+                              const float *w_ih, const float *w_hh, const float *b_ih,
+                              const float *b_hh, const float *h0, const float *c0,
+                              float *gates, float *c, float *tanh_c, float *h)
 
 from ._threads import recurrent_threads
 
@@ -120,17 +122,40 @@ _available = packed_recurrence_available()
 
 # ---- one sequence: weights packed once, kept between calls --------------------
 
+# One sequence through a layer packed for a team: the team or the calling thread
+# alone, whichever ran faster lately. Whether a barrier per step pays swings
+# between runs on this machine (H = 128, T = 50, layer forward: 100-135 us on two
+# threads most of the time, 230-290 us in some runs, 155-190 us on one), so each
+# call times itself (time per step), the last TIMES_KEPT times of each way are
+# kept, and a call runs the way whose fastest kept time is lower; every
+# PROBE_EVERY-th call runs the other way, so a change of conditions shows. Both
+# ways give the same bits (fl_single_serial).
+cdef enum:
+    TIMES_KEPT = 4
+    PROBE_EVERY = 16
+
 cdef class PackedWeights:
     """One float32 LSTM layer's weights packed for the single-sequence time loop
     of _recurrent.h, kept between calls (a network keeps one per layer): pass it
     to lstm_layer_forward. Each call compares the packing with the weights it is
     given and repacks what changed, so it never serves stale weights. One call
-    uses it at a time; a concurrent one packs for itself (see run_one_sequence)."""
+    uses it at a time; a concurrent one packs for itself (see run_one_sequence).
+    A packing in slices for a team of threads also keeps the times its calls took
+    on the team and on one thread (see pick_team)."""
     cdef fl_single *packing
     cdef bint in_use
+    cdef double step_ns[2][TIMES_KEPT]   # [one thread, team]: the last times per step, ns
+    cdef Py_ssize_t timed[2]             # calls timed each way since the packing was made
+    cdef Py_ssize_t calls                # calls timed in all
 
     def __dealloc__(self):
         fl_single_free(self.packing)
+
+    @property
+    def runs(self):
+        """(calls on one thread, calls on the team) of the current packing that
+        were timed: for tests."""
+        return self.timed[0], self.timed[1]
 
 
 cpdef bint one_sequence_packed():
@@ -140,8 +165,55 @@ cpdef bint one_sequence_packed():
 
 
 def one_sequence_threads_help(Py_ssize_t H):
-    """True when that loop runs a layer of H units on more than one thread."""
+    """True when that loop may run a layer of H units on more than one thread."""
     return fl_single_threads(H, 2) > 1
+
+
+_one_sequence_threads = None   # tests: 1 or 2 forces the way, None measures
+
+
+def set_one_sequence_threads(threads):
+    """Force how a packing for a team runs one sequence (1: the calling thread,
+    2: the team), or None (the default) to choose by measured time; returns the
+    previous setting. For tests."""
+    global _one_sequence_threads
+    previous = _one_sequence_threads
+    _one_sequence_threads = None if threads is None else int(threads)
+    return previous
+
+
+def pick_team(Py_ssize_t call, one_ns, team_ns):
+    """The choice of call number `call` (0, 1, ...) given the kept times per step
+    of each way (0 = none yet): True for the team. Pure, for tests."""
+    cdef double one[TIMES_KEPT]
+    cdef double team[TIMES_KEPT]
+    for k in range(TIMES_KEPT):
+        one[k] = one_ns[k] if k < len(one_ns) else 0
+        team[k] = team_ns[k] if k < len(team_ns) else 0
+    return _pick_team(call, one, team)
+
+
+cdef double _fastest(const double *times) noexcept:
+    cdef double best = 0
+    for k in range(TIMES_KEPT):
+        if times[k] > 0 and (best == 0 or times[k] < best):
+            best = times[k]
+    return best
+
+
+cdef bint _pick_team(Py_ssize_t call, const double *one_ns, const double *team_ns) noexcept:
+    cdef double one = _fastest(one_ns), team = _fastest(team_ns)
+    if team == 0 or one == 0:       # each way once first, the team first
+        return team == 0
+    if call % PROBE_EVERY == 0:     # the slower way, now and then
+        return team > one
+    return team <= one
+
+
+cdef double _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1e9 + ts.tv_nsec
 
 
 cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_ssize_t D,
@@ -151,31 +223,48 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
                            float *tanh_c, float *h):
     """The layer's forward over one sequence on kept's packing: False if it cannot
     run here (no AVX-512, no memory). Its results are bit-identical for any thread
-    count, so a call that finds kept or the thread team in use runs on one thread
-    on a packing of its own, with the same results, not on the BLAS loop."""
+    count, so a call that finds kept in use runs on one thread on a packing of its
+    own, and one that finds the thread team in use runs kept's slices on its own
+    thread, with the same results."""
     cdef int nt = fl_single_threads(H, n_threads)
-    cdef int status = -1
+    cdef int run_nt = 1, ran = -1
+    cdef double start, per_step
     cdef fl_single *own
+    cdef int way
     if not kept.in_use:
         if kept.packing == NULL or kept.packing.nt != nt or kept.packing.H != H \
                 or kept.packing.D != D:
             fl_single_free(kept.packing)
             kept.packing = fl_single_new(nt, H, D)
+            memset(kept.step_ns, 0, sizeof(kept.step_ns))
+            kept.timed[0] = kept.timed[1] = kept.calls = 0
         if kept.packing != NULL:
+            if nt > 1:
+                if _one_sequence_threads is not None:
+                    run_nt = nt if _one_sequence_threads > 1 else 1
+                elif _pick_team(kept.calls, kept.step_ns[0], kept.step_ns[1]):
+                    run_nt = nt
             kept.in_use = True
             with nogil:
-                status = fl_single_forward_f32(kept.packing, T, x, w_ih, w_hh, b_ih, b_hh,
-                                               h0, c0, gates, c, tanh_c, h)
+                start = _now_ns()
+                ran = fl_single_forward_f32(kept.packing, run_nt, T, x, w_ih, w_hh, b_ih,
+                                            b_hh, h0, c0, gates, c, tanh_c, h)
+                per_step = (_now_ns() - start) / T
+            if nt > 1 and ran > 0 and ran == run_nt:   # not a team found busy
+                way = 1 if ran > 1 else 0
+                kept.step_ns[way][kept.timed[way] % TIMES_KEPT] = per_step
+                kept.timed[way] += 1
+                kept.calls += 1
             kept.in_use = False
-    if status != 0:
+    if ran < 0:
         own = fl_single_new(1, H, D)
         if own == NULL:
             return False
         with nogil:
-            status = fl_single_forward_f32(own, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                                           gates, c, tanh_c, h)
+            ran = fl_single_forward_f32(own, 1, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                        gates, c, tanh_c, h)
         fl_single_free(own)
-    return status == 0
+    return ran > 0
 
 
 # ---- BLAS ------------------------------------------------------------------

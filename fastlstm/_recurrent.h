@@ -311,32 +311,40 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
 
 #if FL_HAVE_AVX512_CODE
 
-/* The forward time loop of samples [n0, n1), units [j0, j1) on slice s of W_hh
- * (gate rows of those units, forward layout), after gates holds the input part
- * of the pre-activations:
+/* Step t of the forward loop for samples [n0, n1), units [j0, j1) on slice s
+ * of W_hh (gate rows of those units, forward layout), after gates holds the
+ * input part of the pre-activations:
  *     gates[t][my samples, my rows] += h[t-1][my samples] @ W_hh[my rows].T ;
- *     cell forward (my samples, my units) ; barrier of sync_nt threads
- * (split by units, sync_nt = nt: h[t] complete before anyone reads it; by
- * samples, 1: no barrier).
+ *     cell forward (my samples, my units)
+ * It reads all of h[t-1] for its samples: every unit's step t-1 must be done.
  * gates (T, N, 4H) out: activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or
  * NULL for zeros; c0 (N, H). */
+FL_AVX512 static void fl_forward_step(const fl_slice *s, int64_t t, int64_t N, int64_t n0,
+                                      int64_t n1, int64_t H, int64_t j0, int64_t j1,
+                                      const float *h0, const float *c0, float *gates,
+                                      float *c, float *tanh_c, float *h)
+{
+    int64_t G = 4 * H, NH = N * H, M = n1 - n0;
+    if (j1 <= j0 || M <= 0) return;
+    const float *h_prev = t > 0 ? h + (t - 1) * NH : h0;
+    const float *c_prev = t > 0 ? c + (t - 1) * NH : c0;
+    float *g = gates + t * N * G + n0 * G;
+    int64_t at = t * NH + n0 * H;
+    if (h_prev)
+        fl_slice_product(s, M, h_prev + n0 * H, H, g, G, 1);
+    fl_lstm_cell_fwd_units_f32(M, H, j0, j1, g, c_prev + n0 * H, c + at, tanh_c + at, h + at);
+}
+
+/* The forward time loop: every step of fl_forward_step, each followed by a
+ * barrier of sync_nt threads (split by units, sync_nt = nt: h[t] complete
+ * before anyone reads it; by samples, 1: no barrier). */
 FL_AVX512 static void fl_forward_steps(const fl_slice *s, int64_t T, int64_t N, int64_t n0,
                                        int64_t n1, int64_t H, int64_t j0, int64_t j1,
                                        int sync_nt, const float *h0, const float *c0,
                                        float *gates, float *c, float *tanh_c, float *h)
 {
-    int64_t G = 4 * H, NG = N * G, NH = N * H, M = n1 - n0;
     for (int64_t t = 0; t < T; t++) {
-        const float *h_prev = t > 0 ? h + (t - 1) * NH : h0;
-        const float *c_prev = t > 0 ? c + (t - 1) * NH : c0;
-        float *g = gates + t * NG + n0 * G;
-        int64_t at = t * NH + n0 * H;
-        if (j1 > j0 && M > 0) {
-            if (h_prev)
-                fl_slice_product(s, M, h_prev + n0 * H, H, g, G, 1);
-            fl_lstm_cell_fwd_units_f32(M, H, j0, j1, g, c_prev + n0 * H, c + at,
-                                       tanh_c + at, h + at);
-        }
+        fl_forward_step(s, t, N, n0, n1, H, j0, j1, h0, c0, gates, c, tanh_c, h);
         fl_team_barrier(sync_nt);
     }
 }
@@ -466,7 +474,8 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  *    optimizer step, a load, an edit in place), so stale weights are never used;
  *    the comparison reads W_hh once, the time loop T times.
  *  - two threads for wide layers: each core streams its half of W_hh from its
- *    own L2, where one core alone is bound by its L2 bandwidth.
+ *    own L2, where one core alone is bound by its L2 bandwidth (a barrier per
+ *    step: see FL_SINGLE_MIN_UNITS for when that pays).
  * Forward of one layer, us, 2-core Zen 4, BLAS loop / packed per call / packed
  * once, 1 thread / the same, 2 threads: T = 50, H = 128: 209 / 157 / 157 / 110;
  * T = 50, H = 300: 1256 / 905 / ~1000 / 544-780; T = 100, H = 512: 7283 / 5719
@@ -476,12 +485,15 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  * left spinning after a threaded call would take the core the team needs.
  */
 
-/* Units each thread needs. A step of a narrow layer is short enough that the
- * barrier's cost decides, and on this shared machine that cost swings: at
- * H = 128 (T = 50) two threads took 120-140 us most of the time but 230-290 in
- * some runs, against 155-190 on one; H = 256: 590-620 vs 680-820, and H = 50
- * lost outright (17 vs 9 us). So layers narrower than 192 units run on one. */
-#define FL_SINGLE_MIN_UNITS 96
+/* Units each thread's slice needs. A step of a narrow layer is short enough
+ * that the barrier's cost decides, and on this shared machine that cost swings
+ * from run to run: at H = 128 (T = 50) two threads took 100-135 us most of the
+ * time but 230-290 in some runs, against 155-190 on one; H = 256: 590-620 vs
+ * 680-820, and H = 50 lost outright (17 vs 9 us). So layers of 128 units or
+ * more are packed in slices for two threads, and the caller picks per call
+ * whether the team or the calling thread alone runs them (fl_single_serial),
+ * by the times it measured (_kernels.pyx, PackedWeights). */
+#define FL_SINGLE_MIN_UNITS 64
 
 typedef struct {
     int nt;
@@ -574,62 +586,83 @@ typedef struct {
 
 #if FL_HAVE_AVX512_CODE
 
-/* Thread p of nt: its units' gate rows, input projection included. */
+/* Slice p of S's nt: its rows repacked if the weights changed since it packed
+ * them, then gates[t][its rows] = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t.
+ * Its units -> [*j0, *j1). */
+FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int p, int64_t *j0, int64_t *j1)
+{
+    fl_single *S = L->S;
+    int64_t T = L->T, H = S->H, D = S->D, G = 4 * H;
+    fl_units(H, p, S->nt, j0, j1);
+    if (*j1 <= *j0) return;
+    fl_slice *hh = &S->hh[p], *ih = &S->ih[p];
+    if (!S->valid[p] || fl_rows_differ(L->w_hh, S->hh_seen, H, H, *j0, *j1)
+            || fl_rows_differ(L->w_ih, S->ih_seen, D, H, *j0, *j1)) {
+        fl_rows_copy(L->w_hh, S->hh_seen, H, H, *j0, *j1);
+        fl_rows_copy(L->w_ih, S->ih_seen, D, H, *j0, *j1);
+        fl_pack_forward(hh, S->hh_seen, H, H, *j0, *j1);
+        fl_pack_forward(ih, S->ih_seen, D, H, *j0, *j1);
+        S->valid[p] = 1;
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t q = 0; q < 4; q++)
+            for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
+                L->gates[t * G + j] = L->b_ih[j] + L->b_hh[j];
+    if (D > 0)
+        fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
+}
+
+/* Thread p of the team of S->nt: its slice, a barrier per step. */
 FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
 {
     fl_single_loop *L = arg;
+    int64_t j0, j1;
+    fl_single_prepare(L, p, &j0, &j1);
+    fl_forward_steps(&L->S->hh[p], L->T, 1, 0, 1, L->S->H, j0, j1, nt, L->h0, L->c0,
+                     L->gates, L->c, L->tanh_c, L->h);
+}
+
+/* All of S's slices on the calling thread, one after the other in every step:
+ * the same sums in the same order as the team computes, so the same bits. */
+FL_AVX512 static void fl_single_serial(fl_single_loop *L)
+{
     fl_single *S = L->S;
-    int64_t T = L->T, H = S->H, D = S->D, G = 4 * H, j0, j1;
-    fl_units(H, p, nt, &j0, &j1);
-    fl_slice *hh = &S->hh[p], *ih = &S->ih[p];
-    if (j1 > j0) {
-        /* the rows this thread packed, repacked if the weights changed since */
-        if (!S->valid[p] || fl_rows_differ(L->w_hh, S->hh_seen, H, H, j0, j1)
-                || fl_rows_differ(L->w_ih, S->ih_seen, D, H, j0, j1)) {
-            fl_rows_copy(L->w_hh, S->hh_seen, H, H, j0, j1);
-            fl_rows_copy(L->w_ih, S->ih_seen, D, H, j0, j1);
-            fl_pack_forward(hh, S->hh_seen, H, H, j0, j1);
-            fl_pack_forward(ih, S->ih_seen, D, H, j0, j1);
-            S->valid[p] = 1;
-        }
-        /* gates[t][my rows] = b_ih + b_hh + x[t] @ W_ih[my rows].T, every t */
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t q = 0; q < 4; q++)
-                for (int64_t j = q * H + j0; j < q * H + j1; j++)
-                    L->gates[t * G + j] = L->b_ih[j] + L->b_hh[j];
-        if (D > 0)
-            fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
-    }
-    fl_forward_steps(hh, T, 1, 0, 1, H, j0, j1, nt, L->h0, L->c0, L->gates, L->c, L->tanh_c, L->h);
+    int64_t j0[FL_MAX_TEAM], j1[FL_MAX_TEAM];
+    for (int p = 0; p < S->nt; p++)
+        fl_single_prepare(L, p, &j0[p], &j1[p]);
+    for (int64_t t = 0; t < L->T; t++)
+        for (int p = 0; p < S->nt; p++)
+            fl_forward_step(&S->hh[p], t, 1, 0, 1, S->H, j0[p], j1[p], L->h0, L->c0,
+                            L->gates, L->c, L->tanh_c, L->h);
 }
 
 #endif /* FL_HAVE_AVX512_CODE */
 
 /*
  * Forward of one layer over one sequence, with the weights packed in S (made by
- * fl_single_new for this H and D; S->nt threads).
+ * fl_single_new for this H and D, in S->nt slices), on S->nt threads if
+ * run_nt > 1 and the team is free, else on the calling thread: the same bits
+ * either way.
  *   x (T, D); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
  *   h0 (H) or NULL for zeros; c0 (H)
  *   gates (T, 4H) out: activations; c, tanh_c, h (T, H) out
- * Returns 0, or -1 (nothing computed) if AVX-512 is missing or the team cannot
- * run S->nt threads now (another call is using it).
+ * Returns the threads it ran on, or -1 (nothing computed) if AVX-512 is missing.
  */
-static int fl_single_forward_f32(fl_single *S, int64_t T, const float *x, const float *w_ih,
-                                 const float *w_hh, const float *b_ih, const float *b_hh,
-                                 const float *h0, const float *c0, float *gates, float *c,
-                                 float *tanh_c, float *h)
+static int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const float *x,
+                                 const float *w_ih, const float *w_hh, const float *b_ih,
+                                 const float *b_hh, const float *h0, const float *c0,
+                                 float *gates, float *c, float *tanh_c, float *h)
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_single_loop L = {S, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h};
-    if (S->nt == 1) {
-        fl_single_part(&L, 0, 1);
-        return 0;
-    }
-    return fl_team_run_exact(S->nt, fl_single_part, &L);
+    if (S->nt > 1 && run_nt > 1 && fl_team_run_exact(S->nt, fl_single_part, &L) == 0)
+        return S->nt;
+    fl_single_serial(&L);
+    return 1;
 #else
-    (void)S; (void)T; (void)x; (void)w_ih; (void)w_hh; (void)b_ih; (void)b_hh; (void)h0;
-    (void)c0; (void)gates; (void)c; (void)tanh_c; (void)h;
+    (void)S; (void)run_nt; (void)T; (void)x; (void)w_ih; (void)w_hh; (void)b_ih; (void)b_hh;
+    (void)h0; (void)c0; (void)gates; (void)c; (void)tanh_c; (void)h;
     return -1;
 #endif
 }

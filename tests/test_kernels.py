@@ -150,7 +150,8 @@ def test_float32_is_bit_identical_for_any_thread_count(shape):
 ONE_SEQUENCE_SHAPES = [  # (T, N=1, D, H)
     (1, 1, 1, 1),
     (5, 1, 3, 2),
-    (5, 1, 3, 70),    # one thread (H < 192); 5 vectors of 16
+    (5, 1, 3, 70),    # one thread (H < 128); 5 vectors of 16
+    (4, 1, 3, 128),   # the narrowest layer packed for two threads
     (6, 1, 4, 200),   # two threads, a partial vector on the second
     (13, 1, 2, 17),   # T past one 12-row tile of the input projection
     (3, 1, 2, 300),   # charlm-sized
@@ -227,6 +228,45 @@ def test_kept_weights_follow_every_change_of_the_weights(n_threads):
     other = random_layer(4, 1, 5, 40, np.float32, seed=2)
     np.testing.assert_array_equal(run_forward(*other, n_threads, kept)[3],
                                   run_forward(*other, n_threads, _kernels.PackedWeights())[3])
+
+
+@pytest.mark.parametrize("H", [128, 200])
+def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(H):
+    """A packing in slices for two threads runs on the team or, slice after slice,
+    on the calling thread (forced both ways here, then chosen by measured time):
+    the same bits every way, and the measured choice times both ways."""
+    needs_packed_loop()
+    args = random_layer(9, 1, 3, H, np.float32)
+    results, runs = {}, {}
+    previous = _kernels.set_one_sequence_threads(None)
+    try:
+        for way in (1, 2, None):
+            _kernels.set_one_sequence_threads(way)
+            kept = _kernels.PackedWeights()
+            results[way] = [run_forward(*args, 2, kept) for _ in range(20)]
+            runs[way] = kept.runs
+    finally:
+        _kernels.set_one_sequence_threads(previous)
+    assert runs[1] == (20, 0) and runs[2] == (0, 20)
+    assert min(runs[None]) >= 1 and sum(runs[None]) == 20
+    for got in results[2] + results[None] + results[1][1:]:
+        for a, b in zip(results[1][0], got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_one_sequence_way_is_the_faster_one_with_a_probe_of_the_other():
+    """pick_team: the team first, then one thread, then whichever has the lower
+    fastest kept time; every 16th call the other way; an outlier among the kept
+    times does not decide, and a way that got slower in all its kept times loses."""
+    pick = _kernels.pick_team
+    assert pick(0, [], []) is True
+    assert pick(1, [], [900.0]) is False
+    assert pick(2, [1500.0], [900.0]) is True
+    assert pick(3, [900.0], [1500.0]) is False
+    assert pick(16, [1500.0], [900.0]) is False            # the probe of the slower way
+    assert pick(32, [900.0], [1500.0]) is True
+    assert pick(5, [1500.0], [900.0, 5000.0, 4000.0, 6000.0]) is True    # one good time
+    assert pick(5, [1500.0], [2400.0, 2500.0, 2300.0, 2600.0]) is False  # slow every time
 
 
 def test_kept_weights_shared_by_concurrent_calls_give_the_same_results():

@@ -257,7 +257,7 @@ def test_one_float32_sequence_runs_its_own_loop_on_the_threads_in_force(monkeypa
 
     monkeypatch.setattr(net_module._kernels, "lstm_layer_forward", spy)
     X = np.random.default_rng(0).standard_normal((2, 3, 1)).astype(np.float32)
-    for H, n_jobs, threads in ((192, None, 2), (192, 1, 1), (128, None, 1)):
+    for H, n_jobs, threads in ((192, None, 2), (192, 1, 1), (128, None, 2), (127, None, 1)):
         model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1, n_jobs=n_jobs).fit(X, [0.5, 1])
         with threadpool_limits(2, user_api="blas"):
             seen.clear()
