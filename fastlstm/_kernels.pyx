@@ -440,10 +440,13 @@ ctypedef struct LayerGradients:       # what the gradients after the time loop n
 # differently from one call over 200). At sine's size the four calls are also
 # faster than one (backward, 1 thread: 177 -> 159 us); from GRADIENT_ONE_CALL_WORK
 # multiply-adds on, one call over all rows is (large, N=32: 161 vs 171 ms),
-# and the batch is not split by samples (_parallel.MIN_SLICED_WORK).
+# and the batch is not split by samples (_parallel.MIN_SLICED_WORK); below
+# GRADIENT_BLOCKS_MIN_WORK the calls' own cost decides and one call is faster
+# too (binadd, T=8 N=64 D=2 H=16, 0.6M: 35 -> 30-31 us).
 cdef enum:
     GRADIENT_BLOCKS = 4
-    GRADIENT_ONE_CALL_WORK = 33554432   # 2**25
+    GRADIENT_BLOCKS_MIN_WORK = 1048576     # 2**20
+    GRADIENT_ONE_CALL_WORK = 33554432      # 2**25
 
 
 cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL) noexcept nogil:
@@ -453,7 +456,9 @@ cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL)
     and rows of dx = dgates @ W_ih."""
     cdef Py_ssize_t T = a.T, N = a.N, D = a.D, H = a.H, G = 4 * H
     cdef Py_ssize_t units = (G + 15) // 16, b, r0, r1, m0, m1
-    cdef Py_ssize_t blocks = GRADIENT_BLOCKS if T * N * G * (D + H) < GRADIENT_ONE_CALL_WORK else 1
+    cdef Py_ssize_t work = T * N * G * (D + H)
+    cdef Py_ssize_t blocks = (GRADIENT_BLOCKS if GRADIENT_BLOCKS_MIN_WORK <= work < GRADIENT_ONE_CALL_WORK
+                              else 1)
     cdef const floating *dg = <const floating *>a.dgates
     for b in range(blocks * p // nt, blocks * (p + 1) // nt):
         r0 = min(G, units * b // blocks * 16)

@@ -120,8 +120,8 @@ def test_backward_matches_reference(shape, dtype, zero_state, path):
 
 @pytest.mark.parametrize("shape", [
     (6, 30, 4, 300),   # split by samples: 15 + 15, 10 + 10 + 10
-    (10, 32, 1, 50),   # sine: one input, so dW_ih and dx are BLAS products of one column
-    (5, 24, 2, 16),    # 8 samples a thread on three
+    (10, 32, 1, 50),   # sine: one input, so dW_ih and dx are BLAS products of one column; 4 blocks
+    (5, 24, 2, 16),    # 8 samples a thread on three; the gradients in one block
     (4, 13, 3, 40),    # too few samples to split
     (3, 2, 2, 16)])
 def test_float32_is_bit_identical_for_any_thread_count(shape):
