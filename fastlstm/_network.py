@@ -14,6 +14,7 @@ Activations are time-major, (T, N, .): the kernels want each step contiguous.
 import math
 
 import numpy as np
+import scipy.linalg
 
 from . import _cells, _kernels, _ops
 
@@ -239,8 +240,8 @@ class LSTMNetwork:
                 limit = np.sqrt(6.0 / (w_ih.shape[0] + w_ih.shape[1]))
                 w_ih[...] = rng.uniform(-limit, limit, size=w_ih.shape)
                 # orthogonal (G, H): orthonormal columns, from the QR of a Gaussian
-                q, r = np.linalg.qr(rng.standard_normal((G, H)))
-                self.p[f"weight_hh_{layer}"][...] = q * np.sign(np.diag(r))
+                self.p[f"weight_hh_{layer}"][...] = orthonormal_columns(
+                    rng.standard_normal((G, H)))
                 self.p[f"bias_ih_{layer}"][...] = 0
                 if self.cell == "lstm":
                     self.p[f"bias_ih_{layer}"][H:2 * H] = 1.0    # forget gate
@@ -442,6 +443,27 @@ class LSTMNetwork:
             _cells.rnn_layer_backward(layer_in, w_ih, w_hh, h0, h, dh, dh0, dpre, dx, dw_ih,
                                       dw_hh, db_ih, self.nonlinearity == "sigmoid", lengths)
             db_hh[...] = db_ih
+
+
+def orthonormal_columns(a):
+    """Q of the QR factorisation a = QR of a (G, H), G >= H, float64, with R's
+    diagonal positive (the unique one): Keras' orthogonal initialiser.
+
+    For a tall Gaussian (G >= 2H: LSTM and GRU layers) by Cholesky QR, Q = a R^-1
+    with R'R = a'a: three BLAS-3 calls, where Householder QR is panel by panel
+    (G, H = 2048, 512: 43 vs 132 ms; 1200, 300: 11 vs 19 ms), and such a matrix is
+    well conditioned (cond(a) ~ (1 + sqrt(H/G)) / (1 - sqrt(H/G)) <= 6), so Q is
+    as orthonormal (1e-15) and equal to Householder's to 1e-15. A square one (RNN
+    layers) can be ill conditioned: Householder QR, as when Cholesky fails."""
+    G, H = a.shape
+    if G >= 2 * H:
+        try:
+            r = scipy.linalg.cholesky(a.T @ a)                     # upper: a'a = r'r
+            return scipy.linalg.solve_triangular(r, a.T, trans="T").T
+        except np.linalg.LinAlgError:
+            pass
+    q, r = np.linalg.qr(a)
+    return q * np.sign(np.diag(r))
 
 
 def reverse_order(T, N, lengths=None):

@@ -280,3 +280,21 @@ def test_per_step_predictions_are_new_contiguous_arrays(n_sequences):
     model.predict(X[10:10 + n_sequences])
     np.testing.assert_array_equal(first, kept)
     assert not np.shares_memory(first, model.predict(X[:n_sequences]))
+
+
+@pytest.mark.parametrize("cell, H", [("lstm", 40), ("gru", 30), ("rnn", 24)])
+def test_recurrent_weights_start_orthonormal_as_the_qr_of_a_gaussian(cell, H):
+    """weight_hh starts as Q of the QR of a standard Gaussian (G, H) with R's
+    diagonal positive, drawn where fit draws it: checked against numpy's
+    Householder QR of the same draw, for the tall matrices (Cholesky QR) and the
+    square one (RNN)."""
+    from fastlstm._estimators import _generator
+    from fastlstm._network import GATES, LSTMNetwork
+    net = LSTMNetwork(3, (H,), 1, dtype=np.float64, cell=cell)
+    net.initialize(_generator(0))
+    w_hh = net.p["weight_hh_l0"]
+    np.testing.assert_allclose(w_hh.T @ w_hh, np.eye(H), atol=1e-12)
+    rng = _generator(0)
+    rng.uniform(size=net.p["weight_ih_l0"].shape)         # the draw before it
+    q, r = np.linalg.qr(rng.standard_normal((GATES[cell] * H, H)))
+    np.testing.assert_allclose(w_hh, q * np.sign(np.diag(r)), rtol=0, atol=1e-12)
