@@ -210,8 +210,8 @@ class LSTMNetwork:
         _recurrent.h, which calls no BLAS; other layers, and every backward pass
         (training), run one BLAS product of one row per step. blas_products lists
         the matrix sizes (elements) of the one-row products BLAS is left with: the
-        head's, and each such layer's. threads_help: the packed loop runs some
-        layer on more than one thread."""
+        head's, and each such layer's. threads_help: the packed loop may run some
+        layer on more than one thread (it picks per call, see _kernels.PackedWeights)."""
         own_loop = (not training and bool(self.packed_weights)
                     and _kernels.one_sequence_packed())
         plan = self._plans.get(own_loop)
