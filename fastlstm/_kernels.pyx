@@ -61,6 +61,7 @@ cdef extern from "_recurrent.h" nogil:
     fl_single *fl_single_new(int nt, int64_t H, int64_t D)
     void fl_single_free(fl_single *S)
     int fl_single_threads(int64_t H, int n_threads)
+    void fl_team_wake(int nt)
     int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const float *x,
                               const float *w_ih, const float *w_hh, const float *b_ih,
                               const float *b_hh, const float *h0, const float *c0,
@@ -127,12 +128,17 @@ _available = packed_recurrence_available()
 # between runs on this machine (H = 128, T = 50, layer forward: 100-135 us on two
 # threads most of the time, 230-290 us in some runs, 155-190 us on one), so each
 # call times itself (time per step), the last TIMES_KEPT times of each way are
-# kept, and a call runs the way whose fastest kept time is lower; every
-# PROBE_EVERY-th call runs the other way, so a change of conditions shows. Both
-# ways give the same bits (fl_single_serial).
+# kept, and a call runs the way whose fastest kept time is lower. Now and then a
+# call runs the other way (a probe), so a change of conditions shows: after
+# PROBE_EVERY calls, then after twice as many each time a probe leaves the choice
+# as it was (up to PROBE_MAX), and after PROBE_EVERY again once one changes it
+# (every 16th call at H = 300, where one thread takes 1.8x as long, would cost 5%
+# of the mean time). A probe of the team first wakes its workers. Both ways give
+# the same bits (fl_single_serial).
 cdef enum:
     TIMES_KEPT = 4
     PROBE_EVERY = 16
+    PROBE_MAX = 512
 
 cdef class PackedWeights:
     """One float32 LSTM layer's weights packed for the single-sequence time loop
@@ -146,7 +152,8 @@ cdef class PackedWeights:
     cdef bint in_use
     cdef double step_ns[2][TIMES_KEPT]   # [one thread, team]: the last times per step, ns
     cdef Py_ssize_t timed[2]             # calls timed each way since the packing was made
-    cdef Py_ssize_t calls                # calls timed in all
+    cdef Py_ssize_t probe_every          # calls from one probe to the next
+    cdef Py_ssize_t until_probe          # calls left before the next probe
 
     def __dealloc__(self):
         fl_single_free(self.packing)
@@ -182,15 +189,21 @@ def set_one_sequence_threads(threads):
     return previous
 
 
-def pick_team(Py_ssize_t call, one_ns, team_ns):
-    """The choice of call number `call` (0, 1, ...) given the kept times per step
-    of each way (0 = none yet): True for the team. Pure, for tests."""
+def pick_team(bint probe, one_ns, team_ns):
+    """The way a call runs given the kept times per step of each way (0 = none
+    yet), probe or not: True for the team. Pure, for tests."""
     cdef double one[TIMES_KEPT]
     cdef double team[TIMES_KEPT]
     for k in range(TIMES_KEPT):
         one[k] = one_ns[k] if k < len(one_ns) else 0
         team[k] = team_ns[k] if k < len(team_ns) else 0
-    return _pick_team(call, one, team)
+    return _pick_team(probe, one, team)
+
+
+def next_probe_every(Py_ssize_t probe_every, bint choice_kept):
+    """Calls until the probe after one that left the choice as it was (or
+    changed it). Pure, for tests."""
+    return min(2 * probe_every, PROBE_MAX) if choice_kept else PROBE_EVERY
 
 
 cdef double _fastest(const double *times) noexcept:
@@ -201,11 +214,11 @@ cdef double _fastest(const double *times) noexcept:
     return best
 
 
-cdef bint _pick_team(Py_ssize_t call, const double *one_ns, const double *team_ns) noexcept:
+cdef bint _pick_team(bint probe, const double *one_ns, const double *team_ns) noexcept:
     cdef double one = _fastest(one_ns), team = _fastest(team_ns)
     if team == 0 or one == 0:       # each way once first, the team first
         return team == 0
-    if call % PROBE_EVERY == 0:     # the slower way, now and then
+    if probe:                       # the slower way
         return team > one
     return team <= one
 
@@ -231,21 +244,29 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
     cdef double start, per_step
     cdef fl_single *own
     cdef int way
+    cdef bint favoured = False, probe = False
     if not kept.in_use:
         if kept.packing == NULL or kept.packing.nt != nt or kept.packing.H != H \
                 or kept.packing.D != D:
             fl_single_free(kept.packing)
             kept.packing = fl_single_new(nt, H, D)
             memset(kept.step_ns, 0, sizeof(kept.step_ns))
-            kept.timed[0] = kept.timed[1] = kept.calls = 0
+            kept.timed[0] = kept.timed[1] = 0
+            kept.probe_every = kept.until_probe = PROBE_EVERY
         if kept.packing != NULL:
             if nt > 1:
+                favoured = _pick_team(False, kept.step_ns[0], kept.step_ns[1])
+                probe = kept.until_probe <= 0
                 if _one_sequence_threads is not None:
                     run_nt = nt if _one_sequence_threads > 1 else 1
-                elif _pick_team(kept.calls, kept.step_ns[0], kept.step_ns[1]):
+                elif _pick_team(probe, kept.step_ns[0], kept.step_ns[1]):
                     run_nt = nt
             kept.in_use = True
             with nogil:
+                if probe and run_nt > 1:
+                    # after calls on one thread the workers sleep: a probe timing
+                    # their wake-up would keep the team from ever winning
+                    fl_team_wake(run_nt)
                 start = _now_ns()
                 ran = fl_single_forward_f32(kept.packing, run_nt, T, x, w_ih, w_hh, b_ih,
                                             b_hh, h0, c0, gates, c, tanh_c, h)
@@ -254,7 +275,12 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
                 way = 1 if ran > 1 else 0
                 kept.step_ns[way][kept.timed[way] % TIMES_KEPT] = per_step
                 kept.timed[way] += 1
-                kept.calls += 1
+                kept.until_probe -= 1
+                if probe:
+                    kept.probe_every = next_probe_every(
+                        kept.probe_every,
+                        _pick_team(False, kept.step_ns[0], kept.step_ns[1]) == favoured)
+                    kept.until_probe = kept.probe_every
             kept.in_use = False
     if ran < 0:
         own = fl_single_new(1, H, D)

@@ -202,9 +202,23 @@ static int fl_team_run_exact(int nt, fl_team_fn fn, void *arg)
     return 0;
 }
 
+static void fl_team_noop(void *arg, int p, int nt)
+{
+    (void)arg; (void)p; (void)nt;
+}
+
+/* Wake the workers a job of nt threads would use (a job that does nothing), so
+ * that the next job starts on threads already spinning, not asleep. */
+static void fl_team_wake(int nt)
+{
+    fl_team_run(nt, fl_team_noop, NULL);
+}
+
 #else /* no pool: one thread */
 
 static void fl_team_barrier(int nt) { (void)nt; }
+
+static void fl_team_wake(int nt) { (void)nt; }
 
 static void fl_team_run(int nt, fl_team_fn fn, void *arg)
 {

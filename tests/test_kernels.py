@@ -256,17 +256,25 @@ def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(H):
 
 def test_one_sequence_way_is_the_faster_one_with_a_probe_of_the_other():
     """pick_team: the team first, then one thread, then whichever has the lower
-    fastest kept time; every 16th call the other way; an outlier among the kept
-    times does not decide, and a way that got slower in all its kept times loses."""
+    fastest kept time, and the other way on a probe; an outlier among the kept
+    times does not decide, and a way that got slower in all its kept times loses.
+    next_probe_every: probes twice as far apart each time one leaves the choice as
+    it was, up to 512 calls, and 16 calls apart again once one changes it."""
     pick = _kernels.pick_team
-    assert pick(0, [], []) is True
-    assert pick(1, [], [900.0]) is False
-    assert pick(2, [1500.0], [900.0]) is True
-    assert pick(3, [900.0], [1500.0]) is False
-    assert pick(16, [1500.0], [900.0]) is False            # the probe of the slower way
-    assert pick(32, [900.0], [1500.0]) is True
-    assert pick(5, [1500.0], [900.0, 5000.0, 4000.0, 6000.0]) is True    # one good time
-    assert pick(5, [1500.0], [2400.0, 2500.0, 2300.0, 2600.0]) is False  # slow every time
+    assert pick(False, [], []) is True
+    assert pick(False, [], [900.0]) is False
+    assert pick(True, [], [900.0]) is False                 # no probe before both ran
+    assert pick(False, [1500.0], [900.0]) is True
+    assert pick(False, [900.0], [1500.0]) is False
+    assert pick(True, [1500.0], [900.0]) is False           # the probe of the slower way
+    assert pick(True, [900.0], [1500.0]) is True
+    assert pick(False, [1500.0], [900.0, 5000.0, 4000.0, 6000.0]) is True    # one good time
+    assert pick(False, [1500.0], [2400.0, 2500.0, 2300.0, 2600.0]) is False  # slow every time
+    every = 16
+    for expected in (32, 64, 128, 256, 512, 512):
+        every = _kernels.next_probe_every(every, True)
+        assert every == expected
+    assert _kernels.next_probe_every(every, False) == 16
 
 
 def test_kept_weights_shared_by_concurrent_calls_give_the_same_results():
