@@ -255,8 +255,9 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
             kept.probe_every = kept.until_probe = PROBE_EVERY
         if kept.packing != NULL:
             if nt > 1:
-                favoured = _pick_team(False, kept.step_ns[0], kept.step_ns[1])
                 probe = kept.until_probe <= 0
+                if probe:   # the way a call runs when not probing, before this one's time
+                    favoured = _pick_team(False, kept.step_ns[0], kept.step_ns[1])
                 if _one_sequence_threads is not None:
                     run_nt = nt if _one_sequence_threads > 1 else 1
                 elif _pick_team(probe, kept.step_ns[0], kept.step_ns[1]):
