@@ -15,10 +15,11 @@ SHAPES = [  # (T, N, D, H)
     (3, 2, 8, 33),   # H not a multiple of any vector width
     (9, 5, 2, 16),
     (5, 1, 3, 70),    # one sequence: gemv in the BLAS loop; H spans 5 vectors of 16
-    (4, 13, 3, 40),   # N past one 12-row register tile; H = 2.5 vectors
+    (4, 13, 3, 40),   # N past one 12-row register tile (7 + 6 rows); H = 2.5 vectors
+    (2, 20, 3, 24),   # a 12-row tile and one of 8
     (3, 12, 1, 17),   # N = one full tile; the 2nd thread owns a single unit
-    (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, 3 row tiles
-    (4, 32, 1, 50),   # sine-sized: 2 threads split it by samples, 16 each (a tile and 4 rows)
+    (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, row tiles of 12 + 7 + 6
+    (4, 32, 1, 50),   # sine-sized: 2 threads split it by samples, 16 each (tiles of 8 + 8 rows)
 ]
 # Forward and backward run through the packed, thread-split float32 time loop
 # (when the CPU has it) with 1 and 2 threads, and through the BLAS loop; the
