@@ -26,7 +26,7 @@ from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
 from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, MIN_SPLIT_LOOP_WORK,
                         DataParallel,
-                        forward_work, n_slices)
+                        forward_work, in_ranges, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, pad_sequences, resolve_dtype)
 
@@ -172,21 +172,28 @@ class _Optimizer:
         self.second_moment = np.zeros_like(params)                # Adam v
         self.n_steps = 0
 
-    def step(self, est, params, grads):
+    def step(self, est, params, grads, parts=1):
+        """One update of params from grads; parts: threads the element-wise update
+        may be split over (_parallel.in_ranges)."""
         if est.clip_grad_norm is not None:
             _ops.clip_grad_norm(grads, est.clip_grad_norm)
         self.n_steps += 1
+        m, v = self.first_moment, self.second_moment
         if est.solver == "adam":
             as_params = params.dtype.type            # the update runs in the parameters' dtype
             beta1, beta2, t = est.beta_1, est.beta_2, self.n_steps
-            _ops.adam_step(params, grads, self.first_moment, self.second_moment,
-                           as_params(beta1), as_params(1.0 - beta1), as_params(beta2),
-                           as_params(1.0 - beta2),
-                           as_params(est.learning_rate_init / (1.0 - beta1 ** t)),
-                           as_params(math.sqrt(1.0 - beta2 ** t)), as_params(est.epsilon))
+            scalars = (as_params(beta1), as_params(1.0 - beta1), as_params(beta2),
+                       as_params(1.0 - beta2),
+                       as_params(est.learning_rate_init / (1.0 - beta1 ** t)),
+                       as_params(math.sqrt(1.0 - beta2 ** t)), as_params(est.epsilon))
+
+            def update(r):
+                _ops.adam_step(params[r], grads[r], m[r], v[r], *scalars)
         else:
-            _ops.sgd_step(params, grads, self.first_moment, est.learning_rate_init,
-                          est.momentum, est.nesterovs_momentum)
+            def update(r):
+                _ops.sgd_step(params[r], grads[r], m[r], est.learning_rate_init,
+                              est.momentum, est.nesterovs_momentum)
+        in_ranges(update, params.size, parts)
 
 
 class _BaseLSTM(BaseEstimator):
@@ -434,6 +441,7 @@ class _BaseLSTM(BaseEstimator):
         T, N = x_tm.shape[:2]
         sequence = self.output == "sequence"
         n_weights = net.n_weights
+        parts = len(runner.replicas) if isinstance(runner, DataParallel) else 1
         order = self._rng.permutation(N) if self.shuffle else np.arange(N)
         window = T if self.tbptt_steps is None else min(self.tbptt_steps, T)
         total, total_weight = 0.0, 0.0
@@ -481,7 +489,7 @@ class _BaseLSTM(BaseEstimator):
                                                     self.alpha / batch_weight)
                     if not math.isfinite(loss):
                         return np.nan
-                    self._optimizer.step(self, net.params, net.grads)
+                    self._optimizer.step(self, net.params, net.grads, parts)
                     # a window's loss is the mean over its steps: weight it by its share
                     share = (t1 - t0) / T if sequence else 1.0
                     total += loss * batch_weight * share

@@ -69,6 +69,41 @@ def test_slices_give_the_whole_batch_forward_and_gradients(cell, bidirectional,
     np.testing.assert_allclose(grads_split, grads, rtol=1e-10, atol=1e-13)
 
 
+def test_slices_give_the_whole_batch_gradients_summed_in_ranges():
+    """From MIN_SPLIT_ELEMENTS parameters on, the slices' gradients are added up in
+    ranges of the parameter buffer, one per thread."""
+    net = network(sizes=(128,))
+    assert net.params.size >= fastlstm._parallel.MIN_SPLIT_ELEMENTS
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 10, 3))
+    out, tape = net.forward(x)
+    dout = rng.standard_normal(out.shape)
+    grads = net.backward(tape, dout).copy()
+    split = DataParallel(net, 2)
+    grads_split = split.backward(split.forward(x)[1], dout)
+    assert grads_split is net.grads
+    np.testing.assert_allclose(grads_split, grads, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_an_update_split_in_ranges_gives_the_same_numbers(solver):
+    """The optimiser's element-wise update over 2 threads' ranges is the one over
+    the whole buffer, to the bit."""
+    n = 3 * fastlstm._parallel.MIN_SPLIT_ELEMENTS + 5
+    start = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    est = LSTMRegressor(solver=solver)
+    results = []
+    for parts in (1, 2):
+        params = start.copy()
+        optimizer = est_module._Optimizer(params)
+        for step in range(3):
+            grads = np.random.default_rng(step).standard_normal(n).astype(np.float32)
+            optimizer.step(est, params, grads, parts)
+        results.append(params)
+    assert not np.array_equal(results[0], start)
+    np.testing.assert_array_equal(results[1], results[0])
+
+
 def test_slices_carry_the_initial_state_and_return_the_final_one():
     T, N = 5, 9
     net = network()

@@ -133,8 +133,8 @@ def interrupt_after(monkeypatch, n_updates, raise_it):
     real_step = est_module._Optimizer.step
     count = [0]
 
-    def step(self, est, params, grads):
-        real_step(self, est, params, grads)
+    def step(self, est, params, grads, parts=1):
+        real_step(self, est, params, grads, parts)
         count[0] += 1
         if count[0] == n_updates:
             raise_it()
