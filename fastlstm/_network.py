@@ -64,6 +64,18 @@ def layer_views(views, hidden_sizes, bidirectional):
             for suffix in (("", "_reverse") if bidirectional else ("",))}
 
 
+def _aligned_empty(n, dtype, alignment=64):
+    """np.empty(n) starting on an `alignment`-byte boundary (a cache line): the
+    kernels' 64-byte vector loads and stores then split no line at row starts
+    that are multiples of it (numpy's own start 16 bytes in; medium training
+    +1-8% in five alternating A/B runs)."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n + alignment // itemsize, dtype=dtype)
+    address = raw.__array_interface__["data"][0]      # (not raw.ctypes: it left allocations behind)
+    skip = (-address % alignment) // itemsize
+    return raw[skip:skip + n]
+
+
 class _Arena:
     """Reusable scratch memory: views of the first T*N*... elements of flat
     buffers, so a smaller last batch needs no new allocation."""
@@ -83,7 +95,7 @@ class _Arena:
         buf = self._buffers.get(key)
         if buf is None or buf.size < size:
             self.nbytes -= 0 if buf is None else buf.nbytes
-            buf = np.empty(size, dtype=self.dtype)
+            buf = _aligned_empty(size, self.dtype)
             self.nbytes += buf.nbytes
             self._buffers[key] = buf
             # views of the old buffer are not views of this one

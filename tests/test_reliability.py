@@ -323,6 +323,14 @@ def test_scratch_arena_views_follow_their_buffer():
     assert arena.nbytes == (20 + 50) * 4                 # the live buffers only
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scratch_buffers_start_on_a_cache_line(dtype):
+    arena = net_module._Arena(dtype)
+    for n in (1, 3, 1000, 12345):
+        view = arena.get(("x", n), (n,))
+        assert view.ctypes.data % 64 == 0 and view.size == n
+
+
 def test_predictions_keep_only_a_few_small_scratch_arenas():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((600, 40, 3)).astype(np.float32)
