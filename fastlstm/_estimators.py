@@ -568,7 +568,8 @@ class _BaseLSTM(BaseEstimator):
         parts: slices each batch is cut into, run side by side (_parallel.py);
         n_threads: as in the network's forward."""
         net = self.network_
-        runner = DataParallel(net, parts, training=False) if parts > 1 else net
+        runner = (net.borrow_runner(parts, lambda: DataParallel(net, parts, training=False))
+                  if parts > 1 else net)
         N, T, D = X3.shape
         sequence = self.output == "sequence"
         # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
@@ -601,6 +602,8 @@ class _BaseLSTM(BaseEstimator):
                 outs.append(out)
         finally:
             net.return_arena(arena)
+            if runner is not net:
+                net.return_runner(runner)
         # each part is a new array (the head's output, or a concatenation of it),
         # never scratch memory, so one part is returned as it is
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
