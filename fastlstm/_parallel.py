@@ -98,8 +98,8 @@ class _SplitTape:
 class DataParallel:
     """net.forward / net.backward with the batch cut into up to `parts` slices,
     run side by side on threads. The first slice writes its gradients into net's
-    buffer, the others into their own, added to it after backward; training=False
-    (forward only) gives none of them one."""
+    buffer, the others into their own, added to it after backward; with
+    training=False (forward only) none has a buffer of its own."""
 
     def __init__(self, net, parts, training=True):
         self.net = net
