@@ -111,6 +111,19 @@ def test_sequence_targets_must_match_time_steps():
         fit_reg(y=np.zeros((10, 3)), output="sequence")
 
 
+def test_finite_values_whose_sum_overflows_are_accepted():
+    """The finiteness check sums in the input's dtype; a sum that overflows on
+    finite values must not reject them, and one NaN or inf among them still must."""
+    from fastlstm._validation import _check_finite
+    big = np.full((2000, 3, 1), 3e38, dtype=np.float32)              # sum > float32 max
+    _check_finite(big, "X")
+    for bad, message in ((np.nan, "X contains NaN"), (np.inf, "X contains infinity")):
+        spoiled = big.copy()
+        spoiled[1234, 1, 0] = bad
+        with pytest.raises(ValueError, match=message):
+            _check_finite(spoiled, "X")
+
+
 @pytest.fixture(scope="module")
 def fitted():
     return {"3d": fit_reg(), "2d": fit_reg(X[:, :, 0]), "clf": fit_clf()}
