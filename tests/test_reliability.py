@@ -331,6 +331,29 @@ def test_scratch_buffers_start_on_a_cache_line(dtype):
         assert view.ctypes.data % 64 == 0 and view.size == n
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_sequence_predicts_as_its_row_of_a_batch(dtype):
+    """A single sequence takes a shorter way through predict: the same numbers as
+    its row of a batch, for every input form one sequence can come in."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 12, 3))
+    y = X[:, -1, 0]
+    reg = LSTMRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0,
+                        dtype=dtype).fit(X, y)
+    clf = LSTMClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0,
+                         dtype=dtype).fit(X, y > 0)
+    batch = reg.predict(X), clf.predict_proba(X)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+    strided = np.asfortranarray(X[5:6])                    # not C-contiguous
+    for one in (X[5:6], strided, [X[5]]):
+        np.testing.assert_allclose(reg.predict(one), batch[0][5:6], **tol)
+        np.testing.assert_allclose(clf.predict_proba(one), batch[1][5:6], **tol)
+    flat = LSTMRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype,
+                         step_features=3).fit(X.reshape(40, -1), y)
+    np.testing.assert_allclose(flat.predict(X[5:6].reshape(1, -1)),
+                               flat.predict(X.reshape(40, -1))[5:6], **tol)
+
+
 def test_predictions_keep_only_a_few_small_scratch_arenas():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((600, 40, 3)).astype(np.float32)
