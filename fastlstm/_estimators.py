@@ -582,13 +582,11 @@ class _BaseLSTM(BaseEstimator):
             max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
         arena = net.borrow_arena()  # private to this call: predict is thread-safe
         outs = []
-        if N == 1 and window == T and not sequence and runner is net:
-            try:  # one sequence in one piece, the loops below without their ~1 us
-                return net.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), False,
-                                   arena=arena, lengths=lengths, n_threads=n_threads)[0]
-            finally:
-                net.return_arena(arena)
         try:
+            if N == 1 and window == T and not sequence:
+                # one sequence in one piece: the loops below without their ~1 us
+                return runner.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), False,
+                                      arena=arena, lengths=lengths, n_threads=n_threads)[0]
             for start in range(0, N, batch):
                 xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
                 lb = None if lengths is None else lengths[start:start + batch]
