@@ -583,10 +583,12 @@ class _BaseLSTM(BaseEstimator):
         arena = net.borrow_arena()  # private to this call: predict is thread-safe
         outs = []
         try:
-            if N == 1 and window == T and not sequence:
-                # one sequence in one piece: the loops below without their ~1 us
-                return runner.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), False,
-                                      arena=arena, lengths=lengths, n_threads=n_threads)[0]
+            if N == 1 and window == T:
+                # one sequence in one piece: the loops below without their ~1-3 us;
+                # per-step outputs (T*1, K) are already in its (1, T, K) row order
+                out = runner.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), sequence,
+                                     arena=arena, lengths=lengths, n_threads=n_threads)[0]
+                return out.reshape(1, T, -1) if sequence else out
             for start in range(0, N, batch):
                 xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
                 lb = None if lengths is None else lengths[start:start + batch]

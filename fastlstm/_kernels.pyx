@@ -20,13 +20,16 @@ on weights packed once and kept between calls (PackedWeights), input projection
 included.
 """
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
-from ._checks cimport _check, _lengths_ptr
+from ._checks cimport _check, _lengths_ptr, _plain_data
+cimport numpy as cnp
 
 import numpy as np
+
+cnp.import_array()
 
 
 cdef extern from "_gates.h" nogil:
@@ -360,29 +363,81 @@ cdef void pass_padded_gradients(Py_ssize_t N, Py_ssize_t H, Py_ssize_t t,
 
 # ---- one LSTM layer, forward -------------------------------------------------
 
-def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
-                       const floating[:, ::1] weight_ih,     # (G, D)
-                       const floating[:, ::1] weight_hh,     # (G, H)
-                       const floating[::1] bias_ih,          # (G,)
-                       const floating[::1] bias_hh,          # (G,)
-                       const floating[:, ::1] h0,            # (N, H)
-                       const floating[:, ::1] c0,            # (N, H)
-                       floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
-                       floating[:, :, ::1] c,                # (T, N, H) out
-                       floating[:, :, ::1] tanh_c,           # (T, N, H) out
-                       floating[:, :, ::1] h,                # (T, N, H) out
-                       const int64_t[::1] lengths=None,      # (N,) real steps per sample, or None
-                       n_threads=None,
-                       PackedWeights packed_weights=None):
+def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,
+                       lengths=None, n_threads=None, PackedWeights packed_weights=None):
     """Run one layer over all T steps; keep what the backward pass needs.
 
-    With lengths, steps t >= lengths[n] of sample n are padding: its state is
-    carried through them unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1]
-    is the state after the sample's last real step.
+    x (T, N, D); weight_ih (G, D); weight_hh (G, H); bias_ih, bias_hh (G,);
+    h0, c0 (N, H); out: gates (T, N, G) activations i, f, g, o; c, tanh_c,
+    h (T, N, H). All C-contiguous, of one dtype (float32 or float64).
+    lengths (N,) int64 or None: real steps per sample. With lengths, steps
+    t >= lengths[n] of sample n are padding: its state is carried through them
+    unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1] is the state after the
+    sample's last real step.
     n_threads: threads of the time loop; None follows the BLAS limit in force.
     packed_weights: this layer's PackedWeights; a single float32 sequence
     (N = 1, no lengths) then runs on the weights packed there.
     """
+    if (packed_weights is not None and lengths is None and one_sequence_packed()
+            and _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
+                                      c, tanh_c, h, n_threads, packed_weights)):
+        return
+    _layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,
+                   lengths, n_threads)
+
+
+cdef bint _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c,
+                                tanh_c, h, n_threads, PackedWeights packed) except -1:
+    """lstm_layer_forward of one float32 sequence on the kept packing, its buffers
+    taken without typed memoryviews (~1.7 us of a single-sequence predict's ~20):
+    False, with nothing done, unless every buffer is a plain float32 array of
+    one sequence's shapes (_plain_data) and the packed loop runs here."""
+    if not (cnp.PyArray_Check(x) and cnp.PyArray_Check(weight_hh)
+            and cnp.PyArray_NDIM(<cnp.ndarray>x) == 3
+            and cnp.PyArray_NDIM(<cnp.ndarray>weight_hh) == 2):
+        return False
+    cdef cnp.npy_intp *x_dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef Py_ssize_t T = x_dims[0], N = x_dims[1], D = x_dims[2]
+    cdef Py_ssize_t H = cnp.PyArray_DIMS(<cnp.ndarray>weight_hh)[1], G = 4 * H
+    if N != 1 or T == 0 or D == 0 or H == 0:
+        return False
+    cdef int F32 = cnp.NPY_FLOAT32
+    cdef const float *x_ptr = <const float *>_plain_data(x, F32, 3, T, 1, D)
+    cdef const float *w_ih = <const float *>_plain_data(weight_ih, F32, 2, G, D)
+    cdef const float *w_hh = <const float *>_plain_data(weight_hh, F32, 2, G, H)
+    cdef const float *b_ih = <const float *>_plain_data(bias_ih, F32, 1, G)
+    cdef const float *b_hh = <const float *>_plain_data(bias_hh, F32, 1, G)
+    cdef const float *h0_ptr = <const float *>_plain_data(h0, F32, 2, 1, H)
+    cdef const float *c0_ptr = <const float *>_plain_data(c0, F32, 2, 1, H)
+    cdef float *g_ptr = <float *>_plain_data(gates, F32, 3, T, 1, G, True)
+    cdef float *c_ptr = <float *>_plain_data(c, F32, 3, T, 1, H, True)
+    cdef float *tc_ptr = <float *>_plain_data(tanh_c, F32, 3, T, 1, H, True)
+    cdef float *h_ptr = <float *>_plain_data(h, F32, 3, T, 1, H, True)
+    if (x_ptr == NULL or w_ih == NULL or w_hh == NULL or b_ih == NULL or b_hh == NULL
+            or h0_ptr == NULL or c0_ptr == NULL or g_ptr == NULL or c_ptr == NULL
+            or tc_ptr == NULL or h_ptr == NULL):
+        return False
+    cdef int nt = recurrent_threads() if n_threads is None else n_threads
+    return run_one_sequence(packed, nt, T, D, H, x_ptr, w_ih, w_hh, b_ih, b_hh,
+                            h0_ptr if any_nonzero(h0_ptr, H) else NULL, c0_ptr,
+                            g_ptr, c_ptr, tc_ptr, h_ptr)
+
+
+def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
+                   const floating[:, ::1] weight_ih,     # (G, D)
+                   const floating[:, ::1] weight_hh,     # (G, H)
+                   const floating[::1] bias_ih,          # (G,)
+                   const floating[::1] bias_hh,          # (G,)
+                   const floating[:, ::1] h0,            # (N, H)
+                   const floating[:, ::1] c0,            # (N, H)
+                   floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
+                   floating[:, :, ::1] c,                # (T, N, H) out
+                   floating[:, :, ::1] tanh_c,           # (T, N, H) out
+                   floating[:, :, ::1] h,                # (T, N, H) out
+                   const int64_t[::1] lengths=None,      # (N,) real steps per sample, or None
+                   n_threads=None):
+    """lstm_layer_forward on a batch (or a sequence the packed loop cannot take):
+    its buffers taken as typed memoryviews, which check them."""
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
     _check("weight_ih", weight_ih.shape, 2, G, D)
@@ -411,12 +466,6 @@ def lstm_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint packed = False
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
-        if N == 1 and len_ptr == NULL and packed_weights is not None and one_sequence_packed():
-            if run_one_sequence(packed_weights, nt, T, D, H, &x[0, 0, 0] if D > 0 else NULL,
-                                &weight_ih[0, 0], w_hh, &bias_ih[0], &bias_hh[0],
-                                &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL,
-                                &c0[0, 0], g_ptr, c_ptr, tc_ptr, h_ptr):
-                return
         packed = _use_packed(N, len_ptr != NULL)
     with nogil:
         # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
@@ -638,3 +687,36 @@ def tanh(const floating[::1] x, floating[::1] out):
             fl_tanh_map_f32(x.shape[0], &x[0], &out[0])
         else:
             fl_tanh_map_f64(x.shape[0], &x[0], &out[0])
+
+
+# ---- input checks ------------------------------------------------------------
+
+def all_finite(a):
+    """For a C-contiguous float32 or float64 ndarray: True if every element is
+    finite (no NaN, no +-inf), else False; None for any other array. One pass over
+    the exponent bits, no temporaries: 0.1 us on one small sequence, where
+    np.isfinite(a).all() takes 1.4 us (a tenth of a single-sequence predict)."""
+    if not cnp.PyArray_Check(a):
+        return None
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(arr), k
+    cdef const uint32_t *bits32
+    cdef const uint64_t *bits64
+    cdef uint32_t bad32 = 0
+    cdef uint64_t bad64 = 0
+    if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32:
+        bits32 = <const uint32_t *>cnp.PyArray_DATA(arr)
+        with nogil:
+            for k in range(n):   # all exponent bits set: inf or NaN
+                bad32 |= (bits32[k] & 0x7f800000u) == 0x7f800000u
+        return bad32 == 0
+    if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
+        bits64 = <const uint64_t *>cnp.PyArray_DATA(arr)
+        with nogil:
+            for k in range(n):
+                bad64 |= (bits64[k] & 0x7ff0000000000000u) == 0x7ff0000000000000u
+        return bad64 == 0
+    return None

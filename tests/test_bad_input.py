@@ -111,17 +111,29 @@ def test_sequence_targets_must_match_time_steps():
         fit_reg(y=np.zeros((10, 3)), output="sequence")
 
 
-def test_finite_values_whose_sum_overflows_are_accepted():
-    """The finiteness check sums in the input's dtype; a sum that overflows on
-    finite values must not reject them, and one NaN or inf among them still must."""
+@pytest.mark.parametrize("dtype, big", [(np.float32, 3e38), (np.float64, 1.7e308),
+                                        (np.float16, 6e4)])
+@pytest.mark.parametrize("shape", [(2000, 3, 1), (1, 5, 1), (3, 4)])
+def test_finiteness_check_finds_every_nan_and_inf(dtype, big, shape):
+    """The finiteness check accepts finite values, the largest and their sums
+    beyond the dtype's range too, and refuses one NaN, inf or -inf among them, in
+    C and Fortran order (the compiled pass and np.isfinite)."""
     from fastlstm._validation import _check_finite
-    big = np.full((2000, 3, 1), 3e38, dtype=np.float32)              # sum > float32 max
-    _check_finite(big, "X")
-    for bad, message in ((np.nan, "X contains NaN"), (np.inf, "X contains infinity")):
-        spoiled = big.copy()
-        spoiled[1234, 1, 0] = bad
-        with pytest.raises(ValueError, match=message):
-            _check_finite(spoiled, "X")
+    compiled = dtype in (np.float32, np.float64)
+    for values in (np.full(shape, big, dtype=dtype), np.full(shape, -big, dtype=dtype),
+                   np.ones(shape, dtype=dtype)):
+        _check_finite(values, "X")
+        _check_finite(np.asfortranarray(values), "X")
+        assert _kernels.all_finite(values) is (True if compiled else None)
+        for bad, message in ((np.nan, "X contains NaN"), (np.inf, "X contains infinity"),
+                             (-np.inf, "X contains infinity")):
+            spoiled = values.copy()
+            spoiled.flat[values.size // 2] = bad
+            assert _kernels.all_finite(spoiled) is (False if compiled else None)
+            with pytest.raises(ValueError, match=message):
+                _check_finite(spoiled, "X")
+            with pytest.raises(ValueError, match=message):
+                _check_finite(np.asfortranarray(spoiled), "X")
 
 
 @pytest.fixture(scope="module")
@@ -227,30 +239,37 @@ def test_sample_weight_defaults_and_scalars():
     np.testing.assert_array_equal(check_sample_weight(2, 3), np.full(3, 2.0))
 
 
-def test_raw_kernels_refuse_bad_buffers():
+@pytest.mark.parametrize("N, kept", [(2, False), (1, True)])
+def test_raw_kernels_refuse_bad_buffers(N, kept):
     """The compiled entry points check dtype, contiguity and shape before any pointer
-    is touched."""
-    T, N, D, H = 3, 2, 4, 5
+    is touched; a single sequence on kept weights (its own way in, _plain_data) too."""
+    T, D, H = 3, 4, 5
     x = np.zeros((T, N, D), np.float32)
     w_ih, w_hh = np.zeros((4 * H, D), np.float32), np.zeros((4 * H, H), np.float32)
     b = np.zeros(4 * H, np.float32)
     h0 = np.zeros((N, H), np.float32)
     out = [np.zeros((T, N, 4 * H), np.float32)] + [np.zeros((T, N, H), np.float32) for _ in range(3)]
-    _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, *out)  # the good call works
+
+    def forward(*args):
+        _kernels.lstm_layer_forward(*args, packed_weights=_kernels.PackedWeights() if kept
+                                    else None)
+
+    forward(x, w_ih, w_hh, b, b, h0, h0, *out)  # the good call works
     with pytest.raises(ValueError, match="dtype mismatch"):  # float64 weights, float32 data
-        _kernels.lstm_layer_forward(x, w_ih.astype(np.float64), w_hh, b, b, h0, h0, *out)
+        forward(x, w_ih.astype(np.float64), w_hh, b, b, h0, h0, *out)
     with pytest.raises(ValueError, match="contiguous"):
-        _kernels.lstm_layer_forward(np.asfortranarray(x), w_ih, w_hh, b, b, h0, h0, *out)
+        forward(np.asfortranarray(np.zeros((T, N, D + 1), np.float32))[..., :D], w_ih, w_hh,
+                b, b, h0, h0, *out)
     with pytest.raises(ValueError, match="h0 has shape"):
-        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0[:1], h0, *out)
+        forward(x, w_ih, w_hh, b, b, np.zeros((N + 1, H), np.float32), h0, *out)
     with pytest.raises(ValueError, match="bias_hh has shape"):
-        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b[:-1], h0, h0, *out)
-    with pytest.raises(ValueError, match="h has shape .2, 2, 5., expected .3, 2, 5."):
-        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], out[3][:2].copy())
+        forward(x, w_ih, w_hh, b, b[:-1], h0, h0, *out)
+    with pytest.raises(ValueError, match=rf"h has shape .2, {N}, 5., expected .3, {N}, 5."):
+        forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], out[3][:2].copy())
     with pytest.raises(ValueError):  # read-only output buffer
         ro = out[0].copy()
         ro.flags.writeable = False
-        _kernels.lstm_layer_forward(x, w_ih, w_hh, b, b, h0, h0, ro, *out[1:])
+        forward(x, w_ih, w_hh, b, b, h0, h0, ro, *out[1:])
 
 
 def test_batches_beyond_32_bit_blas_sizes_are_refused():

@@ -352,6 +352,15 @@ def test_one_sequence_predicts_as_its_row_of_a_batch(dtype):
                          step_features=3).fit(X.reshape(40, -1), y)
     np.testing.assert_allclose(flat.predict(X[5:6].reshape(1, -1)),
                                flat.predict(X.reshape(40, -1))[5:6], **tol)
+    steps = X[:, :, :2].cumsum(axis=1)                      # per-step targets (40, 12, 2)
+    for model, y_steps in ((LSTMRegressor, steps), (LSTMRegressor, steps[..., 0]),
+                           (LSTMClassifier, steps[..., 0] > 0)):
+        seq = model(hidden_layer_sizes=(16,), output="sequence", max_iter=2, random_state=0,
+                    dtype=dtype).fit(X, y_steps)
+        predict = seq.predict_proba if model is LSTMClassifier else seq.predict
+        one, rows = predict(X[5:6]), predict(X)[5:6]
+        assert one.shape == rows.shape
+        np.testing.assert_allclose(one, rows, **tol)
 
 
 def test_predictions_keep_only_a_few_small_scratch_arenas():
