@@ -59,9 +59,9 @@ cdef extern from "_recurrent.h" nogil:
                                   float *dgates, int n_threads, fl_team_fn after,
                                   void *after_arg)
     ctypedef struct fl_single:
-        int nt
+        int n_slices
         int64_t H, D
-    fl_single *fl_single_new(int nt, int64_t H, int64_t D)
+    fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
     void fl_single_free(fl_single *S)
     int fl_single_threads(int64_t H, int n_threads)
     void fl_team_wake(int nt)
@@ -70,7 +70,7 @@ cdef extern from "_recurrent.h" nogil:
                               const float *b_hh, const float *h0, const float *c0,
                               float *gates, float *c, float *tanh_c, float *h)
 
-from ._threads import recurrent_threads
+from ._threads import _cpus, recurrent_threads
 
 # The packed time loop of _recurrent.h (float32, AVX-512 CPUs) packs W_hh once
 # per call and keeps it in its own layout, where BLAS repacks it for every step's
@@ -153,6 +153,7 @@ cdef class PackedWeights:
     on the team and on one thread (see pick_team)."""
     cdef fl_single *packing
     cdef bint in_use
+    cdef int team                        # threads the calls timed below could use
     cdef double step_ns[2][TIMES_KEPT]   # [one thread, team]: the last times per step, ns
     cdef Py_ssize_t timed[2]             # calls timed each way since the packing was made
     cdef Py_ssize_t probe_every          # calls from one probe to the next
@@ -242,17 +243,21 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
     count, so a call that finds kept in use runs on one thread on a packing of its
     own, and one that finds the thread team in use runs kept's slices on its own
     thread, with the same results."""
-    cdef int nt = fl_single_threads(H, n_threads)
+    cdef int slices = fl_single_threads(H, _cpus())
+    cdef int nt = min(fl_single_threads(H, n_threads), slices)
     cdef int run_nt = 1, ran = -1
     cdef double start, per_step
     cdef fl_single *own
     cdef int way
     cdef bint favoured = False, probe = False
     if not kept.in_use:
-        if kept.packing == NULL or kept.packing.nt != nt or kept.packing.H != H \
+        if kept.packing == NULL or kept.packing.n_slices != slices or kept.packing.H != H \
                 or kept.packing.D != D:
             fl_single_free(kept.packing)
-            kept.packing = fl_single_new(nt, H, D)
+            kept.packing = fl_single_new(slices, H, D)
+            kept.team = 0
+        if kept.team != nt:   # times on another team size tell nothing of this one
+            kept.team = nt
             memset(kept.step_ns, 0, sizeof(kept.step_ns))
             kept.timed[0] = kept.timed[1] = 0
             kept.probe_every = kept.until_probe = PROBE_EVERY
@@ -287,7 +292,7 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
                     kept.until_probe = kept.probe_every
             kept.in_use = False
     if ran < 0:
-        own = fl_single_new(1, H, D)
+        own = fl_single_new(slices, H, D)
         if own == NULL:
             return False
         with nogil:

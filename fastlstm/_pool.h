@@ -202,6 +202,28 @@ static int fl_team_run_exact(int nt, fl_team_fn fn, void *arg)
     return 0;
 }
 
+/* A thread's progress through a time loop, on its own cache line: the steps it
+ * has finished. Where a barrier makes every thread wait for the last one, a
+ * thread waiting on a flag waits only for the data it needs, and can do work
+ * of its own in between (the single-sequence loop of _recurrent.h). */
+typedef struct {
+    _Alignas(64) atomic_uint steps;
+    atomic_uint sleepers;
+} fl_step_flag;
+
+static void fl_step_done(fl_step_flag *f)
+{
+    fl_bump(&f->steps, &f->sleepers);
+}
+
+/* Wait until the flag's thread has finished at least `steps` steps. */
+static void fl_step_wait(fl_step_flag *f, unsigned steps)
+{
+    unsigned seen;
+    while ((seen = atomic_load_explicit(&f->steps, memory_order_acquire)) < steps)
+        fl_wait_change(&f->steps, seen, &f->sleepers);
+}
+
 static void fl_team_noop(void *arg, int p, int nt)
 {
     (void)arg; (void)p; (void)nt;
@@ -217,6 +239,10 @@ static void fl_team_wake(int nt)
 #else /* no pool: one thread */
 
 static void fl_team_barrier(int nt) { (void)nt; }
+
+typedef struct { unsigned steps; } fl_step_flag;   /* one thread: nobody waits */
+static void fl_step_done(fl_step_flag *f) { f->steps++; }
+static void fl_step_wait(fl_step_flag *f, unsigned steps) { (void)f; (void)steps; }
 
 static void fl_team_wake(int nt) { (void)nt; }
 

@@ -212,26 +212,28 @@ FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int
     }
 }
 
-/* The product of ONE row: C[slice columns] (+)= a (K) @ slice. fl_tile with one
- * row has two accumulators, each FMA waiting for the one before (4 cycles), so
- * it streams 128 bytes of panel per 4 cycles, half of what the L2 delivers.
- * Here FL_ROW_PANELS panels run side by side: 2 x FL_ROW_PANELS independent
- * chains. Each output is still one sum over k = 0..K-1 in order: the same bits
- * as the tiles give. */
+/* The product of ONE row over k in [k0, k1): C[slice columns] (+)= a[k0:k1] @
+ * slice[k0:k1]. fl_tile with one row has two accumulators, each FMA waiting
+ * for the one before (4 cycles), so it streams 128 bytes of panel per 4 cycles,
+ * half of what the L2 delivers. Here FL_ROW_PANELS panels run side by side:
+ * 2 x FL_ROW_PANELS independent chains. Each output is one sum over k in order
+ * (a call over [0, K) gives the same bits as the tiles; calls over [0, m) then
+ * [m, K) the same again: the accumulator goes through C unrounded, as float). */
 #define FL_ROW_PANELS 4
 
 FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C,
-                                     int accumulate)
+                                     int accumulate, int64_t k0, int64_t k1)
 {
     int64_t K = s->K, stride = FL_NV * FL_LANES, v = 0;
     const int group = FL_ROW_PANELS * FL_NV;    /* vectors per pass */
+    if (k1 <= k0) return;
     for (; v + group <= s->n_vec; v += group) {
         const float *panel = s->packed + (v / FL_NV) * K * stride;
         __m512 acc[FL_ROW_PANELS * FL_NV];
         for (int u = 0; u < group; u++)
             acc[u] = accumulate ? _mm512_maskz_loadu_ps(s->mask[v + u], C + s->col[v + u])
                                 : _mm512_setzero_ps();
-        for (int64_t k = 0; k < K; k++) {
+        for (int64_t k = k0; k < k1; k++) {
             __m512 ak = _mm512_set1_ps(a[k]);
             for (int p = 0; p < FL_ROW_PANELS; p++)
                 for (int u = 0; u < FL_NV; u++)
@@ -244,8 +246,8 @@ FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C
     }
     for (; v < s->n_vec; v += FL_NV) {          /* the last few vectors: one tile each */
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
-        fl_tile_any(1, nv, K, a, K, s->packed + (v / FL_NV) * K * stride, C, 0,
-                    s->col + v, s->mask + v, accumulate);
+        fl_tile_any(1, nv, k1 - k0, a + k0, K, s->packed + ((v / FL_NV) * K + k0) * stride,
+                    C, 0, s->col + v, s->mask + v, accumulate);
     }
 }
 
@@ -269,7 +271,7 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
                                        int64_t lda, float *C, int64_t ldc, int accumulate)
 {
     if (N == 1) {
-        fl_row_product(s, A, C, accumulate);
+        fl_row_product(s, A, C, accumulate, 0, s->K);
         return;
     }
     int64_t stride = FL_NV * FL_LANES;
@@ -335,42 +337,25 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
 
 #if FL_HAVE_AVX512_CODE
 
-/* Step t of the forward loop for samples [n0, n1), units [j0, j1) on slice s
- * of W_hh (gate rows of those units, forward layout), after gates holds the
- * input part of the pre-activations:
- *     gates[t][my samples, my rows] += h[t-1][my samples] @ W_hh[my rows].T ;
- *     cell forward (my samples, my units)
- * It reads all of h[t-1] for its samples: every unit's step t-1 must be done.
+/* Step t of the forward loop for samples [n0, n1) on slice s of W_hh (all its
+ * gate rows, forward layout), after gates holds the input part of the
+ * pre-activations:
+ *     gates[t][my samples] += h[t-1][my samples] @ W_hh.T ; cell forward (my samples)
  * gates (T, N, 4H) out: activations; c, tanh_c, h (T, N, H) out; h0 (N, H) or
  * NULL for zeros; c0 (N, H). */
 FL_AVX512 static void fl_forward_step(const fl_slice *s, int64_t t, int64_t N, int64_t n0,
-                                      int64_t n1, int64_t H, int64_t j0, int64_t j1,
-                                      const float *h0, const float *c0, float *gates,
-                                      float *c, float *tanh_c, float *h)
+                                      int64_t n1, int64_t H, const float *h0, const float *c0,
+                                      float *gates, float *c, float *tanh_c, float *h)
 {
     int64_t G = 4 * H, NH = N * H, M = n1 - n0;
-    if (j1 <= j0 || M <= 0) return;
+    if (M <= 0) return;
     const float *h_prev = t > 0 ? h + (t - 1) * NH : h0;
     const float *c_prev = t > 0 ? c + (t - 1) * NH : c0;
     float *g = gates + t * N * G + n0 * G;
     int64_t at = t * NH + n0 * H;
     if (h_prev)
         fl_slice_product(s, M, h_prev + n0 * H, H, g, G, 1);
-    fl_lstm_cell_fwd_units_f32(M, H, j0, j1, g, c_prev + n0 * H, c + at, tanh_c + at, h + at);
-}
-
-/* The forward time loop: every step of fl_forward_step, each followed by a
- * barrier of sync_nt threads (split by units, sync_nt = nt: h[t] complete
- * before anyone reads it; by samples, 1: no barrier). */
-FL_AVX512 static void fl_forward_steps(const fl_slice *s, int64_t T, int64_t N, int64_t n0,
-                                       int64_t n1, int64_t H, int64_t j0, int64_t j1,
-                                       int sync_nt, const float *h0, const float *c0,
-                                       float *gates, float *c, float *tanh_c, float *h)
-{
-    for (int64_t t = 0; t < T; t++) {
-        fl_forward_step(s, t, N, n0, n1, H, j0, j1, h0, c0, gates, c, tanh_c, h);
-        fl_team_barrier(sync_nt);
-    }
+    fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev + n0 * H, c + at, tanh_c + at, h + at);
 }
 
 /* Thread p of nt, forward, samples [n0, n1): gates (T, N, 4H) in: x @ W_ih.T + b,
@@ -382,8 +367,9 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     fl_samples(L->N, p, nt, &n0, &n1);
     fl_slice *s = &L->slices[p];
     fl_pack_forward(s, L->w_hh, L->H, L->H, 0, L->H);
-    fl_forward_steps(s, L->T, L->N, n0, n1, L->H, 0, L->H, 1, L->h0, L->c0, L->gates,
-                     L->c, (float *)L->tanh_c, L->h);
+    for (int64_t t = 0; t < L->T; t++)   /* no data from the other threads: no sync */
+        fl_forward_step(s, t, L->N, n0, n1, L->H, L->h0, L->c0, L->gates, L->c,
+                        (float *)L->tanh_c, L->h);
 }
 
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
@@ -497,9 +483,11 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  *    weights with those it packed and repacks the rows that changed (an
  *    optimizer step, a load, an edit in place), so stale weights are never used;
  *    the comparison reads W_hh once, the time loop T times.
- *  - two threads for wide layers: each core streams its half of W_hh from its
- *    own L2, where one core alone is bound by its L2 bandwidth (a barrier per
- *    step: see FL_SINGLE_MIN_UNITS for when that pays).
+ *  - threads for wide layers: each core streams its share of W_hh from its
+ *    own L2, where one core alone is bound by its L2 bandwidth. The layer's
+ *    units are cut into slices (one per 64 units, at most one per CPU of the
+ *    machine: fl_single_threads), each thread runs some of them, and waits on
+ *    the others once per step.
  * Forward of one layer, us, 2-core Zen 4, BLAS loop / packed per call / packed
  * once, 1 thread / the same, 2 threads: T = 50, H = 128: 209 / 157 / 157 / 110;
  * T = 50, H = 300: 1256 / 905 / ~1000 / 544-780; T = 100, H = 512: 7283 / 5719
@@ -507,27 +495,41 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  * The input projection runs in the same team (each thread its gate rows of
  * x @ W_ih.T for all T steps), so the path makes no BLAS call: a BLAS worker
  * left spinning after a threaded call would take the core the team needs.
+ *
+ * The order of a step's sums: slice s sums h[t-1] @ W_hh.T over its own units'
+ * k first (h[t-1] of those is its thread's own work, there without waiting),
+ * then over the other k in increasing order. A thread does the first part of
+ * all its slices, then waits for the other threads' h[t-1] (their step flags,
+ * not a barrier), then the rest: the exchange between the cores overlaps work
+ * instead of adding to every step (medium's single-sequence predict on two
+ * threads, with a barrier per step after the whole sum: 122-124 us; this way:
+ * 103-107 us). The order depends on the slices alone, which depend on H and the
+ * machine, not on the threads a call runs on: the same bits on one thread or
+ * on a team of any size. (Slices fixed by H alone, up to one per 64 units
+ * whatever the machine, cost charlm's 2-thread single-sequence predict 4%:
+ * two slices a thread, their ragged ends twice.)
  */
 
-/* Units each thread's slice needs. A step of a narrow layer is short enough
- * that the barrier's cost decides, and on this shared machine that cost swings
+/* Units per slice, at least: a step of a narrow layer is short enough that the
+ * exchange between cores decides, and on this shared machine its cost swings
  * from run to run: at H = 128 (T = 50) two threads took 100-135 us most of the
  * time but 230-290 in some runs, against 155-190 on one; H = 256: 590-620 vs
  * 680-820, and H = 50 lost outright (17 vs 9 us). So layers of 128 units or
- * more are packed in slices for two threads, and the caller picks per call
- * whether the team or the calling thread alone runs them (fl_single_serial),
- * by the times it measured (_kernels.pyx, PackedWeights). */
+ * more are cut into slices for several threads, and the caller picks per call
+ * whether a team or the calling thread alone runs them, by the times it
+ * measured (_kernels.pyx, PackedWeights). */
 #define FL_SINGLE_MIN_UNITS 64
 
 typedef struct {
-    int nt;
+    int n_slices;
     int64_t H, D;
-    fl_slice *hh, *ih;          /* nt slices each: gate rows of W_hh, of W_ih */
+    fl_slice *hh, *ih;          /* n_slices each: gate rows of W_hh, of W_ih */
     float *hh_seen, *ih_seen;   /* (4H, H), (4H, D): the weights the slices hold */
-    int valid[FL_MAX_TEAM];     /* thread p's slices hold its rows of *_seen */
+    int valid[FL_MAX_TEAM];     /* slice s holds its rows of *_seen */
 } fl_single;
 
-/* Threads worth using for one sequence through a layer of H units. */
+/* Threads worth using for one sequence through a layer of H units: the slices
+ * to cut it into for a machine of n_threads CPUs. */
 static int fl_single_threads(int64_t H, int n_threads)
 {
     int64_t nt = H / FL_SINGLE_MIN_UNITS;
@@ -539,7 +541,7 @@ static int fl_single_threads(int64_t H, int n_threads)
 static void fl_single_free(fl_single *S)
 {
     if (!S) return;
-    for (int p = 0; p < S->nt; p++) {
+    for (int p = 0; p < S->n_slices; p++) {
         if (S->hh) free(S->hh[p].packed);
         if (S->ih) free(S->ih[p].packed);
     }
@@ -550,24 +552,24 @@ static void fl_single_free(fl_single *S)
     free(S);
 }
 
-/* Space for a layer of H units and D inputs on nt threads (nothing packed yet),
- * or NULL if memory is missing or H is beyond the slice descriptors. */
-static fl_single *fl_single_new(int nt, int64_t H, int64_t D)
+/* Space for a layer of H units and D inputs in n_slices slices (nothing packed
+ * yet), or NULL if memory is missing or H is beyond the slice descriptors. */
+static fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
 {
-    if (nt < 1 || nt > FL_MAX_TEAM || fl_max_vectors(H) > FL_MAX_VEC) return NULL;
+    if (n_slices < 1 || n_slices > FL_MAX_TEAM || fl_max_vectors(H) > FL_MAX_VEC) return NULL;
     fl_single *S = calloc(1, sizeof *S);
     if (!S) return NULL;
-    S->nt = nt;
+    S->n_slices = n_slices;
     S->H = H;
     S->D = D;
-    S->hh = calloc((size_t)nt, sizeof(fl_slice));
-    S->ih = calloc((size_t)nt, sizeof(fl_slice));
+    S->hh = calloc((size_t)S->n_slices, sizeof(fl_slice));
+    S->ih = calloc((size_t)S->n_slices, sizeof(fl_slice));
     S->hh_seen = fl_alloc_floats(4 * H * H);
     S->ih_seen = fl_alloc_floats(4 * H * D);
     int ok = S->hh && S->ih && S->hh_seen && S->ih_seen;
-    for (int p = 0; ok && p < nt; p++) {
+    for (int p = 0; ok && p < S->n_slices; p++) {
         int64_t j0, j1;
-        fl_units(H, p, nt, &j0, &j1);
+        fl_units(H, p, S->n_slices, &j0, &j1);
         int64_t panels = (4 * ((j1 - j0 + FL_LANES - 1) / FL_LANES) + FL_NV - 1) / FL_NV;
         S->hh[p].packed = fl_alloc_floats(panels * H * FL_NV * FL_LANES);
         S->ih[p].packed = fl_alloc_floats(panels * D * FL_NV * FL_LANES);
@@ -606,27 +608,28 @@ typedef struct {
     int64_t T;
     const float *x, *w_ih, *w_hh, *b_ih, *b_hh, *h0, *c0;
     float *gates, *c, *tanh_c, *h;
+    fl_step_flag done[FL_MAX_TEAM];   /* steps each thread of the team has finished */
 } fl_single_loop;
 
 #if FL_HAVE_AVX512_CODE
 
-/* Slice p of S's nt: its rows repacked if the weights changed since it packed
- * them, then gates[t][its rows] = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t.
+/* Slice s of S: its rows repacked if the weights changed since it packed them,
+ * then gates[t][its rows] = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t.
  * Its units -> [*j0, *j1). */
-FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int p, int64_t *j0, int64_t *j1)
+FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, int64_t *j1)
 {
     fl_single *S = L->S;
     int64_t T = L->T, H = S->H, D = S->D, G = 4 * H;
-    fl_units(H, p, S->nt, j0, j1);
+    fl_units(H, s, S->n_slices, j0, j1);
     if (*j1 <= *j0) return;
-    fl_slice *hh = &S->hh[p], *ih = &S->ih[p];
-    if (!S->valid[p] || fl_rows_differ(L->w_hh, S->hh_seen, H, H, *j0, *j1)
+    fl_slice *hh = &S->hh[s], *ih = &S->ih[s];
+    if (!S->valid[s] || fl_rows_differ(L->w_hh, S->hh_seen, H, H, *j0, *j1)
             || fl_rows_differ(L->w_ih, S->ih_seen, D, H, *j0, *j1)) {
         fl_rows_copy(L->w_hh, S->hh_seen, H, H, *j0, *j1);
         fl_rows_copy(L->w_ih, S->ih_seen, D, H, *j0, *j1);
         fl_pack_forward(hh, S->hh_seen, H, H, *j0, *j1);
         fl_pack_forward(ih, S->ih_seen, D, H, *j0, *j1);
-        S->valid[p] = 1;
+        S->valid[s] = 1;
     }
     for (int64_t t = 0; t < T; t++)
         for (int64_t q = 0; q < 4; q++)
@@ -636,35 +639,53 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int p, int64_t *j0, i
         fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
 }
 
-/* Thread p of the team of S->nt: its slice, a barrier per step. */
+/* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
+ * slices [s0, s1) through every step, in the order of the sums described above:
+ *     gates[t][its rows] += h[t-1][its units] @ W_hh[its rows, its units].T
+ *     wait for the other threads' h[t-1]
+ *     gates[t][its rows] += h[t-1][other units] @ W_hh[its rows, other units].T
+ *     cell forward (its units); flag step t done */
+FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int s0, int s1)
+{
+    fl_single *S = L->S;
+    int64_t H = S->H, G = 4 * H, j0[FL_MAX_TEAM], j1[FL_MAX_TEAM];
+    for (int s = s0; s < s1; s++)
+        fl_single_prepare(L, s, &j0[s], &j1[s]);
+    for (int64_t t = 0; t < L->T; t++) {
+        const float *h_prev = t > 0 ? L->h + (t - 1) * H : L->h0;
+        const float *c_prev = t > 0 ? L->c + (t - 1) * H : L->c0;
+        float *g = L->gates + t * G;
+        if (h_prev) {
+            for (int s = s0; s < s1; s++)
+                fl_row_product(&S->hh[s], h_prev, g, 1, j0[s], j1[s]);
+            for (int q = 0; q < nt && t > 0; q++)
+                if (q != p) fl_step_wait(&L->done[q], (unsigned)t);
+            for (int s = s0; s < s1; s++) {
+                fl_row_product(&S->hh[s], h_prev, g, 1, 0, j0[s]);
+                fl_row_product(&S->hh[s], h_prev, g, 1, j1[s], H);
+            }
+        }
+        for (int s = s0; s < s1; s++)
+            if (j1[s] > j0[s])
+                fl_lstm_cell_fwd_units_f32(1, H, j0[s], j1[s], g, c_prev, L->c + t * H,
+                                           L->tanh_c + t * H, L->h + t * H);
+        if (nt > 1) fl_step_done(&L->done[p]);
+    }
+}
+
+/* Thread p of the team: its share of the slices. */
 FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
 {
     fl_single_loop *L = arg;
-    int64_t j0, j1;
-    fl_single_prepare(L, p, &j0, &j1);
-    fl_forward_steps(&L->S->hh[p], L->T, 1, 0, 1, L->S->H, j0, j1, nt, L->h0, L->c0,
-                     L->gates, L->c, L->tanh_c, L->h);
-}
-
-/* All of S's slices on the calling thread, one after the other in every step:
- * the same sums in the same order as the team computes, so the same bits. */
-FL_AVX512 static void fl_single_serial(fl_single_loop *L)
-{
-    fl_single *S = L->S;
-    int64_t j0[FL_MAX_TEAM], j1[FL_MAX_TEAM];
-    for (int p = 0; p < S->nt; p++)
-        fl_single_prepare(L, p, &j0[p], &j1[p]);
-    for (int64_t t = 0; t < L->T; t++)
-        for (int p = 0; p < S->nt; p++)
-            fl_forward_step(&S->hh[p], t, 1, 0, 1, S->H, j0[p], j1[p], L->h0, L->c0,
-                            L->gates, L->c, L->tanh_c, L->h);
+    int n = L->S->n_slices;
+    fl_single_slices_run(L, p, nt, n * p / nt, n * (p + 1) / nt);
 }
 
 #endif /* FL_HAVE_AVX512_CODE */
 
 /*
  * Forward of one layer over one sequence, with the weights packed in S (made by
- * fl_single_new for this H and D, in S->nt slices), on S->nt threads if
+ * fl_single_new for this H and D), on run_nt threads (at most S's slices) if
  * run_nt > 1 and the team is free, else on the calling thread: the same bits
  * either way.
  *   x (T, D); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
@@ -680,9 +701,10 @@ static int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const floa
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_single_loop L = {S, T, x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h};
-    if (S->nt > 1 && run_nt > 1 && fl_team_run_exact(S->nt, fl_single_part, &L) == 0)
-        return S->nt;
-    fl_single_serial(&L);
+    if (run_nt > S->n_slices) run_nt = S->n_slices;
+    if (run_nt > 1 && fl_team_run_exact(run_nt, fl_single_part, &L) == 0)
+        return run_nt;
+    fl_single_slices_run(&L, 0, 1, 0, S->n_slices);
     return 1;
 #else
     (void)S; (void)run_nt; (void)T; (void)x; (void)w_ih; (void)w_hh; (void)b_ih; (void)b_hh;
