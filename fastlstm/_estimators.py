@@ -572,8 +572,11 @@ class _BaseLSTM(BaseEstimator):
                   if parts > 1 else net)
         N, T, D = X3.shape
         sequence = self.output == "sequence"
-        # scratch per sample and step: the input, and gates (4H) + c, tanh_c, h per layer
-        per_step = (D + 7 * sum(net.hidden_sizes)) * net.dtype.itemsize
+        # scratch per sample and step: the input, and per layer c, h (an LSTM layer
+        # over a batch of one length keeps its gates and tanh_c for one step only,
+        # see LSTMNetwork._layer_forward), else gates (4H) + c, tanh_c, h
+        per_layer = 2 if net.cell == "lstm" and lengths is None and N > 1 else 7
+        per_step = (D + per_layer * sum(net.hidden_sizes)) * net.dtype.itemsize
         if net.bidirectional:
             per_step *= 3  # two directions and their concatenated output
         batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
@@ -587,7 +590,8 @@ class _BaseLSTM(BaseEstimator):
                 # one sequence in one piece: the loops below without their ~1-3 us;
                 # per-step outputs (T*1, K) are already in its (1, T, K) row order
                 out = runner.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), sequence,
-                                     arena=arena, lengths=lengths, n_threads=n_threads)[0]
+                                     arena=arena, lengths=lengths, n_threads=n_threads,
+                                     keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
             for start in range(0, N, batch):
                 xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
@@ -597,7 +601,7 @@ class _BaseLSTM(BaseEstimator):
                 for t0 in range(0, T, window):
                     out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
                                                arena=arena, initial_state=state, lengths=lb,
-                                               n_threads=n_threads)
+                                               n_threads=n_threads, keep=False)
                     if t0 + window < T:
                         state = tape.final_state()
                     if sequence:  # (W*B, K) time-major -> (B, W, K), a view

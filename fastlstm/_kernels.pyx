@@ -50,9 +50,12 @@ cdef extern from "_gates.h" nogil:
 cdef extern from "_recurrent.h" nogil:
     ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
     int fl_recurrent_available()
-    int fl_recurrent_forward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
-                                 const float *h0, const float *c0, float *gates,
-                                 float *c, float *tanh_c, float *h, int n_threads)
+    int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
+                                 const float *x,
+                                 const float *w_ih, const float *w_hh, const float *b_ih,
+                                 const float *b_hh, const float *h0, const float *c0,
+                                 float *gates, float *c, float *tanh_c, float *h,
+                                 int n_threads)
     int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
@@ -374,7 +377,9 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
 
     x (T, N, D); weight_ih (G, D); weight_hh (G, H); bias_ih, bias_hh (G,);
     h0, c0 (N, H); out: gates (T, N, G) activations i, f, g, o; c, tanh_c,
-    h (T, N, H). All C-contiguous, of one dtype (float32 or float64).
+    h (T, N, H). All C-contiguous, of one dtype (float32 or float64). Where no
+    backward follows, gates (1, N, G) and tanh_c (1, N, H) hold one step at a
+    time (the last one's left): no lengths then.
     lengths (N,) int64 or None: real steps per sample. With lengths, steps
     t >= lengths[n] of sample n are padding: its state is carried through them
     unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1] is the state after the
@@ -435,9 +440,9 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                    const floating[::1] bias_hh,          # (G,)
                    const floating[:, ::1] h0,            # (N, H)
                    const floating[:, ::1] c0,            # (N, H)
-                   floating[:, :, ::1] gates,            # (T, N, G) out: i, f, g, o activations
+                   floating[:, :, ::1] gates,            # (Tg, N, G) out: i, f, g, o activations
                    floating[:, :, ::1] c,                # (T, N, H) out
-                   floating[:, :, ::1] tanh_c,           # (T, N, H) out
+                   floating[:, :, ::1] tanh_c,           # (Tg, N, H) out
                    floating[:, :, ::1] h,                # (T, N, H) out
                    const int64_t[::1] lengths=None,      # (N,) real steps per sample, or None
                    n_threads=None):
@@ -445,15 +450,17 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     its buffers taken as typed memoryviews, which check them."""
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 4 * H
+    # gates and tanh_c of every step, or of one step at a time (Tg = 1: no backward follows)
+    cdef Py_ssize_t Tg = 1 if gates.shape[0] == 1 and lengths is None else T
     _check("weight_ih", weight_ih.shape, 2, G, D)
     _check("weight_hh", weight_hh.shape, 2, G, H)
     _check("bias_ih", bias_ih.shape, 1, G)
     _check("bias_hh", bias_hh.shape, 1, G)
     _check("h0", h0.shape, 2, N, H)
     _check("c0", c0.shape, 2, N, H)
-    _check("gates", gates.shape, 3, T, N, G)
+    _check("gates", gates.shape, 3, Tg, N, G)
     _check("c", c.shape, 3, T, N, H)
-    _check("tanh_c", tanh_c.shape, 3, T, N, H)
+    _check("tanh_c", tanh_c.shape, 3, Tg, N, H)
     _check("h", h.shape, 3, T, N, H)
     cdef const int64_t *len_ptr = _lengths_ptr(lengths, N, T)
     if T == 0 or N == 0 or H == 0:
@@ -464,6 +471,8 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *c_ptr = &c[0, 0, 0]
     cdef floating *tc_ptr = &tanh_c[0, 0, 0]
     cdef floating *h_ptr = &h[0, 0, 0]
+    cdef floating *g_t
+    cdef floating *tc_t
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef const floating *c_prev
     cdef bint has_h0
@@ -473,28 +482,37 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
         nt = recurrent_threads() if n_threads is None else n_threads
         packed = _use_packed(N, len_ptr != NULL)
     with nogil:
-        # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
-        input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0],
-                         &bias_ih[0], &bias_hh[0], g_ptr)
         has_h0 = any_nonzero(&h0[0, 0], NH)
+        if Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
+            input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
+                             &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
         if floating is float:
+            # with gates of one step, the packed loop projects the input step by step
+            # itself; with every step's (a backward follows) BLAS has, above: over a
+            # small batch's slices (charlm's 15 rows) its one gemm is faster
             if packed:
                 packed = fl_recurrent_forward_f32(
-                    T, N, H, w_hh, &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
-                    g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
+                    T, Tg, N, D, H, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0], w_hh,
+                    &bias_ih[0] if Tg != T else NULL, &bias_hh[0],
+                    &h0[0, 0] if has_h0 else NULL, &c0[0, 0], g_ptr, c_ptr, tc_ptr, h_ptr,
+                    nt) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T):
+                g_t = g_ptr + (t * NG if Tg == T else 0)
+                tc_t = tc_ptr + (t * NH if Tg == T else 0)
+                if Tg != T:  # one step's rows at a time
+                    input_projection(1, N, D, G, &x[t, 0, 0] if D > 0 else NULL,
+                                     &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_t)
                 if t > 0:
                     gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
-                         w_hh, H, <floating>1, g_ptr + t * NG, G)   # gates[t] += h[t-1] @ W_hh.T
+                         w_hh, H, <floating>1, g_t, G)      # gates[t] += h[t-1] @ W_hh.T
                     c_prev = c_ptr + (t - 1) * NH
                 else:
                     if has_h0:
                         gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
-                             w_hh, H, <floating>1, g_ptr, G)        # gates[0] += h0 @ W_hh.T
+                             w_hh, H, <floating>1, g_t, G)  # gates[0] += h0 @ W_hh.T
                     c_prev = &c0[0, 0]
-                cell_forward(N, H, g_ptr + t * NG, c_prev, c_ptr + t * NH,
-                             tc_ptr + t * NH, h_ptr + t * NH)
+                cell_forward(N, H, g_t, c_prev, c_ptr + t * NH, tc_t, h_ptr + t * NH)
                 if len_ptr != NULL and t > 0:
                     carry_padded_state(N, H, t, len_ptr, c_ptr, tc_ptr, h_ptr)
 

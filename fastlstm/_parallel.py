@@ -107,7 +107,7 @@ class DataParallel:
         self.arenas = [_Arena(net.dtype) for _ in range(parts)]
 
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None, lengths=None, n_threads=None):
+                initial_state=None, lengths=None, n_threads=None, keep=True):
         """As LSTMNetwork.forward (arena and n_threads are ignored: each slice has
         its own arena and runs on one thread)."""
         T, N, _ = x.shape
@@ -123,7 +123,7 @@ class DataParallel:
             return self.replicas[p].forward(
                 np.ascontiguousarray(x[:, rows]), sequence_output, training=training,
                 rng=rngs[p], arena=self.arenas[p], initial_state=state,
-                lengths=None if lengths is None else lengths[rows])
+                lengths=None if lengths is None else lengths[rows], keep=keep)
 
         results = _threads.run_parallel(run, range(len(slices)))
         outs = [out for out, _ in results]

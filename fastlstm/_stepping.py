@@ -73,7 +73,7 @@ def run(net, X3, state, arena=None, n_threads=None):
     N, T, _ = X3.shape
     x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))          # (T, N, D) time-major
     _, tape = net.forward(x_tm, False, training=False, arena=arena, initial_state=state,
-                          n_threads=n_threads)
+                          n_threads=n_threads, keep=False)
     top_h = tape.layers[-1][4]                                  # (T, N, H_last), no dropout
     w, b = net.p["head.weight"], net.p["head.bias"]             # (K, H_last), (K,)
     out = np.empty((N, T, net.n_outputs), dtype=net.dtype)

@@ -94,6 +94,38 @@ def test_forward_matches_reference(shape, dtype, zero_state, path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] > 1])
+def test_forward_with_one_step_of_gates_matches_the_full_one(shape, dtype, path):
+    """gates (1, N, G) and tanh_c (1, N, H), for a forward no backward follows: the
+    same c and h as with every step's buffers (the input projection then runs step
+    by step, its sums rounded apart), and the last step's activations left in
+    them; the same bits on 1 and 2 threads."""
+    args = random_layer(*shape, dtype)
+    T, N, _, H = shape
+    full = run_forward(*args, n_threads=path[1])
+
+    def one_step(n_threads):
+        gates = np.full((1, N, 4 * H), np.nan, dtype)
+        tanh_c = np.full((1, N, H), np.nan, dtype)
+        c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(2))
+        _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, n_threads=n_threads)
+        return gates, c, tanh_c, h
+
+    gates, c, tanh_c, h = lean = one_step(path[1])
+    tol = dict(rtol=0, atol=TOL[dtype])
+    np.testing.assert_allclose(c, full[1], **tol)
+    np.testing.assert_allclose(h, full[3], **tol)
+    np.testing.assert_allclose(gates[0], full[0][-1], **tol)
+    np.testing.assert_allclose(tanh_c[0], full[2][-1], **tol)
+    for a, b in zip(lean, one_step(3 - path[1])):
+        np.testing.assert_array_equal(a, b)
+    if T > 1:
+        with pytest.raises(ValueError, match="gates has shape"):   # padding needs every step
+            _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h,
+                                        lengths=np.full(N, T, dtype=np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_state", [False, True])
 def test_backward_matches_reference(shape, dtype, zero_state, path):

@@ -69,6 +69,39 @@ def test_slices_give_the_whole_batch_forward_and_gradients(cell, bidirectional,
     np.testing.assert_allclose(grads_split, grads, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("lstm", True), ("gru", False)])
+@pytest.mark.parametrize("sequence_output", [False, True])
+@pytest.mark.parametrize("N", [1, 11])
+def test_a_forward_that_keeps_nothing_gives_the_same_outputs_and_no_backward(
+        dtype, cell, bidirectional, sequence_output, N):
+    """forward(keep=False), what predict runs: the same outputs and final state (to
+    rounding: an LSTM batch's input projection then runs step by step; whole or in
+    slices alike, bit for bit), far less scratch for an LSTM batch, and a tape that
+    refuses a backward pass."""
+    T = 6
+    net = LSTMNetwork(3, (5, 4), 3, dtype=dtype, cell=cell, bidirectional=bidirectional)
+    net.initialize(np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((T, N, 3)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    outs = []
+    for runner in (net, DataParallel(net, 2, training=False)):
+        out, tape = runner.forward(x, sequence_output)
+        out_lean, tape_lean = runner.forward(x, sequence_output, keep=False)
+        np.testing.assert_allclose(out_lean, out, **tol)
+        outs.append(out_lean)
+        if not bidirectional:
+            for kept, lean in zip(tape.final_state(), tape_lean.final_state()):
+                np.testing.assert_allclose(lean[0], kept[0], **tol)
+                np.testing.assert_allclose(lean[1], kept[1], **tol)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    _, tape_lean = net.forward(x, sequence_output, keep=False)
+    if cell == "lstm" and N > 1:
+        assert tape_lean.layers[0][1].shape[0] == 1     # gates: one step, not T
+    with pytest.raises(ValueError, match="keep=False"):
+        net.backward(tape_lean, np.ones((T * N if sequence_output else N, 3), dtype))
+
+
 def test_slices_give_the_whole_batch_gradients_summed_in_ranges():
     """From MIN_SPLIT_ELEMENTS parameters on, the slices' gradients are added up in
     ranges of the parameter buffer, one per thread."""
