@@ -718,7 +718,8 @@ def all_finite(a):
     """For a C-contiguous float32 or float64 ndarray: True if every element is
     finite (no NaN, no +-inf), else False; None for any other array. One pass over
     the exponent bits, no temporaries: 0.1 us on one small sequence, where
-    np.isfinite(a).all() takes 1.4 us (a tenth of a single-sequence predict)."""
+    np.isfinite(a).all() takes 1.4 us (a tenth of a single-sequence predict), and
+    41 us on medium's batch of 256 (409,600 float32), where a sum took 90."""
     if not cnp.PyArray_Check(a):
         return None
     cdef cnp.ndarray arr = <cnp.ndarray>a
@@ -728,18 +729,21 @@ def all_finite(a):
     cdef Py_ssize_t n = cnp.PyArray_SIZE(arr), k
     cdef const uint32_t *bits32
     cdef const uint64_t *bits64
-    cdef uint32_t bad32 = 0
-    cdef uint64_t bad64 = 0
+    cdef uint32_t any32 = 0
+    cdef uint64_t any64 = 0
+    # inf and NaN have every exponent bit set: adding one to the exponent field
+    # then carries into the sign bit, which no finite value's does (an OR of
+    # plain integer adds, which the compiler vectorises with any SSE2)
     if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32:
         bits32 = <const uint32_t *>cnp.PyArray_DATA(arr)
         with nogil:
-            for k in range(n):   # all exponent bits set: inf or NaN
-                bad32 |= (bits32[k] & 0x7f800000u) == 0x7f800000u
-        return bad32 == 0
+            for k in range(n):
+                any32 |= (bits32[k] & 0x7f800000u) + 0x00800000u
+        return (any32 & 0x80000000u) == 0
     if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
         bits64 = <const uint64_t *>cnp.PyArray_DATA(arr)
         with nogil:
             for k in range(n):
-                bad64 |= (bits64[k] & 0x7ff0000000000000u) == 0x7ff0000000000000u
-        return bad64 == 0
+                any64 |= (bits64[k] & 0x7ff0000000000000u) + 0x0010000000000000u
+        return (any64 & 0x8000000000000000u) == 0
     return None

@@ -169,17 +169,20 @@ static int64_t fl_packed_floats(int64_t H, int64_t K)
 
 /* One register tile: rows [0, mr) of C, the nv vectors of one panel.
  * C[r, col[v] + lane] (+)= sum_k A[r, k] * panel[k][v][lane]; mr and nv are
- * compile-time constants at every call site, so acc lives in registers. */
+ * compile-time constants at every call site, so acc lives in registers.
+ * start (a row of G values, or NULL): every row's sum starts from it, not from
+ * C (accumulate) or zero: a bias, with no pass writing it into C first. */
 FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
                               const float *A, int64_t lda, const float *panel,
                               float *C, int64_t ldc, const int64_t *col,
-                              const uint16_t *mask, int accumulate)
+                              const uint16_t *mask, int accumulate, const float *start)
 {
     __m512 acc[FL_MR][FL_NV];
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++)
-            acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
-                                   : _mm512_setzero_ps();
+            acc[r][v] = start ? _mm512_maskz_loadu_ps(mask[v], start + col[v])
+                        : accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
+                                     : _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k++) {
         __m512 b[FL_NV];
         for (int v = 0; v < nv; v++)
@@ -195,16 +198,17 @@ FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
             _mm512_mask_storeu_ps(C + r * ldc + col[v], mask[v], acc[r][v]);
 }
 
-#define FL_TILE_CASE(MR)                                                           \
-    case MR:                                                                       \
-        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc);     \
-        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc);             \
+#define FL_TILE_CASE(MR)                                                              \
+    case MR:                                                                          \
+        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc, start); \
+        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc, start);         \
         break;
 
 /* The tile for any mr in 1..FL_MR, nv in 1..2. */
 FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int64_t lda,
                                   const float *panel, float *C, int64_t ldc,
-                                  const int64_t *col, const uint16_t *mask, int acc)
+                                  const int64_t *col, const uint16_t *mask, int acc,
+                                  const float *start)
 {
     switch (mr) {
         FL_TILE_CASE(1) FL_TILE_CASE(2) FL_TILE_CASE(3) FL_TILE_CASE(4)
@@ -248,7 +252,7 @@ FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C
     for (; v < s->n_vec; v += FL_NV) {          /* the last few vectors: one tile each */
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
         fl_tile_any(1, nv, k1 - k0, a + k0, K, s->packed + ((v / FL_NV) * K + k0) * stride,
-                    C, 0, s->col + v, s->mask + v, accumulate);
+                    C, 0, s->col + v, s->mask + v, accumulate, NULL);
     }
 }
 
@@ -267,7 +271,8 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
     return FL_MR;
 }
 
-/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda.
+/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda;
+ * start: see fl_tile.
  * Accumulating, a tile starts by loading its rows of C, which in a batch's
  * forward the input projection wrote long before (out of cache): from
  * FL_PREFETCH_MIN_K on, each tile first asks for the next tile's rows, so they
@@ -278,14 +283,19 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
 #define FL_PREFETCH_MIN_K 256
 
 FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
-                                       int64_t lda, float *C, int64_t ldc, int accumulate)
+                                       int64_t lda, float *C, int64_t ldc, int accumulate,
+                                       const float *start)
 {
     if (N == 1) {
-        fl_row_product(s, A, C, accumulate, 0, s->K);
+        if (start)   /* one row: start from it in C */
+            for (int64_t v = 0; v < s->n_vec; v++)
+                _mm512_mask_storeu_ps(C + s->col[v], s->mask[v],
+                                      _mm512_maskz_loadu_ps(s->mask[v], start + s->col[v]));
+        fl_row_product(s, A, C, accumulate || start, 0, s->K);
         return;
     }
     int64_t stride = FL_NV * FL_LANES;
-    int prefetch = accumulate && s->K >= FL_PREFETCH_MIN_K;
+    int prefetch = accumulate && !start && s->K >= FL_PREFETCH_MIN_K;
     for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
         const float *panel = s->packed + (v / FL_NV) * s->K * stride;
@@ -303,7 +313,7 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
                 }
             }
             fl_tile_any((int)mr, nv, s->K, A + n * lda, lda, panel, C + n * ldc, ldc,
-                        s->col + v, s->mask + v, accumulate);
+                        s->col + v, s->mask + v, accumulate, start);
         }
     }
 }
@@ -393,14 +403,13 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
                                     : (L->h0 ? L->h0 + n0 * H : NULL);
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
-        if (ih) {
+        if (ih && D > 0)   /* each row's sums start from the bias */
+            fl_slice_product(ih, M, L->x + (t * N + n0) * D, D, g, G, 0, L->bias);
+        else if (ih)
             for (int64_t n = 0; n < M; n++)
                 memcpy(g + n * G, L->bias, (size_t)G * sizeof(float));
-            if (D > 0)
-                fl_slice_product(ih, M, L->x + (t * N + n0) * D, D, g, G, 1);
-        }
         if (h_prev)
-            fl_slice_product(s, M, h_prev, H, g, G, 1);
+            fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
         fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev, L->c + at,
                                    (float *)L->tanh_c + (tg * N + n0) * H, L->h + at);
     }
@@ -425,9 +434,9 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
                                    L->tanh_c + t * NH + n0 * H, L->dh + t * NH + n0 * H,
                                    L->dc + n0 * H, (float *)dg);
         if (t > 0)   /* dh[t-1][my samples] += dgates[t][my samples] @ W_hh */
-            fl_slice_product(s, M, dg, G, L->dh + (t - 1) * NH + n0 * H, H, 1);
+            fl_slice_product(s, M, dg, G, L->dh + (t - 1) * NH + n0 * H, H, 1, NULL);
         else         /* dh0[my samples] = dgates[0][my samples] @ W_hh */
-            fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0);
+            fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0, NULL);
     }
     if (L->after) {
         fl_team_barrier(nt);   /* all of dgates done */
@@ -695,7 +704,7 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
             for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
                 L->gates[t * G + j] = L->b_ih[j] + L->b_hh[j];
     if (D > 0)
-        fl_slice_product(ih, T, L->x, D, L->gates, G, 1);
+        fl_slice_product(ih, T, L->x, D, L->gates, G, 1, NULL);
 }
 
 /* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
