@@ -167,15 +167,38 @@ static int64_t fl_packed_floats(int64_t H, int64_t K)
 
 #if FL_HAVE_AVX512_CODE
 
+/* A second product a tile runs on after its first, into the same sums. */
+typedef struct {
+    int64_t K, lda;
+    const float *A, *panel;   /* A: the tile's first row; panel: its columns' panel */
+} fl_then;
+
+/* acc[r][v] += sum over k < K of A[r, k] * panel[k][v]. */
+#define FL_TILE_SUM(K, A, LDA, PANEL)                                                \
+    for (int64_t k = 0; k < (K); k++) {                                             \
+        __m512 b[FL_NV];                                                            \
+        for (int v = 0; v < nv; v++)                                                \
+            b[v] = _mm512_load_ps((PANEL) + k * FL_NV * FL_LANES + v * FL_LANES);    \
+        for (int r = 0; r < mr; r++) {                                              \
+            __m512 a = _mm512_set1_ps((A)[r * (LDA) + k]);                          \
+            for (int v = 0; v < nv; v++)                                            \
+                acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);                    \
+        }                                                                           \
+    }
+
 /* One register tile: rows [0, mr) of C, the nv vectors of one panel.
  * C[r, col[v] + lane] (+)= sum_k A[r, k] * panel[k][v][lane]; mr and nv are
  * compile-time constants at every call site, so acc lives in registers.
  * start (a row of G values, or NULL): every row's sum starts from it, not from
- * C (accumulate) or zero: a bias, with no pass writing it into C first. */
+ * C (accumulate) or zero: a bias, with no pass writing it into C first.
+ * then (or NULL): a second product added on before the sums go back to C (a
+ * prediction's x[t] @ W_ih.T and h[t-1] @ W_hh.T in one pass: the same sums as
+ * one call after the other). */
 FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
                               const float *A, int64_t lda, const float *panel,
                               float *C, int64_t ldc, const int64_t *col,
-                              const uint16_t *mask, int accumulate, const float *start)
+                              const uint16_t *mask, int accumulate, const float *start,
+                              const fl_then *then)
 {
     __m512 acc[FL_MR][FL_NV];
     for (int r = 0; r < mr; r++)
@@ -183,32 +206,26 @@ FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
             acc[r][v] = start ? _mm512_maskz_loadu_ps(mask[v], start + col[v])
                         : accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
                                      : _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k++) {
-        __m512 b[FL_NV];
-        for (int v = 0; v < nv; v++)
-            b[v] = _mm512_load_ps(panel + k * FL_NV * FL_LANES + v * FL_LANES);
-        for (int r = 0; r < mr; r++) {
-            __m512 a = _mm512_set1_ps(A[r * lda + k]);
-            for (int v = 0; v < nv; v++)
-                acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
-        }
+    FL_TILE_SUM(K, A, lda, panel)
+    if (then) {
+        FL_TILE_SUM(then->K, then->A, then->lda, then->panel)
     }
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++)
             _mm512_mask_storeu_ps(C + r * ldc + col[v], mask[v], acc[r][v]);
 }
 
-#define FL_TILE_CASE(MR)                                                              \
-    case MR:                                                                          \
-        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc, start); \
-        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc, start);         \
+#define FL_TILE_CASE(MR)                                                                    \
+    case MR:                                                                                \
+        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc, start, then); \
+        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc, start, then);         \
         break;
 
 /* The tile for any mr in 1..FL_MR, nv in 1..2. */
 FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int64_t lda,
                                   const float *panel, float *C, int64_t ldc,
                                   const int64_t *col, const uint16_t *mask, int acc,
-                                  const float *start)
+                                  const float *start, const fl_then *then)
 {
     switch (mr) {
         FL_TILE_CASE(1) FL_TILE_CASE(2) FL_TILE_CASE(3) FL_TILE_CASE(4)
@@ -252,7 +269,7 @@ FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C
     for (; v < s->n_vec; v += FL_NV) {          /* the last few vectors: one tile each */
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
         fl_tile_any(1, nv, k1 - k0, a + k0, K, s->packed + ((v / FL_NV) * K + k0) * stride,
-                    C, 0, s->col + v, s->mask + v, accumulate, NULL);
+                    C, 0, s->col + v, s->mask + v, accumulate, NULL, NULL);
     }
 }
 
@@ -282,9 +299,25 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
  * 26.2K -> 24.3-25.9K, hence the bound). Training: level. */
 #define FL_PREFETCH_MIN_K 256
 
+FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
+                                        int64_t lda, const fl_slice *s2, const float *A2,
+                                        int64_t lda2, float *C, int64_t ldc, int accumulate,
+                                        const float *start);
+
 FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
                                        int64_t lda, float *C, int64_t ldc, int accumulate,
                                        const float *start)
+{
+    fl_slice_product2(s, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, start);
+}
+
+/* fl_slice_product, then (s2 not NULL) C[:, slice columns] += A2 (N, K2) @ s2
+ * in the same pass over the tiles: s2 is laid out as s (the same vectors),
+ * with its own K. */
+FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
+                                        int64_t lda, const fl_slice *s2, const float *A2,
+                                        int64_t lda2, float *C, int64_t ldc, int accumulate,
+                                        const float *start)
 {
     if (N == 1) {
         if (start)   /* one row: start from it in C */
@@ -292,6 +325,7 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
                 _mm512_mask_storeu_ps(C + s->col[v], s->mask[v],
                                       _mm512_maskz_loadu_ps(s->mask[v], start + s->col[v]));
         fl_row_product(s, A, C, accumulate || start, 0, s->K);
+        if (s2) fl_row_product(s2, A2, C, 1, 0, s2->K);
         return;
     }
     int64_t stride = FL_NV * FL_LANES;
@@ -312,8 +346,10 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
                             _mm_prefetch((const char *)(C + r * ldc + s->col[v2 + u]), _MM_HINT_T0);
                 }
             }
+            fl_then then = {s2 ? s2->K : 0, lda2, s2 ? A2 + n * lda2 : NULL,
+                            s2 ? s2->packed + (v / FL_NV) * s2->K * stride : NULL};
             fl_tile_any((int)mr, nv, s->K, A + n * lda, lda, panel, C + n * ldc, ldc,
-                        s->col + v, s->mask + v, accumulate, start);
+                        s->col + v, s->mask + v, accumulate, start, s2 ? &then : NULL);
         }
     }
 }
@@ -403,13 +439,16 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
                                     : (L->h0 ? L->h0 + n0 * H : NULL);
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
-        if (ih && D > 0)   /* each row's sums start from the bias */
-            fl_slice_product(ih, M, L->x + (t * N + n0) * D, D, g, G, 0, L->bias);
-        else if (ih)
-            for (int64_t n = 0; n < M; n++)
-                memcpy(g + n * G, L->bias, (size_t)G * sizeof(float));
-        if (h_prev)
-            fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
+        if (ih && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
+            fl_slice_product2(ih, M, L->x + (t * N + n0) * D, D, h_prev ? s : NULL, h_prev,
+                              H, g, G, 0, L->bias);
+        else {
+            if (ih)
+                for (int64_t n = 0; n < M; n++)
+                    memcpy(g + n * G, L->bias, (size_t)G * sizeof(float));
+            if (h_prev)
+                fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
+        }
         fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev, L->c + at,
                                    (float *)L->tanh_c + (tg * N + n0) * H, L->h + at);
     }
