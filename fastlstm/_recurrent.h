@@ -290,8 +290,8 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
 
 /* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda;
  * start: see fl_tile.
- * Accumulating, a tile starts by loading its rows of C, which in a batch's
- * forward the input projection wrote long before (out of cache): from
+ * Accumulating, a tile starts by loading its rows of C, which in a training
+ * forward the input projection's gemm wrote long before (out of cache): from
  * FL_PREFETCH_MIN_K on, each tile first asks for the next tile's rows, so they
  * arrive while it computes (batched predict, samples/s, alternating A/B runs:
  * large 956-982 -> 999-1016, charlm 2131-2264 -> 2346-2376; at K = 128, medium,
