@@ -727,24 +727,30 @@ def all_finite(a):
     if (not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)
             or not cnp.PyArray_ISNOTSWAPPED(arr)):
         return None
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(arr), k
-    cdef const uint32_t *bits32
-    cdef const uint64_t *bits64
-    cdef uint32_t any32 = 0
-    cdef uint64_t any64 = 0
-    # inf and NaN have every exponent bit set: adding one to the exponent field
-    # then carries into the sign bit, which no finite value's does (an OR of
-    # plain integer adds, which the compiler vectorises with any SSE2)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
+    cdef void *data = cnp.PyArray_DATA(arr)
     if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32:
-        bits32 = <const uint32_t *>cnp.PyArray_DATA(arr)
-        with nogil:
-            for k in range(n):
-                any32 |= (bits32[k] & 0x7f800000u) + 0x00800000u
-        return (any32 & 0x80000000u) == 0
+        return _no_inf_or_nan(<const uint32_t *>data, n, 0x7f800000u, 0x00800000u)
     if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
-        bits64 = <const uint64_t *>cnp.PyArray_DATA(arr)
-        with nogil:
-            for k in range(n):
-                any64 |= (bits64[k] & 0x7ff0000000000000u) + 0x0010000000000000u
-        return (any64 & 0x8000000000000000u) == 0
+        return _no_inf_or_nan(<const uint64_t *>data, n, 0x7ff0000000000000u,
+                              0x0010000000000000u)
     return None
+
+
+ctypedef fused float_bits:
+    uint32_t
+    uint64_t
+
+
+cdef bint _no_inf_or_nan(const float_bits *bits, Py_ssize_t n, float_bits exponent,
+                         float_bits exponent_one) noexcept nogil:
+    """True unless some of the n floats (as bits) is inf or NaN: those have every
+    exponent bit set, so adding one to the exponent field carries into the sign
+    bit, which no finite value's does (an OR of plain integer adds, which the
+    compiler vectorises with any SSE2)."""
+    cdef float_bits any_carry = 0
+    cdef float_bits sign = exponent + exponent_one
+    cdef Py_ssize_t k
+    for k in range(n):
+        any_carry |= (bits[k] & exponent) + exponent_one
+    return (any_carry & sign) == 0
