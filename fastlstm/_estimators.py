@@ -1107,7 +1107,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         predict_proba (of the probabilities, not the logits, so that the two agree
         even where rounding makes two classes' probabilities equal)."""
         proba, lengths = self._proba(X)
-        labels = self.classes_[np.argmax(proba, axis=-1)]
+        labels = self.classes_[proba.argmax(axis=-1)]
         return _unpad(labels, lengths) if self.output == "sequence" else labels
 
     def score(self, X, y, sample_weight=None):

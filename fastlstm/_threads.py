@@ -113,8 +113,12 @@ def recurrent_threads():
     governs both), at most the CPUs this process may run on; 1 at least."""
     if _active:  # inside a one_blas_thread block: the limit is 1, no need to ask BLAS
         return 1
-    limits = [n for n in (get() for get, _ in _blas_libs()) if n > 0]
-    return max(1, min(limits + [_cpus()]))
+    threads = _cpus()
+    for get, _ in _blas_libs():   # a plain loop: a single-sequence predict asks every time
+        limit = get()
+        if 0 < limit < threads:
+            threads = limit
+    return max(1, threads)
 
 
 _cpu_count = None
