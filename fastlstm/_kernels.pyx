@@ -131,8 +131,8 @@ _available = packed_recurrence_available()
 # ---- one sequence: weights packed once, kept between calls --------------------
 
 # One sequence through a layer packed for a team: the team or the calling thread
-# alone, whichever ran faster lately. Whether a barrier per step pays swings
-# between runs on this machine (H = 128, T = 50, layer forward: 100-135 us on two
+# alone, whichever ran faster lately. Whether a meeting of the cores per step pays
+# swings between runs on a shared machine (H = 128, T = 50, layer forward: 100-135 us on two
 # threads most of the time, 230-290 us in some runs, 155-190 us on one), so each
 # call times itself (time per step), the last TIMES_KEPT times of each way are
 # kept, and a call runs the way whose fastest kept time is lower. Now and then a
