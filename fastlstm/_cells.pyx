@@ -17,7 +17,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
-from ._checks cimport _check, _lengths_ptr, _plain_data
+from ._checks cimport _check, _dims, _lengths_ptr, _plain_data
 cimport numpy as cnp
 
 import numpy as np
@@ -356,12 +356,11 @@ cdef bint _plain_dense_forward(x, weight, bias, out) except -1:
     """dense_forward with its buffers taken without typed memoryviews (1.0 -> 0.3 us
     a call: a single-sequence predict's head): False, with nothing done, unless
     all four are plain arrays of x's float type and matching shapes (_plain_data)."""
-    if not (cnp.PyArray_Check(x) and cnp.PyArray_Check(weight)
-            and cnp.PyArray_NDIM(<cnp.ndarray>x) == 2
-            and cnp.PyArray_NDIM(<cnp.ndarray>weight) == 2):
+    cdef cnp.npy_intp *x_dims = _dims(x, 2)
+    cdef cnp.npy_intp *w_dims = _dims(weight, 2)
+    if x_dims == NULL or w_dims == NULL:
         return False
-    cdef Py_ssize_t M = cnp.PyArray_DIMS(<cnp.ndarray>x)[0], I = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
-    cdef Py_ssize_t K = cnp.PyArray_DIMS(<cnp.ndarray>weight)[0]
+    cdef Py_ssize_t M = x_dims[0], I = x_dims[1], K = w_dims[0]
     cdef int dtype = cnp.PyArray_TYPE(<cnp.ndarray>x)
     if M == 0 or I == 0 or K == 0 or dtype not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
         return False

@@ -35,24 +35,36 @@ cdef inline const int64_t *_lengths_ptr(const int64_t[::1] lengths, Py_ssize_t N
     return &lengths[0] if N > 0 else NULL
 
 
-cdef inline void *_plain_data(object a, int typenum, int ndim, Py_ssize_t e0,
-                              Py_ssize_t e1=0, Py_ssize_t e2=0, bint writable=False) noexcept:
-    """The data of a if a is an aligned, C-contiguous, native-order ndarray of
-    this type and exactly this shape (first ndim of e0, e1, e2), writeable if
-    asked; else NULL. The way in for a kernel's small calls: taking a single-
-    sequence layer's 11 buffers as typed memoryviews costs ~1.8 us, 0.1 us this
-    way (sine's whole predict is ~20 us). Whatever is not so plain goes the
-    memoryview way, which checks it and names what is wrong."""
+cdef inline bint _plain(object a, int typenum, bint writable=False) noexcept:
+    """True if a is an aligned, C-contiguous, native-order ndarray of this type,
+    writeable if asked: memory a compiled loop can take as it is."""
     if not cnp.PyArray_Check(a):
-        return NULL
+        return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
     if writable:
         need |= cnp.NPY_ARRAY_WRITEABLE
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
-            or (cnp.PyArray_FLAGS(arr) & need) != need or not cnp.PyArray_ISNOTSWAPPED(arr)):
+    return (cnp.PyArray_TYPE(arr) == typenum and (cnp.PyArray_FLAGS(arr) & need) == need
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline cnp.npy_intp *_dims(object a, int ndim) noexcept:
+    """a's sizes if a is an ndarray of ndim dimensions, else NULL."""
+    if not cnp.PyArray_Check(a) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
         return NULL
-    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(arr)
+    return cnp.PyArray_DIMS(<cnp.ndarray>a)
+
+
+cdef inline void *_plain_data(object a, int typenum, int ndim, Py_ssize_t e0,
+                              Py_ssize_t e1=0, Py_ssize_t e2=0, bint writable=False) noexcept:
+    """The data of a if it is _plain and of exactly this shape (first ndim of e0,
+    e1, e2), else NULL. The way in for a kernel's small calls: taking a single-
+    sequence layer's 11 buffers as typed memoryviews costs ~1.8 us, 0.1 us this
+    way (sine's whole predict is ~20 us). Whatever is not so plain goes the
+    memoryview way, which checks it and names what is wrong."""
+    cdef cnp.npy_intp *dims = _dims(a, ndim)
+    if dims == NULL or not _plain(a, typenum, writable):
+        return NULL
     if dims[0] != e0 or (ndim > 1 and dims[1] != e1) or (ndim > 2 and dims[2] != e2):
         return NULL
-    return cnp.PyArray_DATA(arr)
+    return cnp.PyArray_DATA(<cnp.ndarray>a)

@@ -288,9 +288,7 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
     return FL_MR;
 }
 
-/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda;
- * start: see fl_tile.
- * Accumulating, a tile starts by loading its rows of C, which in a training
+/* Accumulating, a tile starts by loading its rows of C, which in a training
  * forward the input projection's gemm wrote long before (out of cache): from
  * FL_PREFETCH_MIN_K on, each tile first asks for the next tile's rows, so they
  * arrive while it computes (batched predict, samples/s, alternating A/B runs:
@@ -299,21 +297,10 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
  * 26.2K -> 24.3-25.9K, hence the bound). Training: level. */
 #define FL_PREFETCH_MIN_K 256
 
-FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
-                                        int64_t lda, const fl_slice *s2, const float *A2,
-                                        int64_t lda2, float *C, int64_t ldc, int accumulate,
-                                        const float *start);
-
-FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
-                                       int64_t lda, float *C, int64_t ldc, int accumulate,
-                                       const float *start)
-{
-    fl_slice_product2(s, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, start);
-}
-
-/* fl_slice_product, then (s2 not NULL) C[:, slice columns] += A2 (N, K2) @ s2
- * in the same pass over the tiles: s2 is laid out as s (the same vectors),
- * with its own K. */
+/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda
+ * (start: see fl_tile), then, if s2 is not NULL, C[:, slice columns] += A2
+ * (N, K2) @ s2 in the same pass over the tiles: s2 is laid out as s (the same
+ * vectors), with its own K. */
 FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
                                         int64_t lda, const fl_slice *s2, const float *A2,
                                         int64_t lda2, float *C, int64_t ldc, int accumulate,
@@ -352,6 +339,14 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
                         s->col + v, s->mask + v, accumulate, start, s2 ? &then : NULL);
         }
     }
+}
+
+/* fl_slice_product2 of one product. */
+FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
+                                       int64_t lda, float *C, int64_t ldc, int accumulate,
+                                       const float *start)
+{
+    fl_slice_product2(s, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, start);
 }
 
 #endif /* FL_HAVE_AVX512_CODE */
@@ -498,10 +493,9 @@ static int fl_useful_threads(int64_t N, int n_threads)
 static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 {
     int nt = fl_useful_threads(L->N, n_threads);
-    int forward = part == fl_forward_part;
     L->slices = fl_slices_new(nt, L->H, L->H);
-    L->slices_ih = forward && L->bias ? fl_slices_new(nt, L->H, L->D) : NULL;
-    if (!L->slices || (forward && L->bias && !L->slices_ih)) {
+    L->slices_ih = L->bias ? fl_slices_new(nt, L->H, L->D) : NULL;   /* bias: forward only */
+    if (!L->slices || (L->bias && !L->slices_ih)) {
         if (L->slices) fl_slices_free(L->slices, nt);
         if (L->slices_ih) fl_slices_free(L->slices_ih, nt);
         return -1;
