@@ -594,7 +594,9 @@ class _BaseLSTM(BaseEstimator):
                                      keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
             for start in range(0, N, batch):
-                xb = np.ascontiguousarray(X3[start:start + batch].transpose(1, 0, 2))  # (T, B, D)
+                xb = X3[start:start + batch].transpose(1, 0, 2)  # (T, B, D), a view
+                if runner is net:  # DataParallel copies each slice's rows on its thread
+                    xb = np.ascontiguousarray(xb)
                 lb = None if lengths is None else lengths[start:start + batch]
                 B = xb.shape[1]
                 state, steps = None, []
