@@ -188,6 +188,7 @@ ONE_SEQUENCE_SHAPES = [  # (T, N=1, D, H)
     (6, 1, 4, 200),   # two threads, a partial vector on the second
     (13, 1, 2, 17),   # T past one 12-row tile of the input projection
     (3, 1, 2, 300),   # charlm-sized
+    (5, 1, 2, 384),   # 1.2 MB of W_hh a thread: read in alternate directions step by step
 ]
 
 
@@ -263,7 +264,7 @@ def test_kept_weights_follow_every_change_of_the_weights(n_threads):
                                   run_forward(*other, n_threads, _kernels.PackedWeights())[3])
 
 
-@pytest.mark.parametrize("H", [128, 200])
+@pytest.mark.parametrize("H", [128, 200, 384])   # 384: alternate directions too
 def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(H):
     """A packing in slices for two threads runs on the team or, slice after slice,
     on the calling thread (forced both ways here, then chosen by measured time):
