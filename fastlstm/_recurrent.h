@@ -752,8 +752,8 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
  * vs alternating: 0.13 MB 0.88 vs 0.90, 0.77 MB 5.3 vs 5.2, 1.18 MB 8.4 vs 8.4,
  * 1.61 MB 18.2 vs 14.7, 2.1 MB (H = 512 on two threads) 33 vs 25, 4.2 MB (H =
  * 512 on one) 134 vs 89, 8.4 MB 282 vs 279; large's single-sequence predict
- * 4.4 -> 3.4 ms. Below the bound, charlm's predict (0.72 MB a thread) read 4%
- * slower alternating, hence the bound. */
+ * 4.4 -> 3.4 ms. Below the bound, charlm's single-sequence predict (0.72 MB a
+ * thread) read 4% slower alternating, hence the bound. */
 #define FL_ALTERNATE_MIN_BYTES (1 << 20)
 
 /* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
