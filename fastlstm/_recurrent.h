@@ -242,7 +242,7 @@ FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int
  * (a call over [0, K) gives the same bits as the tiles; calls over [0, m) then
  * [m, K) the same again: the accumulator goes through C unrounded, as float).
  * backwards: the same sums, the panels taken last to first (see
- * FL_ALTERNATE_MIN_BYTES). */
+ * fl_alternate_min_bytes). */
 #define FL_ROW_PANELS 4
 
 FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C,
@@ -744,17 +744,33 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
         fl_slice_product(ih, T, L->x, D, L->gates, G, 1, NULL);
 }
 
-/* A thread whose slices hold this many bytes of W_hh or more reads them in
- * alternate directions step by step (fl_row_product's backwards), so each step
- * starts on the panels the last one read last, still in cache. Read in one
- * direction, panels a little larger than the L2 (2 MB here) are all evicted
- * just before they are read again. A step's product, one thread, us, one way
- * vs alternating: 0.13 MB 0.88 vs 0.90, 0.77 MB 5.3 vs 5.2, 1.18 MB 8.4 vs 8.4,
- * 1.61 MB 18.2 vs 14.7, 2.1 MB (H = 512 on two threads) 33 vs 25, 4.2 MB (H =
- * 512 on one) 134 vs 89, 8.4 MB 282 vs 279; large's single-sequence predict
- * 4.4 -> 3.4 ms. Below the bound, charlm's single-sequence predict (0.72 MB a
- * thread) read 4% slower alternating, hence the bound. */
+/* A thread whose slices hold half the L2 or more of W_hh (FL_ALTERNATE_MIN_BYTES
+ * where the size is unknown) reads them in alternate directions step by step
+ * (fl_row_product's backwards), so each step starts on the panels the last one
+ * read last, still in cache. Read in one direction, panels a little larger than
+ * the L2 are all evicted just before they are read again. A step's product,
+ * one thread, us, one way vs alternating, with an L2 of 2 MB: 0.13 MB 0.88 vs
+ * 0.90, 0.77 MB 5.3 vs 5.2, 1.18 MB 8.4 vs 8.4, 1.61 MB 18.2 vs 14.7, 2.1 MB
+ * (H = 512 on two threads) 33 vs 25, 4.2 MB (H = 512 on one) 134 vs 89, 8.4 MB
+ * 282 vs 279; large's single-sequence predict 4.4 -> 3.4 ms. Below the bound,
+ * charlm's single-sequence predict (0.72 MB a thread) read 4% slower
+ * alternating, hence the bound. */
 #define FL_ALTERNATE_MIN_BYTES (1 << 20)
+
+static int64_t fl_alternate_min_bytes(void)
+{
+    static int64_t bound = 0;   /* computed once; any thread may, all alike */
+    int64_t b = __atomic_load_n(&bound, __ATOMIC_RELAXED);
+    if (b == 0) {
+        long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        b = l2 > 0 ? l2 / 2 : FL_ALTERNATE_MIN_BYTES;
+        __atomic_store_n(&bound, b, __ATOMIC_RELAXED);
+    }
+    return b;
+}
 
 /* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
  * slices [s0, s1) through every step, in the order of the sums described above:
@@ -764,7 +780,7 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
  *     cell forward (its units); flag step t done
  * Alone, it sums each slice's parts one after the other (the same sums in the
  * same order: the slices' outputs are apart), so a slice's panels are read in
- * one run, and on alternate steps (FL_ALTERNATE_MIN_BYTES) the slices are
+ * one run, and on alternate steps (fl_alternate_min_bytes) the slices are
  * taken last to first (large, one thread: 13.4-13.8 -> 9.4-10.3 ms). */
 FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int s0, int s1)
 {
@@ -775,7 +791,7 @@ FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int
         fl_single_prepare(L, s, &j0[s], &j1[s]);
         if (j1[s] > j0[s]) bytes += S->hh[s].n_vec * FL_LANES * H * (int64_t)sizeof(float);
     }
-    int alternate = bytes >= FL_ALTERNATE_MIN_BYTES;
+    int alternate = bytes >= fl_alternate_min_bytes();
     for (int64_t t = 0; t < L->T; t++) {
         const float *h_prev = t > 0 ? L->h + (t - 1) * H : L->h0;
         const float *c_prev = t > 0 ? L->c + (t - 1) * H : L->c0;

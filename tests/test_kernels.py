@@ -188,7 +188,8 @@ ONE_SEQUENCE_SHAPES = [  # (T, N=1, D, H)
     (6, 1, 4, 200),   # two threads, a partial vector on the second
     (13, 1, 2, 17),   # T past one 12-row tile of the input projection
     (3, 1, 2, 300),   # charlm-sized
-    (5, 1, 2, 384),   # 1.2 MB of W_hh a thread: read in alternate directions step by step
+    (5, 1, 2, 384),   # 1.2 MB of W_hh a thread: with an L2 of 2 MB, read in alternate
+                      # directions step by step (2.4 MB on one thread: up to a 4 MB L2)
 ]
 
 
