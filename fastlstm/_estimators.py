@@ -572,10 +572,9 @@ class _BaseLSTM(BaseEstimator):
                   if parts > 1 else net)
         N, T, D = X3.shape
         sequence = self.output == "sequence"
-        # scratch per sample and step: the input, and per layer c, h (an LSTM layer
-        # over a batch of one length keeps its gates and tanh_c for one step only,
-        # see LSTMNetwork._layer_forward), else gates (4H) + c, tanh_c, h
-        per_layer = 2 if net.cell == "lstm" and lengths is None and N > 1 else 7
+        # scratch per sample and step: the input, and per layer c, h (where LSTM layers
+        # keep their gates and tanh_c for one step only), else gates (4H) + c, tanh_c, h
+        per_layer = 2 if net.keeps_one_step(N, lengths) else 7
         per_step = (D + per_layer * sum(net.hidden_sizes)) * net.dtype.itemsize
         if net.bidirectional:
             per_step *= 3  # two directions and their concatenated output

@@ -376,6 +376,12 @@ class LSTMNetwork:
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order,
                           keep)
 
+    def keeps_one_step(self, N, lengths):
+        """True if a forward(keep=False) over N sequences keeps the LSTM layers'
+        gates and tanh_c for one step only: a batch of sequences of one length.
+        One sequence keeps every step: its own way in (_kernels) takes only that."""
+        return self.cell == "lstm" and N > 1 and lengths is None
+
     def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena, n_threads=None,
                        keep=True):
         """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs
@@ -391,8 +397,7 @@ class LSTMNetwork:
         h = arena.get(("h", k, suffix), (T, N, H))
         gates = c = tanh_c = None
         if self.cell == "lstm":
-            # one sequence keeps every step: its own way in (_kernels) takes only that
-            steps = T if keep or N == 1 or lengths is not None else 1
+            steps = 1 if not keep and self.keeps_one_step(N, lengths) else T
             gates = arena.get(("gates", k, suffix), (steps, N, 4 * H))
             c = arena.get(("c", k, suffix), (T, N, H))
             tanh_c = arena.get(("tanh_c", k, suffix), (steps, N, H))
