@@ -118,7 +118,8 @@ class _Arena:
 class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
     (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0) for the
-    LSTM; a GRU keeps its hidden projection where c is and None for tanh_c, a
+    LSTM (the uniforms of the top layer of a many-to-one network cover its last
+    step only); a GRU keeps its hidden projection where c is and None for tanh_c, a
     plain RNN None for all three (and its c0 is zeros). A bidirectional
     network's layers[k] holds its forward direction (layer_out is then the
     concatenation) and reverse[k] the reverse one: (reversed layer_in, gates, c,
@@ -355,10 +356,15 @@ class LSTMNetwork:
                 layer_out[..., H:] = rev[3][order, np.arange(N)]                # back in time order
             uniform = None
             if dropping:  # on every layer's output, before the next layer or the head
-                uniform = arena.get(("uniform", k), layer_out.shape)
+                # a many-to-one head reads the top layer's last step only: the mask
+                # covers that step alone there (charlm: half its uniforms)
+                last_only = (k == len(self.hidden_sizes) - 1 and not sequence_output
+                             and not self.bidirectional)
+                kept_out = layer_out[T - 1:] if last_only else layer_out    # (T or 1, N, width)
+                uniform = arena.get(("uniform", k), kept_out.shape)
                 rng.random(out=uniform, dtype=uniform.dtype)
-                dropped = arena.get(("dropped", k), layer_out.shape)
-                _ops.apply_dropout_mask(layer_out.reshape(-1), uniform.reshape(-1), self.dropout,
+                dropped = arena.get(("dropped", k), kept_out.shape)
+                _ops.apply_dropout_mask(kept_out.reshape(-1), uniform.reshape(-1), self.dropout,
                                         dropped.reshape(-1))
                 layer_out = dropped
             layers.append((layer_in, gates, c, tanh_c, h, uniform, h0, c0))
@@ -370,7 +376,7 @@ class LSTMNetwork:
             H = self.hidden_sizes[-1]
             head_in = np.concatenate([layer_in[T - 1, :, :H], layer_in[0, :, H:]], axis=1)
         else:
-            head_in = layer_in[T - 1]
+            head_in = layer_in[-1]      # the last step (the only one kept past a dropout mask)
         out = np.empty((head_in.shape[0], self.n_outputs), dtype=self.dtype)   # (M, K)
         _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order,
@@ -445,8 +451,8 @@ class LSTMNetwork:
         for k in range(top, -1, -1):
             H = self.hidden_sizes[k]
             layer_in, gates, c, tanh_c, h, uniform, h0, c0 = layers[k]
-            if uniform is not None:  # through the dropout mask, in place
-                flat = dlayer_out.reshape(-1)
+            if uniform is not None:  # through the dropout mask, in place, on the steps it covers
+                flat = dlayer_out[T - uniform.shape[0]:].reshape(-1)   # (the others' are zero)
                 _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
             dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
             if not self.bidirectional:

@@ -145,11 +145,18 @@ def sgd_step(params, grads, velocity, lr, momentum, nesterov):
 
 @njit(**JIT)
 def apply_dropout_mask(x, uniform, rate, out):
-    """out = x * (uniform >= rate) / (1 - rate); all arrays flat (P,).
+    """out = x * (uniform >= rate) / (1 - rate); all arrays flat (P,); out may be x.
 
     The same mask serves both ways: forward on the activations, backward on
-    their gradients (d(x * mask)/dx = mask).
+    their gradients (d(x * mask)/dx = mask), there in place.
     """
     scale = 1.0 / (1.0 - rate)
-    for k in range(x.shape[0]):
-        out[k] = x[k] * scale if uniform[k] >= rate else 0.0
+    if out.ctypes.data == x.ctypes.data:
+        # in place as a loop over one array: with x and out apart, LLVM checks for
+        # overlap at run time and, seeing it, takes its scalar loop (charlm's
+        # 450,000 float32: 1.37 ms, against 0.13 ms here)
+        for k in range(x.shape[0]):
+            x[k] = x[k] * scale if uniform[k] >= rate else 0.0
+    else:
+        for k in range(x.shape[0]):
+            out[k] = x[k] * scale if uniform[k] >= rate else 0.0

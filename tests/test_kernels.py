@@ -544,3 +544,11 @@ def test_clip_grad_norm_and_dropout_mask():
     out = np.empty_like(x)
     _ops.apply_dropout_mask(x, uniform, 0.2, out)
     np.testing.assert_allclose(out, [0, 2 / 0.8, 3 / 0.8, 0, 5 / 0.8, 6 / 0.8])
+    for dtype in (np.float32, np.float64):   # in place (backward), its own loop: same values
+        long_x = np.tile(x, 50).astype(dtype)
+        long_uniform = np.tile(uniform, 50).astype(dtype)
+        expected = np.empty_like(long_x)
+        _ops.apply_dropout_mask(long_x, long_uniform, 0.2, expected)
+        _ops.apply_dropout_mask(long_x, long_uniform, 0.2, long_x)
+        np.testing.assert_array_equal(long_x, expected)
+        np.testing.assert_array_equal(expected[:6], out.astype(dtype))
