@@ -152,9 +152,9 @@ def apply_dropout_mask(x, uniform, rate, out):
     """
     scale = 1.0 / (1.0 - rate)
     if out.ctypes.data == x.ctypes.data:
-        # in place as a loop over one array: with x and out apart, LLVM checks for
-        # overlap at run time and, seeing it, takes its scalar loop (charlm's
-        # 450,000 float32: 1.37 ms, against 0.13 ms here)
+        # in place: a loop over one array. Given x and out as two arrays, LLVM
+        # checks at run time whether they overlap and, when they do, takes its
+        # scalar loop (charlm's 450,000 float32: 1.37 ms, against 0.13 ms here)
         for k in range(x.shape[0]):
             x[k] = x[k] * scale if uniform[k] >= rate else 0.0
     else:
