@@ -11,6 +11,7 @@ are one prefix slice.
 
 Activations are time-major, (T, N, .): the kernels want each step contiguous.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -381,6 +382,19 @@ class LSTMNetwork:
         _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order,
                           keep)
+
+    @contextlib.contextmanager
+    def weights_held(self):
+        """For a loop of forward calls that writes no weights (forecast, generate,
+        one step a call): the layers' kept single-sequence packings compare
+        themselves with the weights on the first call only (PackedWeights.hold)."""
+        for packed in self.packed_weights.values():
+            packed.hold()
+        try:
+            yield
+        finally:
+            for packed in self.packed_weights.values():
+                packed.release()
 
     def keeps_one_step(self, N, lengths):
         """True if a forward(keep=False) over N sequences keeps the LSTM layers'

@@ -109,11 +109,12 @@ def forecast(est, X, n_steps, n_threads=None):
     if n_steps == 0:
         return preds
     arena = _Arena(net.dtype)  # private to this call, reused by every step
-    out, state = run(net, X3, None, arena, n_threads)           # (N, T, K)
-    for k in range(n_steps):
-        preds[k] = out[:, -1]                                   # (N, K) next value
-        if k + 1 < n_steps:                                     # one step, T=1, from state
-            out, state = run(net, preds[k][:, None, :], state, arena, n_threads)
+    with net.weights_held():   # nothing here writes them: compared on the first call only
+        out, state = run(net, X3, None, arena, n_threads)       # (N, T, K)
+        for k in range(n_steps):
+            preds[k] = out[:, -1]                               # (N, K) next value
+            if k + 1 < n_steps:                                 # one step, T=1, from state
+                out, state = run(net, preds[k][:, None, :], state, arena, n_threads)
     return preds
 
 
@@ -167,6 +168,14 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_thread
 
     arena = _Arena(net.dtype)
     x = seed_rows(vocabulary.encode(seed), net.dtype)[None]       # (1, len(seed), D)
+    with net.weights_held():   # nothing here writes them: compared on the first call only
+        picked = _sample(net, x, n_chars, rows, temperature, rs, arena, n_threads)
+    return "".join(est.classes_[picked])
+
+
+def _sample(net, x, n_chars, rows, temperature, rs, arena, n_threads):
+    """generate's loop: the class picked after the seed x (1, T, D) and after each
+    picked character fed back (its input row in rows) -> (n_chars,) indices."""
     logits, state = run(net, x, None, arena, n_threads)           # (1, T, C)
     logits = logits[:, -1]                                        # (1, C) after the seed
     picked = np.empty(n_chars, dtype=np.intp)
@@ -182,4 +191,4 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_thread
         if k + 1 < n_chars:
             logits, state = run(net, rows[j][None, None], state, arena, n_threads)
             logits = logits[:, -1]
-    return "".join(est.classes_[picked])
+    return picked

@@ -1,4 +1,5 @@
 """Character data, stepping with a carried state, forecasting and text generation."""
+import copy
 import re
 
 import numpy as np
@@ -155,6 +156,55 @@ def test_one_float32_sequence_steps_bit_for_bit_like_the_whole_sequence():
         np.testing.assert_array_equal(h, h_whole)
         np.testing.assert_array_equal(c, c_whole)
     np.testing.assert_array_equal(model.predict(X[:1]), whole[:, -1])
+
+
+def float32_char_model():
+    vocab = CharVocabulary.from_text(TEXT)
+    X, y = char_windows(TEXT, 16, vocab, step=3)
+    model = LSTMClassifier(hidden_layer_sizes=(64,), max_iter=3, dtype="float32",
+                           random_state=0).fit(X.astype(np.float32), y)
+    return model, vocab
+
+
+def test_held_weights_are_compared_with_their_packing_on_the_first_call_only():
+    """LSTMNetwork.weights_held, what forecast and generate run their loops in:
+    inside it a single float32 sequence takes its layers' kept packing as current
+    after one call has compared it with the weights; outside, every call compares."""
+    from fastlstm import _kernels
+    if not _kernels.packed_recurrence_available():
+        pytest.skip("no AVX-512 on this CPU: a single sequence runs the BLAS loop")
+    model, vocab = float32_char_model()
+    x = vocab.one_hot(vocab.encode("the"), dtype=np.float32)[None]  # (1, 3, D)
+    before, _ = model.step(x)
+    w_hh = model.weights_["weight_hh_l0"]
+    with model.network_.weights_held():
+        np.testing.assert_array_equal(model.step(x)[0], before)   # compared: unchanged
+        w_hh *= -1                                                 # a write the hold rules out
+        np.testing.assert_array_equal(model.step(x)[0], before)   # not compared again
+    after, _ = model.step(x)                                       # compared, repacked
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, copy.deepcopy(model).step(x)[0])
+
+
+def test_float32_generate_and_forecast_use_weights_changed_between_calls():
+    """Each forecast or generate call compares the weights with the kept packing
+    on its first step: a change made between two calls is used by the next one."""
+    model, vocab = float32_char_model()
+    first = model.generate("the ", 30, vocabulary=vocab, temperature=0)
+    model.weights_["weight_hh_l0"] *= -1
+    changed = model.generate("the ", 30, vocabulary=vocab, temperature=0)
+    assert changed != first
+    assert changed == copy.deepcopy(model).generate("the ", 30, vocabulary=vocab, temperature=0)
+
+    X, y = make_windows(noisy_sine(200), time_step=8)
+    regressor = LSTMRegressor(hidden_layer_sizes=(64,), max_iter=1, dtype="float32",
+                              random_state=0).fit(X.astype(np.float32), y)
+    history = X[:1].astype(np.float32)
+    first = regressor.forecast(history, 12)
+    regressor.weights_["weight_hh_l0"] *= -1
+    changed = regressor.forecast(history, 12)
+    assert not np.array_equal(changed, first)
+    np.testing.assert_array_equal(changed, copy.deepcopy(regressor).forecast(history, 12))
 
 
 def test_step_rejects_bad_state_and_input():
