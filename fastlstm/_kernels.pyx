@@ -179,9 +179,9 @@ cdef class PackedWeights:
         """The caller vouches that the weights stay as they are until release():
         a loop of its own calls that writes none (forecast, generate). Its first
         call compares them with the packing as ever, the next ones take the
-        packing as current: comparing reads the weights and their packed copy,
-        which for one step a call costs more than the step and pushes the packing
-        out of L2 (generate, 2 x LSTM(300), 42 characters: 279-286 -> 93-98 us a
+        packing as current: comparing reads the weights and the copy they were
+        packed from, which for one step a call costs more than the step and
+        pushes the packing out of L2 (generate, 2 x LSTM(300), 42 characters: 279-286 -> 93-98 us a
         character)."""
         self.holds += 1
         self.compared = False
