@@ -131,9 +131,10 @@ _available = packed_recurrence_available()
 # ---- one sequence: weights packed once, kept between calls --------------------
 
 # One sequence through a layer packed for a team: the team or the calling thread
-# alone, whichever ran faster lately. Whether a meeting of the cores per step pays
-# swings between runs on a shared machine (H = 128, T = 50, layer forward: 100-135 us on two
-# threads most of the time, 230-290 us in some runs, 155-190 us on one), so each
+# alone, whichever ran faster lately. Whether a meeting of the cores per step
+# pays swings between runs on a shared machine (H = 128, T = 50, layer forward:
+# 100-135 us on two threads most of the time, 230-290 us in some runs, 155-190 us
+# on one), so each
 # call times itself (time per step), the last TIMES_KEPT times of each way are
 # kept, and a call runs the way whose fastest kept time is lower. Now and then a
 # call runs the other way (a probe), so a change of conditions shows: after
@@ -181,8 +182,8 @@ cdef class PackedWeights:
         call compares them with the packing as ever, the next ones take the
         packing as current: comparing reads the weights and the copy they were
         packed from, which for one step a call costs more than the step and
-        pushes the packing out of L2 (generate, 2 x LSTM(300), 42 characters: 279-286 -> 93-98 us a
-        character)."""
+        pushes the packing out of L2 (generate, 2 x LSTM(300), 42 characters:
+        279-286 -> 93-98 us a character)."""
         self.holds += 1
         self.compared = False
 

@@ -775,6 +775,15 @@ static int64_t fl_alternate_min_bytes(void)
     return b;
 }
 
+/* C (+)= a @ slice over the k outside [j0, j1) of H, in order: the part of a
+ * step's sum over the other slices' units (fl_single_slices_run). */
+FL_AVX512 static void fl_row_product_others(const fl_slice *s, const float *a, float *C,
+                                            int64_t j0, int64_t j1, int64_t H, int backwards)
+{
+    fl_row_product(s, a, C, 1, 0, j0, backwards);
+    fl_row_product(s, a, C, 1, j1, H, backwards);
+}
+
 /* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
  * slices [s0, s1) through every step, in the order of the sums described above:
  *     gates[t][its rows] += h[t-1][its units] @ W_hh[its rows, its units].T
@@ -804,17 +813,14 @@ FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int
             for (int i = 0; i < s1 - s0; i++) {
                 int s = backwards ? s1 - 1 - i : s0 + i;
                 fl_row_product(&S->hh[s], h_prev, g, 1, j0[s], j1[s], backwards);
-                if (nt == 1) {   /* nothing to wait for: the slice's other k at once */
-                    fl_row_product(&S->hh[s], h_prev, g, 1, 0, j0[s], backwards);
-                    fl_row_product(&S->hh[s], h_prev, g, 1, j1[s], H, backwards);
-                }
+                if (nt == 1)   /* nothing to wait for: the slice's other k at once */
+                    fl_row_product_others(&S->hh[s], h_prev, g, j0[s], j1[s], H, backwards);
             }
             for (int q = 0; q < nt && t > 0; q++)
                 if (q != p) fl_step_wait(&L->done[q], (unsigned)t);
             for (int i = 0; i < s1 - s0 && nt > 1; i++) {
                 int s = backwards ? s1 - 1 - i : s0 + i;
-                fl_row_product(&S->hh[s], h_prev, g, 1, 0, j0[s], backwards);
-                fl_row_product(&S->hh[s], h_prev, g, 1, j1[s], H, backwards);
+                fl_row_product_others(&S->hh[s], h_prev, g, j0[s], j1[s], H, backwards);
             }
         }
         for (int s = s0; s < s1; s++)

@@ -169,26 +169,19 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_thread
     arena = _Arena(net.dtype)
     x = seed_rows(vocabulary.encode(seed), net.dtype)[None]       # (1, len(seed), D)
     with net.weights_held():   # nothing here writes them: compared on the first call only
-        picked = _sample(net, x, n_chars, rows, temperature, rs, arena, n_threads)
+        logits, state = run(net, x, None, arena, n_threads)       # (1, T, C)
+        logits = logits[:, -1]                                    # (1, C) after the seed
+        picked = np.empty(n_chars, dtype=np.intp)
+        for k in range(n_chars):
+            if temperature == 0:                                  # greedy
+                j = int(np.argmax(logits[0]))
+            else:  # softmax(logits / temperature), sampled by inverse CDF with one uniform draw
+                z = logits[0].astype(np.float64) / temperature    # (C,)
+                cdf = np.cumsum(np.exp(z - z.max()))              # unnormalised, cdf[-1] >= 1
+                j = min(int(np.searchsorted(cdf, rs.random_sample() * cdf[-1], side="right")),
+                        len(cdf) - 1)
+            picked[k] = j
+            if k + 1 < n_chars:
+                logits, state = run(net, rows[j][None, None], state, arena, n_threads)
+                logits = logits[:, -1]
     return "".join(est.classes_[picked])
-
-
-def _sample(net, x, n_chars, rows, temperature, rs, arena, n_threads):
-    """generate's loop: the class picked after the seed x (1, T, D) and after each
-    picked character fed back (its input row in rows) -> (n_chars,) indices."""
-    logits, state = run(net, x, None, arena, n_threads)           # (1, T, C)
-    logits = logits[:, -1]                                        # (1, C) after the seed
-    picked = np.empty(n_chars, dtype=np.intp)
-    for k in range(n_chars):
-        if temperature == 0:                                      # greedy
-            j = int(np.argmax(logits[0]))
-        else:  # softmax(logits / temperature), sampled by inverse CDF with one uniform draw
-            z = logits[0].astype(np.float64) / temperature        # (C,)
-            cdf = np.cumsum(np.exp(z - z.max()))                  # unnormalised, cdf[-1] >= 1
-            j = min(int(np.searchsorted(cdf, rs.random_sample() * cdf[-1], side="right")),
-                    len(cdf) - 1)
-        picked[k] = j
-        if k + 1 < n_chars:
-            logits, state = run(net, rows[j][None, None], state, arena, n_threads)
-            logits = logits[:, -1]
-    return picked
