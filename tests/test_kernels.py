@@ -420,6 +420,32 @@ def test_activations_finite_and_exact_at_any_size(dtype):
     assert ((sig >= 0) & (sig <= 1)).all() and ((tanh >= -1) & (tanh <= 1)).all()
 
 
+def test_cell_at_extreme_preactivations_matches_reference(path):
+    """Every gate preactivation from EXTREMES, a grid and NaN (x = 1, W_ih's column
+    = the values, no state): the cell's activations, c and h on each path (the
+    AVX-512 cell clamps with vrangeps and reduces exp(-x) without a negation)
+    against float64 NumPy, NaN where a gate is NaN."""
+    values = np.array(EXTREMES + list(np.linspace(-30, 30, 121)) + [np.nan], np.float32)
+    H = len(values)
+    rng = np.random.default_rng(0)
+    # i, f, g, o: the values shifted apart, so each gate's NaN is in a lane of its own
+    w_ih = np.concatenate([np.roll(values, k) for k in range(4)])[:, None]   # (4H, 1)
+    x = np.ones((1, 1, 1), np.float32)
+    w_hh, b_ih, b_hh, h0 = (np.zeros(s, np.float32) for s in ((4 * H, H), 4 * H, 4 * H, (1, H)))
+    c0 = rng.standard_normal((1, H)).astype(np.float32)
+    with np.errstate(invalid="ignore"):   # the reference's NaN lane
+        gates, c, tanh_c, h = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
+        pre = w_ih[:, 0].astype(np.float64).reshape(4, H)
+        i, f, o = (ref.sigmoid(pre[k]) for k in (0, 1, 3))
+        g = np.tanh(pre[2])
+        c_ref = f * c0[0] + i * g
+        h_ref = o * np.tanh(c_ref)
+    np.testing.assert_allclose(gates[0, 0], np.concatenate([i, f, g, o]), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(c[0, 0], c_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h[0, 0], h_ref, rtol=0, atol=1e-6)
+    assert np.isnan(h[0, 0]).sum() == np.isnan(h_ref).sum() == 4   # each gate's NaN lane
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_huge_preactivations_keep_the_layer_finite(dtype):
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(5, 2, 3, 4, dtype)
