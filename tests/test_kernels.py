@@ -422,9 +422,9 @@ def test_activations_finite_and_exact_at_any_size(dtype):
 
 def test_cell_at_extreme_preactivations_matches_reference(path):
     """Every gate preactivation from EXTREMES, a grid and NaN (x = 1, W_ih's column
-    = the values, no state): the cell's activations, c and h on each path (the
-    AVX-512 cell clamps with vrangeps and reduces exp(-x) without a negation)
-    against float64 NumPy, NaN where a gate is NaN."""
+    = the values, no state): the cell's activations, c and h on each path against
+    float64 NumPy (the AVX-512 cell reduces exp(-x) without a negation, and its
+    clamp must let NaN through), NaN where a gate is NaN."""
     values = np.array(EXTREMES + list(np.linspace(-30, 30, 121)) + [np.nan], np.float32)
     H = len(values)
     rng = np.random.default_rng(0)
