@@ -292,7 +292,8 @@ __attribute__((target("avx512f"))) static void fl_lstm_cell_fwd_units_f32_avx512
      * each vector's chain (the gates' exp and division, then c, then tanh(c)'s)
      * is about twice as long, and fewer vectors overlap in the core: 26-29 ns
      * a vector of 16 units against 22-25 so (N = 128, H = 128 to 512; the same
-     * bits). */
+     * bits), both measured with the degree-7 exp fl_exp_f32 had before; this
+     * loop with the present one: 19.3-20.7 ns. */
     for (int64_t n = 0; n < N; n++) {
         float *gi = gates + n * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
         const float *cp = c_prev + n * H;

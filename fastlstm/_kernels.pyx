@@ -134,9 +134,8 @@ _available = packed_recurrence_available()
 # alone, whichever ran faster lately. Whether a meeting of the cores per step
 # pays swings between runs on a shared machine (H = 128, T = 50, layer forward:
 # 100-135 us on two threads most of the time, 230-290 us in some runs, 155-190 us
-# on one), so each
-# call times itself (time per step), the last TIMES_KEPT times of each way are
-# kept, and a call runs the way whose fastest kept time is lower. Now and then a
+# on one), so each call times itself (time per step), the last TIMES_KEPT times
+# of each way are kept, and a call runs the way whose fastest kept time is lower. Now and then a
 # call runs the other way (a probe), so a change of conditions shows: after
 # PROBE_EVERY calls, then after twice as many each time a probe leaves the choice
 # as it was (up to PROBE_MAX), and after PROBE_EVERY again once one changes it
