@@ -399,8 +399,8 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
     x (T, N, D); weight_ih (G, D); weight_hh (G, H); bias_ih, bias_hh (G,);
     h0, c0 (N, H); out: gates (T, N, G) activations i, f, g, o; c, tanh_c,
     h (T, N, H). All C-contiguous, of one dtype (float32 or float64). Where no
-    backward follows, gates (1, N, G) and tanh_c (1, N, H) hold one step at a
-    time (the last one's left): no lengths then.
+    backward follows, gates (1, N, G) and tanh_c (1, N, H) are scratch for one
+    step at a time, their contents unspecified after: no lengths then.
     lengths (N,) int64 or None: real steps per sample. With lengths, steps
     t >= lengths[n] of sample n are padding: its state is carried through them
     unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1] is the state after the

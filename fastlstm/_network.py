@@ -316,8 +316,8 @@ class LSTMNetwork:
         that of its last real step. n_threads: threads of the layers' own time
         loops (None: the BLAS limit in force), which a single float32 sequence
         runs on even under a limit of one BLAS thread. keep=False: no backward
-        follows (a prediction), so the LSTM layers of a batch keep their gate
-        activations and tanh(c) for one step at a time, not all T (see
+        follows (a prediction), so the LSTM layers of a batch keep gates and
+        tanh(c) for one step at a time, not all T, as scratch (see
         _layer_forward); the tape then serves final_state, not backward.
 
         Bidirectional: each layer also runs over every sequence reversed (from its

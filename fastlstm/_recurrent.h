@@ -413,14 +413,15 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
  *     gates[t][my samples] += h[t-1][my samples] @ W_hh.T ;  cell forward
  * Where no backward follows (a prediction), gates and tanh_c hold one step
  * (Tg = 1), reused, and the input projection runs step by step here: gates[t]
- * then goes from the bias to the activations in cache, where a buffer of all T
- * steps (tens of MB) is written out and read back from memory at every pass
+ * then goes from the bias to the preactivations in cache, where a buffer of all
+ * T steps (tens of MB) is written out and read back from memory at every pass
  * (batched predict, samples/s, alternating A/B runs: medium 25.1-25.3K ->
- * 26.1-26.2K, charlm 2277-2307 -> 2434, large 968-1016 -> 1085-1140). Where gates keep
+ * 26.1-26.2K, charlm 2277-2307 -> 2434, large 968-1016 -> 1085-1140), and the
+ * cell makes c and h only (fl_lstm_cell_predict_units_f32). Where gates keep
  * every step (training), the caller's one gemm over all T*N rows is faster
  * (charlm's 15-row slices: its layer forward 12.8-13.4 vs 13.4-13.6 ms a batch).
- * gates (Tg, N, 4H) out: activations; tanh_c (Tg, N, H), c, h (T, N, H) out;
- * h0 (N, H) or NULL for zeros; c0 (N, H). */
+ * gates (Tg, N, 4H) out: activations (Tg = T), scratch (Tg = 1); tanh_c (Tg, N, H)
+ * the same; c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H). */
 FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;
@@ -448,8 +449,11 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
             if (h_prev)
                 fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
         }
-        fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev, L->c + at,
-                                   (float *)L->tanh_c + (tg * N + n0) * H, L->h + at);
+        float *tanh_c = (float *)L->tanh_c + (tg * N + n0) * H;
+        if (L->Tg < L->T)   /* one step of gates kept: no backward follows, c and h will do */
+            fl_lstm_cell_predict_units_f32(M, H, 0, H, g, c_prev, L->c + at, tanh_c, L->h + at);
+        else
+            fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev, L->c + at, tanh_c, L->h + at);
     }
 }
 
@@ -516,7 +520,8 @@ static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
  * Forward of one layer over a batch, input projection included:
  *   x (T, N, D) (NULL if D = 0); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
  *   gates (Tg, N, 4H) out: activations; tanh_c (Tg, N, H) out: every step's
- *   (Tg = T), or each step's in turn, the last one left (Tg = 1)
+ *   (Tg = T), or scratch for one step, contents unspecified after (Tg = 1 < T:
+ *   a prediction)
  *   c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H)
  * b_ih = NULL: gates (T, N, 4H) hold x @ W_ih.T + b already (x, w_ih, b_hh unused).
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.

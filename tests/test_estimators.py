@@ -133,7 +133,9 @@ def test_predict_in_chunks_equals_one_batch(monkeypatch):
     model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(X, y)
     whole = model.predict(X)
     monkeypatch.setattr(est_module, "_PREDICT_CHUNK_BYTES", 1)  # one sample per chunk
-    np.testing.assert_allclose(model.predict(X), whole, rtol=1e-6, atol=1e-7)
+    # one sample runs the single-sequence loop and its cell, a batch the prediction
+    # cell (c and h only): the same sums, rounded apart by a few float32 ulp of h
+    np.testing.assert_allclose(model.predict(X), whole, rtol=1e-5, atol=1e-6)
 
 
 def test_classifier_labels_of_any_type():

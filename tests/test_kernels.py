@@ -96,10 +96,10 @@ def test_forward_matches_reference(shape, dtype, zero_state, path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] > 1])
 def test_forward_with_one_step_of_gates_matches_the_full_one(shape, dtype, path):
-    """gates (1, N, G) and tanh_c (1, N, H), for a forward no backward follows: the
-    same c and h as with every step's buffers (the input projection then runs step
-    by step, its sums rounded apart), and the last step's activations left in
-    them; the same bits on 1 and 2 threads."""
+    """gates (1, N, G) and tanh_c (1, N, H), scratch for a forward no backward
+    follows: the same c and h as with every step's buffers (the input projection
+    then runs step by step, its sums rounded apart, and the packed loop's cell
+    makes c and h only), the same bits on 1 and 2 threads."""
     args = random_layer(*shape, dtype)
     T, N, _, H = shape
     full = run_forward(*args, n_threads=path[1])
@@ -111,14 +111,13 @@ def test_forward_with_one_step_of_gates_matches_the_full_one(shape, dtype, path)
         _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, n_threads=n_threads)
         return gates, c, tanh_c, h
 
-    gates, c, tanh_c, h = lean = one_step(path[1])
+    gates, c, tanh_c, h = one_step(path[1])
     tol = dict(rtol=0, atol=TOL[dtype])
     np.testing.assert_allclose(c, full[1], **tol)
     np.testing.assert_allclose(h, full[3], **tol)
-    np.testing.assert_allclose(gates[0], full[0][-1], **tol)
-    np.testing.assert_allclose(tanh_c[0], full[2][-1], **tol)
-    for a, b in zip(lean, one_step(3 - path[1])):
-        np.testing.assert_array_equal(a, b)
+    _, c_other, _, h_other = one_step(3 - path[1])
+    np.testing.assert_array_equal(c, c_other)
+    np.testing.assert_array_equal(h, h_other)
     if T > 1:
         with pytest.raises(ValueError, match="gates has shape"):   # padding needs every step
             _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h,
@@ -420,30 +419,73 @@ def test_activations_finite_and_exact_at_any_size(dtype):
     assert ((sig >= 0) & (sig <= 1)).all() and ((tanh >= -1) & (tanh <= 1)).all()
 
 
-def test_cell_at_extreme_preactivations_matches_reference(path):
-    """Every gate preactivation from EXTREMES, a grid and NaN (x = 1, W_ih's column
-    = the values, no state): the cell's activations, c and h on each path against
-    float64 NumPy (the AVX-512 cell reduces exp(-x) without a negation, and its
-    clamp must let NaN through), NaN where a gate is NaN."""
-    values = np.array(EXTREMES + list(np.linspace(-30, 30, 121)) + [np.nan], np.float32)
-    H = len(values)
-    rng = np.random.default_rng(0)
-    # i, f, g, o: the values shifted apart, so each gate's NaN is in a lane of its own
-    w_ih = np.concatenate([np.roll(values, k) for k in range(4)])[:, None]   # (4H, 1)
-    x = np.ones((1, 1, 1), np.float32)
-    w_hh, b_ih, b_hh, h0 = (np.zeros(s, np.float32) for s in ((4 * H, H), 4 * H, 4 * H, (1, H)))
-    c0 = rng.standard_normal((1, H)).astype(np.float32)
-    with np.errstate(invalid="ignore"):   # the reference's NaN lane
-        gates, c, tanh_c, h = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
+def extreme_layer(T, N, with_nan=True):
+    """A layer whose gate preactivations are EXTREMES, a grid over [-30, 30] and NaN
+    (x = 1, W_ih's column = the values, W_hh = 0), with c0 random or far out:
+    (args, step 0's activations (i, f, g, o), c and h (T, N, H) in float64).
+    From step 1 on a NaN in h reaches every unit through W_hh (0 x NaN is NaN)."""
+    values = np.array(EXTREMES + list(np.linspace(-30, 30, 121)) + [np.nan] * with_nan,
+                      np.float32)
+    # i, f, g, o: every gate over the values, shifted apart so that each gate's NaN
+    # is in a lane of its own
+    i, f, g, o = (np.roll(values, k) for k in range(4))
+    # then a moderate gate beside a far one, each pair in a lane: i with g (f = -inf,
+    # so c = i * g), and o with c0 (f = +inf and i = -inf, so c = c0)
+    moderate, far = np.linspace(-30, 30, 31), [-1e30, -100.0, -41.0, 41.0, 100.0, 1e30]
+    near, out = np.repeat(moderate, len(far)), np.tile(far, len(moderate))
+    ones = np.ones_like(near)
+    i = np.concatenate([i, near, -np.inf * ones])
+    f = np.concatenate([f, -np.inf * ones, np.inf * ones])
+    g = np.concatenate([g, out, ones])
+    o = np.concatenate([o, ones, near])
+    H = len(i)
+    w_ih = np.concatenate([i, f, g, o]).astype(np.float32)[:, None]   # (4H, 1)
+    x = np.ones((T, N, 1), np.float32)
+    w_hh, b_ih, b_hh, h0 = (np.zeros(s, np.float32) for s in ((4 * H, H), 4 * H, 4 * H, (N, H)))
+    c0 = np.random.default_rng(0).standard_normal((N, H)).astype(np.float32)
+    c0[:, H - len(out):] = out
+    with np.errstate(invalid="ignore"):   # the NaN lanes
         pre = w_ih[:, 0].astype(np.float64).reshape(4, H)
         i, f, o = (ref.sigmoid(pre[k]) for k in (0, 1, 3))
         g = np.tanh(pre[2])
-        c_ref = f * c0[0] + i * g
-        h_ref = o * np.tanh(c_ref)
-    np.testing.assert_allclose(gates[0, 0], np.concatenate([i, f, g, o]), rtol=0, atol=2e-7)
-    np.testing.assert_allclose(c[0, 0], c_ref, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(h[0, 0], h_ref, rtol=0, atol=1e-6)
-    assert np.isnan(h[0, 0]).sum() == np.isnan(h_ref).sum() == 4   # each gate's NaN lane
+        c_ref, h_ref = np.empty((T, N, H)), np.empty((T, N, H))
+        c_prev, h_prev = c0.astype(np.float64), h0.astype(np.float64)
+        for t in range(T):
+            i_t, f_t, g_t, o_t = np.split(pre.reshape(-1) + h_prev @ w_hh.T, 4, axis=1)
+            c_ref[t] = c_prev = ref.sigmoid(f_t) * c_prev + ref.sigmoid(i_t) * np.tanh(g_t)
+            h_ref[t] = h_prev = ref.sigmoid(o_t) * np.tanh(c_prev)
+    return (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (i, f, g, o), c_ref, h_ref
+
+
+def test_cell_at_extreme_preactivations_matches_reference(path):
+    """The cell's activations, c and h on each path against float64 NumPy at
+    extreme_layer's preactivations (the AVX-512 cell reduces exp(-x) without a
+    negation, and its clamp must let NaN through), NaN where a gate is NaN."""
+    args, activations, c_ref, h_ref = extreme_layer(1, 1)
+    gates, c, tanh_c, h = run_forward(*args, n_threads=path[1])
+    np.testing.assert_allclose(gates[0, 0], np.concatenate(activations), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(c, c_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=1e-6)
+    assert np.isnan(h).sum() == np.isnan(h_ref).sum() == 4   # each gate's NaN lane
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_prediction_cell_at_extreme_preactivations_matches_reference(path, with_nan):
+    """The same for a forward no backward follows (gates of one step, T > 1), where
+    the packed loop's cell makes c and h only: it divides once by a product of two
+    1 + exp(-x), so clamps x to [-40, 40], not 80, and must still let NaN through.
+    16 sequences: two threads take 8 each."""
+    T, N = 3, 16
+    args, _, c_ref, h_ref = extreme_layer(T, N, with_nan)
+    H = c_ref.shape[2]
+    gates = np.full((1, N, 4 * H), np.nan, np.float32)
+    tanh_c = np.full((1, N, H), np.nan, np.float32)
+    c, h = (np.full((T, N, H), np.nan, np.float32) for _ in range(2))
+    _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, n_threads=path[1])
+    np.testing.assert_allclose(c, c_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=1e-6)
+    assert np.isnan(h[0]).sum() == 4 * N * with_nan       # each gate's NaN lane, then all
+    assert np.isnan(h[1:]).all() if with_nan else np.isfinite(h).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
