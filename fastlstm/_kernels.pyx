@@ -503,19 +503,15 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
         packed = _use_packed(N, len_ptr != NULL)
     with nogil:
         has_h0 = any_nonzero(&h0[0, 0], NH)
-        if Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
-            input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
-                             &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
         if floating is float:
-            # with gates of one step, the packed loop projects the input step by step
-            # itself; with every step's (a backward follows) BLAS has, above: over a
-            # small batch's slices (charlm's 15 rows) its one gemm is faster
-            if packed:
+            if packed:   # the input projection included (x @ W_ih.T + b_ih + b_hh)
                 packed = fl_recurrent_forward_f32(
                     T, Tg, N, D, H, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0], w_hh,
-                    &bias_ih[0] if Tg != T else NULL, &bias_hh[0],
-                    &h0[0, 0] if has_h0 else NULL, &c0[0, 0], g_ptr, c_ptr, tc_ptr, h_ptr,
-                    nt) == 0
+                    &bias_ih[0], &bias_hh[0], &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
+                    g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
+        if not packed and Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
+            input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
+                             &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T):
                 g_t = g_ptr + (t * NG if Tg == T else 0)

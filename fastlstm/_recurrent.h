@@ -345,6 +345,27 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
     }
 }
 
+/* C[:, slice columns] = start (a row, or NULL) + A (N, K) @ slice with the rows
+ * outer: each tile of rows runs over every panel, so its rows of A stay in L1
+ * and its rows of C are written once, whole, one after the other; the panels
+ * come from L2. For many rows and a slice that fits in L2 (the input
+ * projection of all steps), where the panels-outer order of fl_slice_product2
+ * reads all of A again for every panel (that order here: level with BLAS). */
+FL_AVX512 static void fl_rows_product(const fl_slice *s, int64_t N, const float *A,
+                                      int64_t lda, float *C, int64_t ldc, const float *start)
+{
+    int64_t stride = FL_NV * FL_LANES;
+    for (int64_t n = 0, mr; n < N; n += mr) {
+        mr = fl_tile_rows(N, n);
+        for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
+            int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+            fl_tile_any((int)mr, nv, s->K, A + n * lda, lda,
+                        s->packed + (v / FL_NV) * s->K * stride, C + n * ldc, ldc, s->col + v,
+                        s->mask + v, 0, start, NULL);
+        }
+    }
+}
+
 /* fl_slice_product2 of one product. */
 FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
                                        int64_t lda, float *C, int64_t ldc, int accumulate,
@@ -391,6 +412,7 @@ typedef struct {
     int64_t T, N, H, D;
     int64_t Tg;                     /* forward: steps gates and tanh_c hold, T or 1 */
     const float *x, *w_ih, *bias;   /* forward: (T, N, D), (4H, D), (4H) b_ih + b_hh */
+    int project;                    /* forward: x @ W_ih.T step by step (Tg = 1 < T), not before */
     fl_slice *slices_ih;            /* forward: one per thread, W_ih packed */
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
@@ -409,8 +431,16 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
 #if FL_HAVE_AVX512_CODE
 
 /* Thread p of nt, forward, samples [n0, n1), every step:
- *     gates[t][my samples] = b_ih + b_hh + x[t][my samples] @ W_ih.T   (bias given)
+ *     gates[t][my samples] = b_ih + b_hh + x[t][my samples] @ W_ih.T
  *     gates[t][my samples] += h[t-1][my samples] @ W_hh.T ;  cell forward
+ * Where gates keep every step (a backward follows), the first line runs for
+ * all steps before the loop (fl_rows_product), over all T*N rows at once when
+ * one thread has every sample (its rows of all steps are then contiguous). It
+ * writes each row of gates once, where a BLAS gemm needed the bias written
+ * into every row first and read the rows back (that pass alone took 1.8% of
+ * large's training). Training, best epoch, alternating A/B pairs against the
+ * gemm: large +2.4% (6 pairs, -0.5% to +5.4%), sine +5-10%, charlm +2%, medium
+ * level.
  * Where no backward follows (a prediction), gates and tanh_c hold one step
  * (Tg = 1), reused, and the input projection runs step by step here: gates[t]
  * then goes from the bias to the preactivations in cache, where a buffer of all
@@ -418,8 +448,9 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
  * (batched predict, samples/s, alternating A/B runs: medium 25.1-25.3K ->
  * 26.1-26.2K, charlm 2277-2307 -> 2434, large 968-1016 -> 1085-1140), and the
  * cell makes c and h only (fl_lstm_cell_predict_units_f32). Where gates keep
- * every step (training), the caller's one gemm over all T*N rows is faster
- * (charlm's 15-row slices: its layer forward 12.8-13.4 vs 13.4-13.6 ms a batch).
+ * every step (training), one product over all T*N rows before the loop is
+ * faster (charlm's 15-row slices, then by BLAS: its layer forward 12.8-13.4 vs
+ * 13.4-13.6 ms a batch).
  * gates (Tg, N, 4H) out: activations (Tg = T), scratch (Tg = 1); tanh_c (Tg, N, H)
  * the same; c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H). */
 FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
@@ -431,7 +462,13 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     if (M <= 0) return;
     fl_slice *s = &L->slices[p], *ih = L->slices_ih ? &L->slices_ih[p] : NULL;
     fl_pack_forward(s, L->w_hh, H, H, 0, H);
-    if (ih && D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
+    if (D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
+    if (!L->project && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop */
+        int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
+        for (int64_t t = 0; t < steps; t++)
+            fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
+                            G, L->bias);
+    }
     for (int64_t t = 0; t < L->T; t++) {   /* no data from the other threads: no sync */
         int64_t tg = L->Tg == 1 ? 0 : t;
         float *g = L->gates + (tg * N + n0) * G;
@@ -439,11 +476,11 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
                                     : (L->h0 ? L->h0 + n0 * H : NULL);
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
-        if (ih && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
+        if (L->project && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
             fl_slice_product2(ih, M, L->x + (t * N + n0) * D, D, h_prev ? s : NULL, h_prev,
                               H, g, G, 0, L->bias);
         else {
-            if (ih)
+            if (D == 0)   /* no input: the bias alone */
                 for (int64_t n = 0; n < M; n++)
                     memcpy(g + n * G, L->bias, (size_t)G * sizeof(float));
             if (h_prev)
@@ -523,7 +560,6 @@ static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
  *   (Tg = T), or scratch for one step, contents unspecified after (Tg = 1 < T:
  *   a prediction)
  *   c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H)
- * b_ih = NULL: gates (T, N, 4H) hold x @ W_ih.T + b already (x, w_ih, b_hh unused).
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
  */
 static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
@@ -534,16 +570,13 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
-    float *bias = NULL;
-    if (b_ih) {
-        bias = fl_alloc_floats(4 * H);
-        if (!bias) return -1;
-        for (int64_t k = 0; k < 4 * H; k++)
-            bias[k] = b_ih[k] + b_hh[k];
-    }
+    float *bias = fl_alloc_floats(4 * H);
+    if (!bias) return -1;
+    for (int64_t k = 0; k < 4 * H; k++)
+        bias[k] = b_ih[k] + b_hh[k];
     fl_loop L = {.T = T, .N = N, .H = H, .D = D, .Tg = Tg, .x = x, .w_ih = w_ih, .bias = bias,
-                 .w_hh = w_hh, .h0 = h0, .c0 = c0, .tanh_c = tanh_c, .gates = gates, .c = c,
-                 .h = h};
+                 .project = Tg < T, .w_hh = w_hh, .h0 = h0, .c0 = c0, .tanh_c = tanh_c,
+                 .gates = gates, .c = c, .h = h};
     int status = fl_run_loop(&L, n_threads, fl_forward_part);
     free(bias);
     return status;

@@ -20,6 +20,7 @@ SHAPES = [  # (T, N, D, H)
     (3, 12, 1, 17),   # N = one full tile; the 2nd thread owns a single unit
     (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, row tiles of 12 + 7 + 6
     (4, 32, 1, 50),   # sine-sized: 2 threads split it by samples, 16 each (tiles of 8 + 8 rows)
+    (3, 20, 0, 24),   # no input: the gates start from the bias alone
 ]
 # Forward and backward run through the packed, thread-split float32 time loop
 # (when the CPU has it) with 1 and 2 threads, and through the BLAS loop; the
