@@ -509,10 +509,10 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                     T, Tg, N, D, H, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0], w_hh,
                     &bias_ih[0], &bias_hh[0], &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
                     g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
-        if not packed and Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
-            input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
-                             &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
         if not packed:   # the time loop through BLAS, one gemm per step
+            if Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
+                input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
+                                 &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
             for t in range(T):
                 g_t = g_ptr + (t * NG if Tg == T else 0)
                 tc_t = tc_ptr + (t * NH if Tg == T else 0)

@@ -412,7 +412,6 @@ typedef struct {
     int64_t T, N, H, D;
     int64_t Tg;                     /* forward: steps gates and tanh_c hold, T or 1 */
     const float *x, *w_ih, *bias;   /* forward: (T, N, D), (4H, D), (4H) b_ih + b_hh */
-    int project;                    /* forward: x @ W_ih.T step by step (Tg = 1 < T), not before */
     fl_slice *slices_ih;            /* forward: one per thread, W_ih packed */
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
@@ -462,21 +461,22 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     if (M <= 0) return;
     fl_slice *s = &L->slices[p], *ih = L->slices_ih ? &L->slices_ih[p] : NULL;
     fl_pack_forward(s, L->w_hh, H, H, 0, H);
+    int predict = L->Tg < L->T;   /* gates of one step: no backward follows */
     if (D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
-    if (!L->project && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop */
+    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop */
         int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
         for (int64_t t = 0; t < steps; t++)
             fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
                             G, L->bias);
     }
     for (int64_t t = 0; t < L->T; t++) {   /* no data from the other threads: no sync */
-        int64_t tg = L->Tg == 1 ? 0 : t;
+        int64_t tg = predict ? 0 : t;
         float *g = L->gates + (tg * N + n0) * G;
         const float *h_prev = t > 0 ? L->h + ((t - 1) * N + n0) * H
                                     : (L->h0 ? L->h0 + n0 * H : NULL);
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
-        if (L->project && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
+        if (predict && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
             fl_slice_product2(ih, M, L->x + (t * N + n0) * D, D, h_prev ? s : NULL, h_prev,
                               H, g, G, 0, L->bias);
         else {
@@ -487,7 +487,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
                 fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
         }
         float *tanh_c = (float *)L->tanh_c + (tg * N + n0) * H;
-        if (L->Tg < L->T)   /* one step of gates kept: no backward follows, c and h will do */
+        if (predict)   /* c and h will do */
             fl_lstm_cell_predict_units_f32(M, H, 0, H, g, c_prev, L->c + at, tanh_c, L->h + at);
         else
             fl_lstm_cell_fwd_units_f32(M, H, 0, H, g, c_prev, L->c + at, tanh_c, L->h + at);
@@ -575,8 +575,8 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
     for (int64_t k = 0; k < 4 * H; k++)
         bias[k] = b_ih[k] + b_hh[k];
     fl_loop L = {.T = T, .N = N, .H = H, .D = D, .Tg = Tg, .x = x, .w_ih = w_ih, .bias = bias,
-                 .project = Tg < T, .w_hh = w_hh, .h0 = h0, .c0 = c0, .tanh_c = tanh_c,
-                 .gates = gates, .c = c, .h = h};
+                 .w_hh = w_hh, .h0 = h0, .c0 = c0, .tanh_c = tanh_c, .gates = gates, .c = c,
+                 .h = h};
     int status = fl_run_loop(&L, n_threads, fl_forward_part);
     free(bias);
     return status;

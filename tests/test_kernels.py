@@ -57,6 +57,20 @@ def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None, packed_weight
     return gates, c, tanh_c, h
 
 
+def run_forward_one_step(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
+    """run_forward for a forward no backward follows: gates (1, N, G) and tanh_c
+    (1, N, H) as scratch for one step at a time."""
+    T, N, _ = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    gates = np.full((1, N, 4 * H), np.nan, dtype)
+    tanh_c = np.full((1, N, H), np.nan, dtype)
+    c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(2))
+    _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h,
+                                n_threads=n_threads)
+    return gates, c, tanh_c, h
+
+
 def run_backward(args, saved, dh, dc_last, n_threads=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1."""
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
@@ -104,19 +118,11 @@ def test_forward_with_one_step_of_gates_matches_the_full_one(shape, dtype, path)
     args = random_layer(*shape, dtype)
     T, N, _, H = shape
     full = run_forward(*args, n_threads=path[1])
-
-    def one_step(n_threads):
-        gates = np.full((1, N, 4 * H), np.nan, dtype)
-        tanh_c = np.full((1, N, H), np.nan, dtype)
-        c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(2))
-        _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, n_threads=n_threads)
-        return gates, c, tanh_c, h
-
-    gates, c, tanh_c, h = one_step(path[1])
+    gates, c, tanh_c, h = run_forward_one_step(*args, n_threads=path[1])
     tol = dict(rtol=0, atol=TOL[dtype])
     np.testing.assert_allclose(c, full[1], **tol)
     np.testing.assert_allclose(h, full[3], **tol)
-    _, c_other, _, h_other = one_step(3 - path[1])
+    _, c_other, _, h_other = run_forward_one_step(*args, n_threads=3 - path[1])
     np.testing.assert_array_equal(c, c_other)
     np.testing.assert_array_equal(h, h_other)
     if T > 1:
@@ -445,17 +451,11 @@ def extreme_layer(T, N, with_nan=True):
     w_hh, b_ih, b_hh, h0 = (np.zeros(s, np.float32) for s in ((4 * H, H), 4 * H, 4 * H, (N, H)))
     c0 = np.random.default_rng(0).standard_normal((N, H)).astype(np.float32)
     c0[:, H - len(out):] = out
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     with np.errstate(invalid="ignore"):   # the NaN lanes
-        pre = w_ih[:, 0].astype(np.float64).reshape(4, H)
-        i, f, o = (ref.sigmoid(pre[k]) for k in (0, 1, 3))
-        g = np.tanh(pre[2])
-        c_ref, h_ref = np.empty((T, N, H)), np.empty((T, N, H))
-        c_prev, h_prev = c0.astype(np.float64), h0.astype(np.float64)
-        for t in range(T):
-            i_t, f_t, g_t, o_t = np.split(pre.reshape(-1) + h_prev @ w_hh.T, 4, axis=1)
-            c_ref[t] = c_prev = ref.sigmoid(f_t) * c_prev + ref.sigmoid(i_t) * np.tanh(g_t)
-            h_ref[t] = h_prev = ref.sigmoid(o_t) * np.tanh(c_prev)
-    return (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (i, f, g, o), c_ref, h_ref
+        h_ref, _, cache = ref.lstm_forward(*as64(*args))
+    c_ref = np.stack([step[7] for step in cache])
+    return args, cache[0][3:7], c_ref, h_ref
 
 
 def test_cell_at_extreme_preactivations_matches_reference(path):
@@ -464,7 +464,7 @@ def test_cell_at_extreme_preactivations_matches_reference(path):
     negation, and its clamp must let NaN through), NaN where a gate is NaN."""
     args, activations, c_ref, h_ref = extreme_layer(1, 1)
     gates, c, tanh_c, h = run_forward(*args, n_threads=path[1])
-    np.testing.assert_allclose(gates[0, 0], np.concatenate(activations), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(gates[0], np.concatenate(activations, axis=1), rtol=0, atol=2e-7)
     np.testing.assert_allclose(c, c_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(h, h_ref, rtol=0, atol=1e-6)
     assert np.isnan(h).sum() == np.isnan(h_ref).sum() == 4   # each gate's NaN lane
@@ -478,11 +478,7 @@ def test_prediction_cell_at_extreme_preactivations_matches_reference(path, with_
     16 sequences: two threads take 8 each."""
     T, N = 3, 16
     args, _, c_ref, h_ref = extreme_layer(T, N, with_nan)
-    H = c_ref.shape[2]
-    gates = np.full((1, N, 4 * H), np.nan, np.float32)
-    tanh_c = np.full((1, N, H), np.nan, np.float32)
-    c, h = (np.full((T, N, H), np.nan, np.float32) for _ in range(2))
-    _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, n_threads=path[1])
+    _, c, _, h = run_forward_one_step(*args, n_threads=path[1])
     np.testing.assert_allclose(c, c_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(h, h_ref, rtol=0, atol=1e-6)
     assert np.isnan(h[0]).sum() == 4 * N * with_nan       # each gate's NaN lane, then all
