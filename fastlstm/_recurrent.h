@@ -157,12 +157,10 @@ FL_AVX512 static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H
 
 #endif /* FL_HAVE_AVX512_CODE */
 
-/* Floats of packed weights for the slice of one thread (upper bound): the
- * (4H, K) matrix W_hh (K = H) or W_ih (K = D), forward, or W_hh backward. */
-static int64_t fl_packed_floats(int64_t H, int64_t K)
+/* Floats of n_vec vectors packed in panels over K (fl_slice.packed). */
+static int64_t fl_panel_floats(int64_t n_vec, int64_t K)
 {
-    int64_t vecs = fl_max_vectors(H);
-    return ((vecs + FL_NV - 1) / FL_NV) * (K > 4 * H ? K : 4 * H) * FL_NV * FL_LANES;
+    return (n_vec + FL_NV - 1) / FL_NV * K * FL_NV * FL_LANES;
 }
 
 #if FL_HAVE_AVX512_CODE
@@ -383,28 +381,15 @@ static float *fl_alloc_floats(int64_t n)
     return aligned_alloc(64, bytes);
 }
 
-/* Per-call scratch: one slice (descriptor + packed panels of a (4H, K) matrix)
- * per thread. */
-static fl_slice *fl_slices_new(int nt, int64_t H, int64_t K)
+/* Floats of one thread's packed weights in a time loop over a batch, where
+ * each thread packs all the columns (fl_forward_part, fl_backward_part):
+ * forward, W_hh then W_ih, 4H columns over K = H + D; backward, W_hh's H
+ * columns over K = 4H. A multiple of 32 floats: each thread's part stays
+ * 64-byte aligned. */
+static int64_t fl_loop_thread_floats(int64_t D, int64_t H, int forward)
 {
-    if (fl_max_vectors(H) > FL_MAX_VEC) return NULL;   /* H beyond the descriptor arrays */
-    fl_slice *s = calloc((size_t)nt, sizeof(fl_slice));
-    if (!s) return NULL;
-    for (int p = 0; p < nt; p++) {
-        s[p].packed = fl_alloc_floats(fl_packed_floats(H, K));
-        if (!s[p].packed) {
-            for (int q = 0; q < p; q++) free(s[q].packed);
-            free(s);
-            return NULL;
-        }
-    }
-    return s;
-}
-
-static void fl_slices_free(fl_slice *s, int nt)
-{
-    for (int p = 0; p < nt; p++) free(s[p].packed);
-    free(s);
+    return forward ? fl_panel_floats((4 * H + FL_LANES - 1) / FL_LANES, H + D)
+                   : fl_panel_floats((H + FL_LANES - 1) / FL_LANES, 4 * H);
 }
 
 /* Everything one time loop needs, shared by the team. */
@@ -533,21 +518,32 @@ static int fl_useful_threads(int64_t N, int n_threads)
 }
 
 /* Run one time loop (part = fl_forward_part or fl_backward_part) on the threads
- * worth using, each with its own copy of W_hh packed (and of W_ih, forward):
+ * worth using, each with its own copy of W_hh packed (and of W_ih, forward),
+ * all in one allocation of the exact size (fl_loop_thread_floats each):
  * 0, or -1 if memory is missing. */
 static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 {
-    int nt = fl_useful_threads(L->N, n_threads);
-    L->slices = fl_slices_new(nt, L->H, L->H);
-    L->slices_ih = L->bias ? fl_slices_new(nt, L->H, L->D) : NULL;   /* bias: forward only */
-    if (!L->slices || (L->bias && !L->slices_ih)) {
-        if (L->slices) fl_slices_free(L->slices, nt);
-        if (L->slices_ih) fl_slices_free(L->slices_ih, nt);
+    int nt = fl_useful_threads(L->N, n_threads), forward = L->bias != NULL;
+    int64_t each = fl_loop_thread_floats(L->D, L->H, forward);
+    if (fl_max_vectors(L->H) > FL_MAX_VEC) return -1;   /* H beyond the descriptor arrays */
+    float *packed = fl_alloc_floats(nt * each);
+    fl_slice *slices = calloc((size_t)(forward ? 2 * nt : nt), sizeof(fl_slice));
+    if (!packed || !slices) {
+        free(packed);
+        free(slices);
         return -1;
     }
+    for (int p = 0; p < nt; p++) {
+        slices[p].packed = packed + p * each;
+        if (forward)   /* W_ih after W_hh */
+            slices[nt + p].packed = slices[p].packed + fl_panel_floats(
+                (4 * L->H + FL_LANES - 1) / FL_LANES, L->H);
+    }
+    L->slices = slices;
+    L->slices_ih = forward ? slices + nt : NULL;
     fl_team_run(nt, part, L);
-    fl_slices_free(L->slices, nt);
-    if (L->slices_ih) fl_slices_free(L->slices_ih, nt);
+    free(slices);
+    free(packed);
     return 0;
 }
 
@@ -715,9 +711,9 @@ static fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
     for (int p = 0; ok && p < S->n_slices; p++) {
         int64_t j0, j1;
         fl_units(H, p, S->n_slices, &j0, &j1);
-        int64_t panels = (4 * ((j1 - j0 + FL_LANES - 1) / FL_LANES) + FL_NV - 1) / FL_NV;
-        S->hh[p].packed = fl_alloc_floats(panels * H * FL_NV * FL_LANES);
-        S->ih[p].packed = fl_alloc_floats(panels * D * FL_NV * FL_LANES);
+        int64_t n_vec = 4 * ((j1 - j0 + FL_LANES - 1) / FL_LANES);
+        S->hh[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, H));
+        S->ih[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, D));
         ok = S->hh[p].packed && S->ih[p].packed;
     }
     if (!ok) {
