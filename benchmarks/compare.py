@@ -4,7 +4,7 @@ workloads of BENCHMARKS.md.
     python benchmarks/compare.py [--quick] [--workloads sine,binadd,...] [--threads N] [--markdown]
                                  [--cell lstm|gru|rnn]
 
-All engines run in this process, one after the other, on the same float32 data,
+All engines run in this process, taking turns (see take_turns), on the same float32 data,
 batch size, thread count and network: LSTM stack -> dropout on every LSTM layer's
 output (while training) -> linear head on the last step or on every step; half MSE
 or softmax cross-entropy; Adam, lr 1e-3. --cell gru / rnn runs the same workloads
@@ -55,6 +55,8 @@ INFER_BATCH = 256
 REPEATS = 3                # timed epochs / inference passes at least, the best one counts,
 MIN_TIMED_S = 2.0          # ... and more while an engine has been timed for less than this
 MAX_REPEATS = 50           # (short epochs: best of many, as timeit does, on a noisy machine)
+TURN_S = 0.5               # the engines take turns (take_turns), each of calls for this long
+SETTLE_S = 0.1             # a pause before each turn: the last engine's threads stop spinning
 
 
 def log(msg):
@@ -253,40 +255,90 @@ def best_rate(run, n, repeats, budget_s, min_time_s=0.0):
     return best
 
 
+def take_turns(engines, warm_up, call, n, repeats, min_time_s, budget_s=15.0):
+    """Highest n / seconds of call(engine) for each engine of {name: engine}, after one
+    warm_up(engine) each. The engines take turns, each of calls for TURN_S seconds (at
+    least one call) after a pause of SETTLE_S, until each has made `repeats` calls and
+    min_time_s of them, or spent budget_s, or made MAX_REPEATS. The speed of these
+    shared machines drifts over minutes (the FMA loop read 176 to 228 GFLOP/s a core
+    on one day): taking turns, every engine is timed across the same stretch of it,
+    where one engine's timings after the other's put minutes between them. Turns of
+    a few short calls each read low, for every engine (sine's batched predict: a pass
+    of 1.5 ms, turns of up to 10 calls: 435K samples/s against 669K in one go), hence
+    turns of TURN_S, in which such figures are done at their first turn.
+    -> {name: samples/s, or the exception that stopped the engine}."""
+    result, best, spent, calls = {}, {}, {}, {}
+    for name, engine in engines.items():
+        try:
+            engine.use_threads()
+            warm_up(engine)
+            best[name], spent[name], calls[name] = 0.0, 0.0, 0
+        except Exception as err:  # the others go on
+            result[name] = err
+    while len(result) < len(engines):
+        for name, engine in engines.items():
+            if name in result:
+                continue
+            engine.use_threads()
+            time.sleep(SETTLE_S)
+            turn_s, turn_calls = 0.0, 0
+            try:
+                while turn_calls == 0 or turn_s < TURN_S:   # one call at least
+                    tic = time.perf_counter()
+                    call(engine)
+                    seconds = time.perf_counter() - tic
+                    best[name] = max(best[name], n / seconds)
+                    spent[name] += seconds
+                    calls[name] += 1
+                    turn_s, turn_calls = turn_s + seconds, turn_calls + 1
+                    if (spent[name] > budget_s or calls[name] >= MAX_REPEATS
+                            or (calls[name] >= repeats and spent[name] >= min_time_s)):
+                        result[name] = best[name]
+                        break
+            except Exception as err:
+                result[name] = err
+    return result
+
+
+def latency_turns(engines, X, budget_s, rounds=1, min_calls=10, max_calls=2000):
+    """Wall time of predict on one sequence, in µs, for each engine of {name: engine}:
+    the median of each of `rounds` rounds of calls (budget_s each; in each round
+    every engine in turn, after a pause of SETTLE_S), the lowest round counting. On a
+    shared machine a disturbed second moved one engine's median by up to 2x between
+    runs. -> {name: µs, or the exception that stopped the engine}."""
+    x1 = np.ascontiguousarray(X[:1])                      # (1, T, D)
+    result, best = {}, {}
+    for name, engine in engines.items():
+        try:
+            engine.use_threads()
+            engine.predict(x1)
+            best[name] = np.inf
+        except Exception as err:
+            result[name] = err
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            if name in result:
+                continue
+            engine.use_threads()
+            time.sleep(SETTLE_S)
+            try:
+                times, end = [], time.perf_counter() + budget_s
+                while len(times) < min_calls or (time.perf_counter() < end
+                                                 and len(times) < max_calls):
+                    tic = time.perf_counter()
+                    engine.predict(x1)
+                    times.append(time.perf_counter() - tic)
+                best[name] = min(best[name], statistics.median(times))
+            except Exception as err:
+                result[name] = err
+    return {name: result.get(name, best.get(name, np.inf) * 1e6) for name in engines}
+
+
 def train_rate(engine, X, y, repeats=1, budget_s=15.0, min_time_s=0.0):
     """Training samples/s over a full epoch, after one warm-up epoch (best of repeats)."""
     engine.use_threads()
     engine.fit_epoch(X, y)                                # warm-up: compile caches, buffers
     return best_rate(lambda: engine.fit_epoch(X, y), len(X), repeats, budget_s, min_time_s)
-
-
-def inference_rate(engine, X, repeats=1, budget_s=15.0, min_time_s=0.0):
-    """predict samples/s in batches of INFER_BATCH, after one warm-up batch (best of repeats)."""
-    engine.use_threads()
-    engine.predict(X[:INFER_BATCH])
-
-    def one_pass():
-        for start in range(0, len(X), INFER_BATCH):
-            engine.predict(X[start:start + INFER_BATCH])
-    return best_rate(one_pass, len(X), repeats, budget_s, min_time_s)
-
-
-def latency_us(engine, X, budget_s, rounds=1, min_calls=10, max_calls=2000):
-    """Wall time of predict on one sequence, in µs: the median of each of `rounds`
-    rounds of calls (budget_s each), the lowest round counting. On a shared machine
-    a disturbed second moved one engine's median by up to 2x between runs."""
-    engine.use_threads()
-    x1 = np.ascontiguousarray(X[:1])                      # (1, T, D)
-    engine.predict(x1)
-    best = np.inf
-    for _ in range(rounds):
-        times, end = [], time.perf_counter() + budget_s
-        while len(times) < min_calls or (time.perf_counter() < end and len(times) < max_calls):
-            tic = time.perf_counter()
-            engine.predict(x1)
-            times.append(time.perf_counter() - tic)
-        best = min(best, statistics.median(times))
-    return best * 1e6
 
 
 def sgemm_peak_gflops(threads, n=2048, repeats=5):
@@ -309,18 +361,35 @@ def n_samples(w, quick):
     return min(w.n, QUICK_BATCHES * w.batch) if quick else w.n
 
 
-def measure(engine_cls, w, X, y, threads, quick):
-    """All in-process figures of one engine on one workload."""
-    engine = engine_cls(w, threads)
+def measure(engines, w, X, y, quick):
+    """All in-process figures of the engines ({name: engine}) on one workload, the
+    engines taking turns at each: {name: {figure: value or "failed"}}, and
+    {name: the error that stopped it} for those that failed."""
     repeats, min_time_s = (1, 0.0) if quick else (REPEATS, MIN_TIMED_S)
-    rate = train_rate(engine, X, y, repeats, min_time_s=min_time_s)
-    return {
-        "train": rate,
-        "gflops": 3 * forward_flops_per_sample(w) * rate / 1e9,
-        "infer": inference_rate(engine, X, repeats, min_time_s=min_time_s),
-        "latency": latency_us(engine, X, budget_s=0.2 if quick else 0.5,
-                              rounds=1 if quick else REPEATS),
-    }
+
+    def one_pass(engine):
+        for start in range(0, len(X), INFER_BATCH):
+            engine.predict(X[start:start + INFER_BATCH])
+    train = take_turns(engines, lambda e: e.fit_epoch(X, y),    # warm-up: caches, buffers
+                       lambda e: e.fit_epoch(X, y), len(X), repeats, min_time_s)
+    ok = {name: e for name, e in engines.items() if not isinstance(train[name], Exception)}
+    infer = take_turns(ok, lambda e: e.predict(X[:INFER_BATCH]), one_pass, len(X), repeats,
+                       min_time_s)
+    ok = {name: e for name, e in ok.items() if not isinstance(infer[name], Exception)}
+    latency = latency_turns(ok, X, budget_s=0.2 if quick else 0.5,
+                            rounds=1 if quick else REPEATS)
+    res, errors = {}, {}
+    for name in engines:
+        error = next((f[name] for f in (train, infer, latency)
+                      if isinstance(f.get(name), Exception)), None)
+        if error is not None:
+            res[name] = {k: "failed" for k in ("train", "gflops", "infer", "latency")}
+            errors[name] = error
+        else:
+            res[name] = {"train": train[name],
+                         "gflops": 3 * forward_flops_per_sample(w) * train[name] / 1e9,
+                         "infer": infer[name], "latency": latency[name]}
+    return res, errors
 
 
 # ---- fresh processes: peak memory and start-up time --------------------------
@@ -414,7 +483,7 @@ def print_report(res, names, extra, threads, peak, quick, markdown, errors):
     print(("_" + header + "_") if markdown else header)
     print()
     best_of = "" if quick else (f" (best of {REPEATS}, or of more within {MIN_TIMED_S:g} s, "
-                                f"up to {MAX_REPEATS})")
+                                f"up to {MAX_REPEATS}; the engines in turns of {TURN_S:g} s)")
     def figure(title, key):  # one row per workload, one column per engine, then the ratio
         rows = [[wl] + [fmt_num(by_engine.get(n, {}).get(key, "-")) for n in names]
                 + [ratio(by_engine["fastlstm"].get(key), by_engine["torch"].get(key))]
@@ -494,16 +563,22 @@ def run(selected, threads, quick, markdown):
     for wl in selected:
         w = WORKLOADS[wl]
         X, y = make_data(w, n_samples(w, quick))
-        res[wl] = {}
+        res[wl], engines = {}, {}
+        log(f"[{wl}] {', '.join(c.name for c in classes)} in turns: {len(X)} samples, "
+            f"T={w.T}, D={w.D}, H={w.hidden}")
         for cls in classes:
-            log(f"[{wl}] {cls.name}: {len(X)} samples, T={w.T}, D={w.D}, H={w.hidden}")
             try:
-                res[wl][cls.name] = measure(cls, w, X, y, threads, quick)
+                engines[cls.name] = cls(w, threads)
             except Exception as err:  # report and go on with the other engines
                 res[wl][cls.name] = {k: "failed" for k in ("train", "gflops", "infer", "latency")}
                 errors.append(f"{cls.name} on {wl}: {type(err).__name__}: {err}")
-            if quick:  # the start-up runs above already went through the child path
-                continue
+        figures, failed = measure(engines, w, X, y, quick)
+        res[wl].update(figures)
+        errors += [f"{name} on {wl}: {type(err).__name__}: {err}" for name, err in failed.items()]
+        del engines, figures
+        if quick:  # the start-up runs above already went through the child path
+            continue
+        for cls in classes:
             try:
                 mem, _ = run_child(cls.name, wl, threads, quick)
                 res[wl][cls.name].update(mem)
