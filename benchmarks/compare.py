@@ -240,21 +240,6 @@ ENGINES = {"fastlstm": FastLSTM, "torch": Torch, "keras": Keras}
 
 # ---- the figures (shared by all engines) -------------------------------------
 
-def best_rate(run, n, repeats, budget_s, min_time_s=0.0):
-    """Highest n / seconds of calls of run(): `repeats` of them, fewer once budget_s is
-    spent, more (up to MAX_REPEATS) while less than min_time_s is: the least
-    disturbed run on a shared machine, where one short epoch says little."""
-    best, spent, calls = 0.0, 0.0, 0
-    while calls < MAX_REPEATS:
-        tic = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - tic
-        best, spent, calls = max(best, n / seconds), spent + seconds, calls + 1
-        if spent > budget_s or (calls >= repeats and spent >= min_time_s):
-            break
-    return best
-
-
 def take_turns(engines, warm_up, call, n, repeats, min_time_s, budget_s=15.0):
     """Highest n / seconds of call(engine) for each engine of {name: engine}, after one
     warm_up(engine) each. The engines take turns, each of calls for TURN_S seconds (at
@@ -332,13 +317,6 @@ def latency_turns(engines, X, budget_s, rounds=1, min_calls=10, max_calls=2000):
             except Exception as err:
                 result[name] = err
     return {name: result.get(name, best.get(name, np.inf) * 1e6) for name in engines}
-
-
-def train_rate(engine, X, y, repeats=1, budget_s=15.0, min_time_s=0.0):
-    """Training samples/s over a full epoch, after one warm-up epoch (best of repeats)."""
-    engine.use_threads()
-    engine.fit_epoch(X, y)                                # warm-up: compile caches, buffers
-    return best_rate(lambda: engine.fit_epoch(X, y), len(X), repeats, budget_s, min_time_s)
 
 
 def sgemm_peak_gflops(threads, n=2048, repeats=5):
@@ -575,7 +553,6 @@ def run(selected, threads, quick, markdown):
         figures, failed = measure(engines, w, X, y, quick)
         res[wl].update(figures)
         errors += [f"{name} on {wl}: {type(err).__name__}: {err}" for name, err in failed.items()]
-        del engines, figures
         if quick:  # the start-up runs above already went through the child path
             continue
         for cls in classes:
@@ -591,10 +568,15 @@ def run(selected, threads, quick, markdown):
         X, y = make_data(w, n_samples(w, quick))
         extra["threads"] = {}
         for cls in (FastLSTM, Torch):
-            log(f"[large] {cls.name}: 1 vs 2 threads")
+            log(f"[large] {cls.name}: 1 vs 2 threads, in turns")
             try:
-                extra["threads"][cls.name] = tuple(train_rate(cls(w, t), X, y, 1 if quick else 2)
-                                                   for t in (1, 2))
+                by_threads = {t: cls(w, t) for t in (1, 2)}
+                rates = take_turns(by_threads, lambda e: e.fit_epoch(X, y),
+                                   lambda e: e.fit_epoch(X, y), len(X), 1 if quick else 2, 0.0)
+                for rate in rates.values():
+                    if isinstance(rate, Exception):
+                        raise rate
+                extra["threads"][cls.name] = (rates[1], rates[2])
             except Exception as err:
                 errors.append(f"{cls.name} on large, 1 vs 2 threads: {type(err).__name__}: {err}")
 
