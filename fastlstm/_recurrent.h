@@ -79,11 +79,17 @@ typedef struct {
     float *packed;      /* panels of FL_NV vectors: (n_panels, K, FL_NV * 16), zero padded */
 } fl_slice;
 
+/* Vectors of 16 lanes that n columns take (the last one partial). */
+static int64_t fl_vectors(int64_t n)
+{
+    return (n + FL_LANES - 1) / FL_LANES;
+}
+
 /* Units [j0, j1) of thread p out of nt: blocks of 16 units dealt out evenly,
  * so only the last thread has a partial vector. */
 static void fl_units(int64_t H, int p, int nt, int64_t *j0, int64_t *j1)
 {
-    int64_t blocks = (H + FL_LANES - 1) / FL_LANES;
+    int64_t blocks = fl_vectors(H);
     int64_t b0 = blocks * p / nt, b1 = blocks * (p + 1) / nt;
     *j0 = b0 * FL_LANES < H ? b0 * FL_LANES : H;
     *j1 = b1 * FL_LANES < H ? b1 * FL_LANES : H;
@@ -92,7 +98,7 @@ static void fl_units(int64_t H, int p, int nt, int64_t *j0, int64_t *j1)
 /* Most vectors a thread can own; the slice arrays are sized for it. */
 static int64_t fl_max_vectors(int64_t H)
 {
-    return 4 * ((H + FL_LANES - 1) / FL_LANES);
+    return 4 * fl_vectors(H);
 }
 
 #if FL_HAVE_AVX512_CODE
@@ -106,13 +112,13 @@ FL_AVX512 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, in
 {
     s->K = K;
     if (j0 == 0 && j1 == H) {
-        s->n_vec = (4 * H + FL_LANES - 1) / FL_LANES;
+        s->n_vec = fl_vectors(4 * H);
         for (int64_t v = 0; v < s->n_vec; v++) {
             s->col[v] = v * FL_LANES;
             s->mask[v] = fl_lane_mask(4 * H - v * FL_LANES);
         }
     } else {
-        int64_t per_gate = (j1 - j0 + FL_LANES - 1) / FL_LANES;
+        int64_t per_gate = fl_vectors(j1 - j0);
         s->n_vec = 4 * per_gate;
         for (int64_t q = 0; q < 4; q++)
             for (int64_t b = 0; b < per_gate; b++) {
@@ -142,7 +148,7 @@ FL_AVX512 static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H
 {
     int64_t G = 4 * H, stride = FL_NV * FL_LANES;
     s->K = G;
-    s->n_vec = (H + FL_LANES - 1) / FL_LANES;
+    s->n_vec = fl_vectors(H);
     for (int64_t v = 0; v < s->n_vec; v++) {
         s->col[v] = v * FL_LANES;
         s->mask[v] = fl_lane_mask(H - s->col[v]);
@@ -388,8 +394,8 @@ static float *fl_alloc_floats(int64_t n)
  * 64-byte aligned. */
 static int64_t fl_loop_thread_floats(int64_t D, int64_t H, int forward)
 {
-    return forward ? fl_panel_floats((4 * H + FL_LANES - 1) / FL_LANES, H + D)
-                   : fl_panel_floats((H + FL_LANES - 1) / FL_LANES, 4 * H);
+    return forward ? fl_panel_floats(fl_vectors(4 * H), H + D)
+                   : fl_panel_floats(fl_vectors(H), 4 * H);
 }
 
 /* Everything one time loop needs, shared by the team. */
@@ -523,9 +529,9 @@ static int fl_useful_threads(int64_t N, int n_threads)
  * 0, or -1 if memory is missing. */
 static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 {
+    if (fl_max_vectors(L->H) > FL_MAX_VEC) return -1;   /* H beyond the descriptor arrays */
     int nt = fl_useful_threads(L->N, n_threads), forward = L->bias != NULL;
     int64_t each = fl_loop_thread_floats(L->D, L->H, forward);
-    if (fl_max_vectors(L->H) > FL_MAX_VEC) return -1;   /* H beyond the descriptor arrays */
     float *packed = fl_alloc_floats(nt * each);
     fl_slice *slices = calloc((size_t)(forward ? 2 * nt : nt), sizeof(fl_slice));
     if (!packed || !slices) {
@@ -536,8 +542,7 @@ static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
     for (int p = 0; p < nt; p++) {
         slices[p].packed = packed + p * each;
         if (forward)   /* W_ih after W_hh */
-            slices[nt + p].packed = slices[p].packed + fl_panel_floats(
-                (4 * L->H + FL_LANES - 1) / FL_LANES, L->H);
+            slices[nt + p].packed = slices[p].packed + fl_panel_floats(fl_vectors(4 * L->H), L->H);
     }
     L->slices = slices;
     L->slices_ih = forward ? slices + nt : NULL;
@@ -711,7 +716,7 @@ static fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
     for (int p = 0; ok && p < S->n_slices; p++) {
         int64_t j0, j1;
         fl_units(H, p, S->n_slices, &j0, &j1);
-        int64_t n_vec = 4 * ((j1 - j0 + FL_LANES - 1) / FL_LANES);
+        int64_t n_vec = 4 * fl_vectors(j1 - j0);
         S->hh[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, H));
         S->ih[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, D));
         ok = S->hh[p].packed && S->ih[p].packed;
