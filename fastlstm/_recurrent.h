@@ -198,6 +198,21 @@ typedef struct {
 } fl_fetch;
 #define FL_FETCH_EVERY 8
 
+/* FL_TILE_SUM over [0, K), with fetch's lines from `fetched` on asked for along
+ * the way, one every FL_FETCH_EVERY steps. */
+#define FL_TILE_SUM_FETCHING(K, A, LDA, PANEL)                                        \
+    {                                                                               \
+        int64_t k0 = 0;                                                             \
+        if (fetch)                                                                  \
+            for (; fetched < fetch->lines && k0 + FL_FETCH_EVERY <= (K); fetched++) { \
+                _mm_prefetch(fetch->at + 64 * fetched, _MM_HINT_T1);                \
+                _Pragma("GCC unroll 8")  /* no loop exit to predict every few steps */ \
+                FL_TILE_SUM(k0, k0 + FL_FETCH_EVERY, A, LDA, PANEL)                 \
+                k0 += FL_FETCH_EVERY;                                               \
+            }                                                                       \
+        FL_TILE_SUM(k0, (K), A, LDA, PANEL)                                         \
+    }
+
 /* One register tile: rows [0, mr) of C, the nv vectors of one panel.
  * C[r, col[v] + lane] (+)= sum_k A[r, k] * panel[k][v][lane]; mr and nv are
  * compile-time constants at every call site, so acc lives in registers.
@@ -206,8 +221,8 @@ typedef struct {
  * then (or NULL): a second product added on before the sums go back to C (a
  * prediction's x[t] @ W_ih.T and h[t-1] @ W_hh.T in one pass: the same sums as
  * one call after the other).
- * fetch (or NULL): lines fetched into L2 along the way (at most K /
- * FL_FETCH_EVERY of them); the sums are the same. */
+ * fetch (or NULL): lines fetched into L2 along the way (at most (K + then's K)
+ * / FL_FETCH_EVERY of them); the sums are the same. */
 FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
                               const float *A, int64_t lda, const float *panel,
                               float *C, int64_t ldc, const int64_t *col,
@@ -220,17 +235,10 @@ FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
             acc[r][v] = start ? _mm512_maskz_loadu_ps(mask[v], start + col[v])
                         : accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
                                      : _mm512_setzero_ps();
-    int64_t k0 = 0;
-    if (fetch)
-        for (int64_t i = 0; i < fetch->lines && k0 + FL_FETCH_EVERY <= K; i++) {
-            _mm_prefetch(fetch->at + 64 * i, _MM_HINT_T1);
-            _Pragma("GCC unroll 8")   /* no loop exit to predict every few steps */
-            FL_TILE_SUM(k0, k0 + FL_FETCH_EVERY, A, lda, panel)
-            k0 += FL_FETCH_EVERY;
-        }
-    FL_TILE_SUM(k0, K, A, lda, panel)
+    int64_t fetched = 0;
+    FL_TILE_SUM_FETCHING(K, A, lda, panel)
     if (then) {
-        FL_TILE_SUM(0, then->K, then->A, then->lda, then->panel)
+        FL_TILE_SUM_FETCHING(then->K, then->A, then->lda, then->panel)
     }
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++)
@@ -367,24 +375,41 @@ static inline fl_fetch fl_ahead_next(fl_ahead *ahead, int64_t most)
     return fetch;
 }
 
+/* Each tile's share of ahead's lines, shared out evenly over `tiles` tiles of
+ * K steps: at most the K / FL_FETCH_EVERY a tile has room for. */
+static int64_t fl_ahead_share(const fl_ahead *ahead, int64_t tiles, int64_t K)
+{
+    int64_t lines = 0;
+    for (int i = 0; i < FL_AHEAD_REGIONS; i++) lines += ahead->lines[i];
+    int64_t share = tiles > 0 ? (lines + tiles - 1) / tiles : 0;
+    return share < K / FL_FETCH_EVERY ? share : K / FL_FETCH_EVERY;
+}
+
+/* Panels of this many bytes or more (s and s2 together) do not stay in L2 (2
+ * MB a core here) from one step to the next: each comes from L3 at every step,
+ * and without a caller's fl_ahead, the tiles of one panel fetch the next
+ * panel's lines. Batched predict, the same process alternating without/with
+ * (25 rounds): large (5 MB a thread) +2.6%, 20 of 25 rounds faster; charlm
+ * (1.6 and 2.9 MB) +1.8%, 19 of 25; medium (320 KB, in L2) -2.4%, hence the
+ * bound. Training (large, charlm): +1%. */
+#define FL_PANELS_AHEAD_MIN_BYTES (1 << 20)
+
 /* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda
  * (start: see fl_tile), then, if s2 is not NULL, C[:, slice columns] += A2
  * (N, K2) @ s2 in the same pass over the tiles: s2 is laid out as s (the same
- * vectors), with its own K. ahead (or NULL): fetched over the tiles. */
+ * vectors), with its own K. ahead (or NULL): fetched over all the tiles. */
 FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
                                         int64_t lda, const fl_slice *s2, const float *A2,
                                         int64_t lda2, float *C, int64_t ldc, int accumulate,
                                         const float *start, fl_ahead *ahead)
 {
-    int64_t per_tile = 0;
-    if (ahead) {   /* its lines shared out evenly over the tiles */
-        int64_t tiles = 0, lines = 0;
-        for (int64_t n = 0; n < N; n += fl_tile_rows(N, n)) tiles++;
-        tiles *= (s->n_vec + FL_NV - 1) / FL_NV;
-        for (int i = 0; i < FL_AHEAD_REGIONS; i++) lines += ahead->lines[i];
-        per_tile = tiles > 0 ? (lines + tiles - 1) / tiles : 0;
-        if (per_tile > s->K / FL_FETCH_EVERY) per_tile = s->K / FL_FETCH_EVERY;
-    }
+    int64_t row_tiles = 0, n_panels = (s->n_vec + FL_NV - 1) / FL_NV;
+    int64_t K_all = s->K + (s2 ? s2->K : 0);
+    for (int64_t n = 0; n < N; n += fl_tile_rows(N, n)) row_tiles++;
+    int64_t per_tile = ahead ? fl_ahead_share(ahead, row_tiles * n_panels, K_all) : 0;
+    int panels_ahead = !ahead && fl_panel_floats(s->n_vec, K_all) * (int64_t)sizeof(float)
+                                     >= FL_PANELS_AHEAD_MIN_BYTES;
+    fl_ahead next_panel;
     if (N == 1) {
         if (start)   /* one row: start from it in C */
             for (int64_t v = 0; v < s->n_vec; v++)
@@ -399,6 +424,16 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
     for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
         const float *panel = s->packed + (v / FL_NV) * s->K * stride;
+        if (panels_ahead) {   /* the next panel of s and of s2 (K rows of 128 bytes) */
+            int more = v + FL_NV < s->n_vec;
+            next_panel = (fl_ahead){
+                {more ? (const char *)(panel + s->K * stride) : NULL,
+                 more && s2 ? (const char *)(s2->packed + (v / FL_NV + 1) * s2->K * stride)
+                            : NULL, NULL, NULL},
+                {more ? 2 * s->K : 0, more && s2 ? 2 * s2->K : 0, 0, 0}, 0, 0};
+            ahead = &next_panel;
+            per_tile = fl_ahead_share(ahead, row_tiles, K_all);
+        }
         for (int64_t n = 0, mr; n < N; n += mr) {
             mr = fl_tile_rows(N, n);
             if (prefetch) {   /* the next tile's C: the rows below, or the next panel's top */
@@ -420,7 +455,7 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
                         fetch.lines ? &fetch : NULL);
         }
     }
-    if (ahead)   /* what the tiles had no room for (at most K / FL_FETCH_EVERY each) */
+    if (ahead && !panels_ahead)   /* what the tiles had no room for */
         for (fl_fetch rest; (rest = fl_ahead_next(ahead, INT64_MAX)).lines > 0;)
             for (int64_t i = 0; i < rest.lines; i++)
                 _mm_prefetch(rest.at + 64 * i, _MM_HINT_T1);
