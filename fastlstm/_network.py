@@ -118,8 +118,8 @@ class _Arena:
 
 class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
-    (layer_in, gates, c, tanh_c, h, dropout uniforms or None, h0, c0) for the
-    LSTM (the uniforms of the top layer of a many-to-one network cover its last
+    (layer_in, gates, c, tanh_c, h, dropout mask bits or None, h0, c0) for the
+    LSTM (the mask bits of the top layer of a many-to-one network cover its last
     step only); a GRU keeps its hidden projection where c is and None for tanh_c, a
     plain RNN None for all three (and its c0 is zeros). A bidirectional
     network's layers[k] holds its forward direction (layer_out is then the
@@ -355,20 +355,19 @@ class LSTMNetwork:
                 layer_out = arena.get(("both", k), (T, N, 2 * H))
                 layer_out[..., :H] = h
                 layer_out[..., H:] = rev[3][order, np.arange(N)]                # back in time order
-            uniform = None
+            bits = None
             if dropping:  # on every layer's output, before the next layer or the head
                 # a many-to-one head reads the top layer's last step only: the mask
-                # covers that step alone there (charlm: half its uniforms)
+                # covers that step alone there (charlm: half its random words)
                 last_only = (k == len(self.hidden_sizes) - 1 and not sequence_output
                              and not self.bidirectional)
                 kept_out = layer_out[T - 1:] if last_only else layer_out    # (T or 1, N, width)
-                uniform = arena.get(("uniform", k), kept_out.shape)
-                rng.random(out=uniform, dtype=uniform.dtype)
+                bits = _ops.dropout_bits(rng, kept_out.shape)
                 dropped = arena.get(("dropped", k), kept_out.shape)
-                _ops.apply_dropout_mask(kept_out.reshape(-1), uniform.reshape(-1), self.dropout,
+                _ops.apply_dropout_mask(kept_out.reshape(-1), bits.reshape(-1), self.dropout,
                                         dropped.reshape(-1))
                 layer_out = dropped
-            layers.append((layer_in, gates, c, tanh_c, h, uniform, h0, c0))
+            layers.append((layer_in, gates, c, tanh_c, h, bits, h0, c0))
             layer_in = layer_out
         # head: a linear map of the last step, or of every step
         if sequence_output:
@@ -464,10 +463,10 @@ class LSTMNetwork:
             dlayer_out[0, :, H:] = dhead_in[:, H:]
         for k in range(top, -1, -1):
             H = self.hidden_sizes[k]
-            layer_in, gates, c, tanh_c, h, uniform, h0, c0 = layers[k]
-            if uniform is not None:  # through the dropout mask, in place, on the steps it covers
-                flat = dlayer_out[T - uniform.shape[0]:].reshape(-1)   # (the others' are zero)
-                _ops.apply_dropout_mask(flat, uniform.reshape(-1), self.dropout, flat)
+            layer_in, gates, c, tanh_c, h, bits, h0, c0 = layers[k]
+            if bits is not None:  # through the dropout mask, in place, on the steps it covers
+                flat = dlayer_out[T - bits.shape[0]:].reshape(-1)      # (the others' are zero)
+                _ops.apply_dropout_mask(flat, bits.reshape(-1), self.dropout, flat)
             dx = arena.get(("dh", k - 1), layer_in.shape) if k > 0 else None
             if not self.bidirectional:
                 self._layer_backward(k, "", layer_in, (gates, c, tanh_c, h), h0, c0,

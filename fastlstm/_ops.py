@@ -5,6 +5,8 @@ Each is one compiled pass instead of a chain of NumPy temporaries, which is
 what small models spend their time on. All are `cache=True`, so the compile
 cost is paid once per machine, not once per process.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -143,20 +145,32 @@ def sgd_step(params, grads, velocity, lr, momentum, nesterov):
 
 # ---- dropout (inverted: scaled at train time, identity at predict) ----------
 
+def dropout_bits(rng, shape):
+    """Random 32-bit words of a dropout mask over `shape` (uint32), from rng's
+    bit generator: its raw 64-bit draws cut in two, where rng.random makes each
+    word a float first (charlm's 225,000 words a slice and batch: 214 us against
+    536, 0.8% of its training)."""
+    n = math.prod(shape)
+    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+
+
 @njit(**JIT)
-def apply_dropout_mask(x, uniform, rate, out):
-    """out = x * (uniform >= rate) / (1 - rate); all arrays flat (P,); out may be x.
+def apply_dropout_mask(x, bits, rate, out):
+    """out = x * (bits / 2**32 >= rate) / (1 - rate): each element kept with
+    probability 1 - rate (to within 2**-32); x, bits (uint32, dropout_bits)
+    and out flat (P,); out may be x.
 
     The same mask serves both ways: forward on the activations, backward on
     their gradients (d(x * mask)/dx = mask), there in place.
     """
     scale = 1.0 / (1.0 - rate)
+    least = math.ceil(rate * 4294967296.0)      # the smallest word kept
     if out.ctypes.data == x.ctypes.data:
         # in place: a loop over one array. Given x and out as two arrays, LLVM
         # checks at run time whether they overlap and, when they do, takes its
         # scalar loop (charlm's 450,000 float32: 1.37 ms, against 0.13 ms here)
         for k in range(x.shape[0]):
-            x[k] = x[k] * scale if uniform[k] >= rate else 0.0
+            x[k] = x[k] * scale if bits[k] >= least else 0.0
     else:
         for k in range(x.shape[0]):
-            out[k] = x[k] * scale if uniform[k] >= rate else 0.0
+            out[k] = x[k] * scale if bits[k] >= least else 0.0

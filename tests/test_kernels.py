@@ -605,15 +605,28 @@ def test_clip_grad_norm_and_dropout_mask():
     np.testing.assert_array_equal(untouched, [0.3, 0.4])
 
     x = np.arange(1.0, 7.0)
-    uniform = np.array([0.1, 0.5, 0.9, 0.19, 0.2, 0.7])
+    least = int(np.ceil(0.2 * 2**32))     # the smallest word kept: word / 2**32 >= 0.2
+    bits = np.array([least // 2, 2**31, 2**32 - 1, least - 1, least, 0], dtype=np.uint32)
     out = np.empty_like(x)
-    _ops.apply_dropout_mask(x, uniform, 0.2, out)
-    np.testing.assert_allclose(out, [0, 2 / 0.8, 3 / 0.8, 0, 5 / 0.8, 6 / 0.8])
+    _ops.apply_dropout_mask(x, bits, 0.2, out)
+    np.testing.assert_allclose(out, [0, 2 / 0.8, 3 / 0.8, 0, 5 / 0.8, 0])
     for dtype in (np.float32, np.float64):   # in place (backward), its own loop: same values
         long_x = np.tile(x, 50).astype(dtype)
-        long_uniform = np.tile(uniform, 50).astype(dtype)
+        long_bits = np.tile(bits, 50)
         expected = np.empty_like(long_x)
-        _ops.apply_dropout_mask(long_x, long_uniform, 0.2, expected)
-        _ops.apply_dropout_mask(long_x, long_uniform, 0.2, long_x)
+        _ops.apply_dropout_mask(long_x, long_bits, 0.2, expected)
+        _ops.apply_dropout_mask(long_x, long_bits, 0.2, long_x)
         np.testing.assert_array_equal(long_x, expected)
         np.testing.assert_array_equal(expected[:6], out.astype(dtype))
+
+
+def test_dropout_bits_are_fixed_by_the_generator_and_keep_one_minus_rate():
+    words = _ops.dropout_bits(np.random.default_rng(3), (50, 15, 301))   # an odd count
+    assert words.dtype == np.uint32 and words.shape == (50, 15, 301)
+    np.testing.assert_array_equal(words, _ops.dropout_bits(np.random.default_rng(3), words.shape))
+    assert not np.array_equal(words, _ops.dropout_bits(np.random.default_rng(4), words.shape))
+    kept = np.empty(words.size)
+    _ops.apply_dropout_mask(np.ones(words.size), words.reshape(-1), 0.2, kept)
+    # 225,750 draws: the kept share within 5 standard deviations (0.0042) of 0.8
+    assert abs(np.count_nonzero(kept) / kept.size - 0.8) < 0.0042
+    np.testing.assert_allclose(kept[kept != 0], 1 / 0.8)
