@@ -387,14 +387,17 @@ static int64_t fl_ahead_share(const fl_ahead *ahead, int64_t tiles, int64_t K)
     return share < K / FL_FETCH_EVERY ? share : K / FL_FETCH_EVERY;
 }
 
-/* Panels of this many bytes or more (s and s2 together) do not stay in L2 (2
- * MB a core here) from one step to the next: each comes from L3 at every step,
- * and without a caller's fl_ahead, the tiles of one panel fetch the next
- * panel's lines. Batched predict, the same process alternating without/with
- * (25 rounds): large (5 MB a thread) +2.6%, 20 of 25 rounds faster; charlm
- * (1.6 and 2.9 MB) +1.8%, 19 of 25; medium (320 KB, in L2) -2.4%, hence the
- * bound. Training (large, charlm): +1%. */
-#define FL_PANELS_AHEAD_MIN_BYTES (1 << 20)
+/* Data of this many bytes or more, gone over once a step, is taken to be out
+ * of L2 (2 MB a core here) by the time it comes round again, and fetched ahead;
+ * smaller, it stays in cache and fetching only costs.
+ * Panels (s and s2 together): each comes from L3 at every step, and without a
+ * caller's fl_ahead, the tiles of one panel fetch the next panel's lines.
+ * Batched predict, the same process alternating without/with (25 rounds):
+ * large (5 MB a thread) +2.6%, 20 of 25 rounds faster; charlm (1.6 and 2.9 MB)
+ * +1.8%, 19 of 25; medium (320 KB) -2.4%. Training (large, charlm): +1%.
+ * The backward cell's buffers over all steps (fl_backward_part): sine's 320 KB
+ * a thread trained 4-8% slower with them fetched (median epoch, 3 A/B pairs). */
+#define FL_FETCH_MIN_BYTES (1 << 20)
 
 /* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda
  * (start: see fl_tile), then, if s2 is not NULL, C[:, slice columns] += A2
@@ -405,13 +408,15 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
                                         int64_t lda2, float *C, int64_t ldc, int accumulate,
                                         const float *start, fl_ahead *ahead)
 {
-    int64_t row_tiles = 0, n_panels = (s->n_vec + FL_NV - 1) / FL_NV;
-    int64_t K_all = s->K + (s2 ? s2->K : 0);
-    for (int64_t n = 0; n < N; n += fl_tile_rows(N, n)) row_tiles++;
-    int64_t per_tile = ahead ? fl_ahead_share(ahead, row_tiles * n_panels, K_all) : 0;
+    int64_t K_all = s->K + (s2 ? s2->K : 0), row_tiles = 0, per_tile = 0;
     int panels_ahead = !ahead && fl_panel_floats(s->n_vec, K_all) * (int64_t)sizeof(float)
-                                     >= FL_PANELS_AHEAD_MIN_BYTES;
+                                     >= FL_FETCH_MIN_BYTES;
     fl_ahead next_panel;
+    if ((ahead || panels_ahead) && N > 1) {   /* (small products skip this count) */
+        for (int64_t n = 0; n < N; n += fl_tile_rows(N, n)) row_tiles++;
+        if (ahead)
+            per_tile = fl_ahead_share(ahead, row_tiles * ((s->n_vec + FL_NV - 1) / FL_NV), K_all);
+    }
     if (N == 1) {
         if (start)   /* one row: start from it in C */
             for (int64_t v = 0; v < s->n_vec; v++)
@@ -610,6 +615,8 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     int64_t M = n1 - n0;
     fl_slice *s = &L->slices[p];
     fl_pack_backward(s, L->w_hh, H);
+    /* the cell's gates, c_prev, tanh_c and dgates over all steps */
+    int fetch = T * M * (2 * G + 2 * H) * (int64_t)sizeof(float) >= FL_FETCH_MIN_BYTES;
     for (int64_t t = T - 1; t >= 0 && M > 0; t--) {
         const float *dg = L->dgates + t * NG + n0 * G;
         /* dgates[t][my samples], dc[my samples] <- dc_{t-1}, through the cell */
@@ -627,7 +634,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
                              {fl_lines(gates, M * G), fl_lines(c_prev, M * H),
                               fl_lines(tanh_c, M * H), fl_lines(dgates, M * G)}, 0, 0};
             fl_slice_product2(s, M, dg, G, NULL, NULL, 0, L->dh + (t - 1) * NH + n0 * H, H, 1,
-                              NULL, &next);
+                              NULL, fetch ? &next : NULL);
         } else {       /* dh0[my samples] = dgates[0][my samples] @ W_hh */
             fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0, NULL);
         }

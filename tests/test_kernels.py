@@ -19,6 +19,8 @@ SHAPES = [  # (T, N, D, H)
     (2, 20, 3, 24),   # a 12-row tile and one of 8
     (3, 12, 1, 17),   # N = one full tile; the 2nd thread owns a single unit
     (3, 25, 2, 300),  # a charlm-sized layer: odd vector counts, row tiles of 12 + 7 + 6
+    (3, 60, 2, 300),  # the backward cell's buffers past 1 MB a thread on 1 and 2 threads:
+                      # the tiles fetch them ahead (FL_FETCH_MIN_BYTES), as the panels
     (4, 32, 1, 50),   # sine-sized: 2 threads split it by samples, 16 each (tiles of 8 + 8 rows)
     (3, 20, 0, 24),   # no input: the gates start from the bias alone
 ]
