@@ -615,7 +615,9 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     int64_t M = n1 - n0;
     fl_slice *s = &L->slices[p];
     fl_pack_backward(s, L->w_hh, H);
-    /* the cell's gates, c_prev, tanh_c and dgates over all steps */
+    /* fetch the next step's cell data where the cell's gates, c_prev, tanh_c and
+     * dgates over all steps outgrow L2; otherwise the product fetches W_hh's next
+     * panel where that is large (fl_slice_product2) */
     int fetch = T * M * (2 * G + 2 * H) * (int64_t)sizeof(float) >= FL_FETCH_MIN_BYTES;
     for (int64_t t = T - 1; t >= 0 && M > 0; t--) {
         const float *dg = L->dgates + t * NG + n0 * G;
