@@ -431,13 +431,15 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
     for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
         const float *panel = s->packed + (v / FL_NV) * s->K * stride;
-        if (panels_ahead) {   /* the next panel of s and of s2 (K rows of 128 bytes) */
+        if (panels_ahead) {   /* the next panel of s and of s2 */
             int more = v + FL_NV < s->n_vec;
+            const float *next = panel + s->K * stride,
+                        *next2 = s2 ? s2->packed + (v / FL_NV + 1) * s2->K * stride : NULL;
             next_panel = (fl_ahead){
-                {more ? (const char *)(panel + s->K * stride) : NULL,
-                 more && s2 ? (const char *)(s2->packed + (v / FL_NV + 1) * s2->K * stride)
-                            : NULL, NULL, NULL},
-                {more ? 2 * s->K : 0, more && s2 ? 2 * s2->K : 0, 0, 0}, 0, 0};
+                {more ? (const char *)next : NULL, more && s2 ? (const char *)next2 : NULL,
+                 NULL, NULL},
+                {more ? fl_lines(next, s->K * stride) : 0,
+                 more && s2 ? fl_lines(next2, s2->K * stride) : 0, 0, 0}, 0, 0};
             ahead = &next_panel;
             per_tile = fl_ahead_share(ahead, row_tiles, K_all);
         }
