@@ -213,11 +213,14 @@ FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
  * us a step of a 12 us step). Written with intrinsics it does, per 16 units,
  *  - one masked pass for the ragged end of a row (H = 50: 16 + 16 + 16 + 2),
  *    where the vectorised C loop finishes the last units one by one;
- *  - 2^k by vscalefps, k by vrndscaleps: the same exp as fl_exp_f32 (same
- *    reduction, same polynomial) in fewer instructions.
+ *  - 2^k by vscalefps: the same exp as fl_exp_f32 (same reduction, same
+ *    polynomial) in fewer instructions. k is rounded as there, by adding
+ *    1.5 * 2^23 in one fma (gcc contracts fl_exp_f32's t to that fma too);
+ *    vrndscaleps after a vmulps, one instruction more, made these cells 5%
+ *    slower (C microbenchmark, N = 128, H = 128 and N = 15, H = 300).
  * vdivps stays: vrcp14ps with a Newton step was no faster here. The results
- * match the portable loop's AVX-512 build (on 6.4M random gates up to |x| = 50,
- * with inf and NaN: identical but for differences below 1e-23). */
+ * match the portable loop's AVX-512 build bit for bit (6.4M random gates up to
+ * |x| = 50, with inf and NaN). */
 /* Lanes on of a 16-lane vector whose first n lanes are real (all for n >= 16). */
 static inline uint16_t fl_lane_mask(int64_t n)
 {
@@ -244,8 +247,9 @@ FL_GATES_INLINE __m512 fl_exp_reduced16(__m512 k, __m512 r)
 /* exp(x) for x in [-80, 80], 16 lanes: fl_exp_f32's steps. */
 FL_GATES_INLINE __m512 fl_exp16(__m512 x)
 {
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 magic = _mm512_set1_ps(12582912.0f);          /* 1.5 * 2^23 */
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 k = _mm512_sub_ps(t, magic);                  /* round(x / ln2) */
     __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
     return fl_exp_reduced16(k, r);
@@ -255,8 +259,9 @@ FL_GATES_INLINE __m512 fl_exp16(__m512 x)
  * constants take the sign (-k ln2_hi - x is one rounding of -x - k ln2_hi) */
 FL_GATES_INLINE __m512 fl_exp_neg16(__m512 x)
 {
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 magic = _mm512_set1_ps(12582912.0f);          /* 1.5 * 2^23 */
+    __m512 t = _mm512_fnmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 k = _mm512_sub_ps(t, magic);                  /* round(-x / ln2) */
     __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
     return fl_exp_reduced16(k, r);
