@@ -215,9 +215,9 @@ FASTLSTM_CELL(f64, double, fl_sigmoid_f64, fl_tanh_f64)
  *    where the vectorised C loop finishes the last units one by one;
  *  - 2^k by vscalefps: the same exp as fl_exp_f32 (same reduction, same
  *    polynomial) in fewer instructions. k is rounded as there, by adding
- *    1.5 * 2^23 in one fma (gcc contracts fl_exp_f32's t to that fma too);
- *    vrndscaleps after a vmulps, one instruction more, made these cells 5%
- *    slower (C microbenchmark, N = 128, H = 128 and N = 15, H = 300).
+ *    1.5 * 2^23 in one fma (gcc contracts fl_exp_f32's t to that fma on CPUs
+ *    with one); vrndscaleps after a vmulps, one instruction more, made these
+ *    cells 5% slower (C microbenchmark, N = 128, H = 128 and N = 15, H = 300).
  * vdivps stays: vrcp14ps with a Newton step was no faster here. The results
  * match the portable loop's AVX-512 build bit for bit (6.4M random gates up to
  * |x| = 50, with inf and NaN). */
