@@ -36,14 +36,21 @@
 
 /* ---- exp, sigmoid, tanh: float32 ---------------------------------------- */
 
+/* The range reduction of the float32 exp, shared by fl_exp_f32 and the AVX-512
+ * loops below (which give the same bits): x = k ln2 + r. */
+#define FL_EXP_ROUND_F32 12582912.0f    /* 1.5 * 2^23: added and taken off, rounds */
+#define FL_LOG2E_F32 1.44269504088896341f
+#define FL_LN2_HI_F32 0.693359375f      /* ln2 split high/low */
+#define FL_LN2_LO_F32 -2.12194440e-4f
+
 /* exp(x) for x already clamped to [-80, 80]: result normal, never inf. */
 static inline float fl_exp_f32(float x)
 {
-    const float round_magic = 12582912.0f;           /* 1.5 * 2^23 */
-    float t = x * 1.44269504088896341f + round_magic; /* k = round(x / ln2) */
+    const float round_magic = FL_EXP_ROUND_F32;
+    float t = x * FL_LOG2E_F32 + round_magic;         /* k = round(x / ln2) */
     float k = t - round_magic;
-    float r = x - k * 0.693359375f;                   /* ln2 split high/low */
-    r = r - k * -2.12194440e-4f;                      /* |r| <= ln2 / 2 */
+    float r = x - k * FL_LN2_HI_F32;
+    r = r - k * FL_LN2_LO_F32;                        /* |r| <= ln2 / 2 */
     /* exp(r) on |r| <= 0.35 by 1 + r + (minimax degree 5 in r): relative error
      * 1.0e-7, 1.6e-7 (1.3 ulp) once rounded in float (Taylor to degree 7 was
      * within 0.5 ulp; its two more steps in every exponential cost the AVX-512
@@ -247,11 +254,11 @@ FL_GATES_INLINE __m512 fl_exp_reduced16(__m512 k, __m512 r)
 /* exp(x) for x in [-80, 80], 16 lanes: fl_exp_f32's steps. */
 FL_GATES_INLINE __m512 fl_exp16(__m512 x)
 {
-    __m512 magic = _mm512_set1_ps(12582912.0f);          /* 1.5 * 2^23 */
-    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 magic = _mm512_set1_ps(FL_EXP_ROUND_F32);
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(FL_LOG2E_F32), magic);
     __m512 k = _mm512_sub_ps(t, magic);                  /* round(x / ln2) */
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(FL_LN2_HI_F32), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(FL_LN2_LO_F32), r);
     return fl_exp_reduced16(k, r);
 }
 
@@ -259,11 +266,11 @@ FL_GATES_INLINE __m512 fl_exp16(__m512 x)
  * constants take the sign (-k ln2_hi - x is one rounding of -x - k ln2_hi) */
 FL_GATES_INLINE __m512 fl_exp_neg16(__m512 x)
 {
-    __m512 magic = _mm512_set1_ps(12582912.0f);          /* 1.5 * 2^23 */
-    __m512 t = _mm512_fnmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
+    __m512 magic = _mm512_set1_ps(FL_EXP_ROUND_F32);
+    __m512 t = _mm512_fnmadd_ps(x, _mm512_set1_ps(FL_LOG2E_F32), magic);
     __m512 k = _mm512_sub_ps(t, magic);                  /* round(-x / ln2) */
-    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(FL_LN2_HI_F32), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(FL_LN2_LO_F32), r);
     return fl_exp_reduced16(k, r);
 }
 
