@@ -112,7 +112,7 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                        const floating[:, ::1] h0,            # (N, H)
                        const floating[:, :, ::1] h,          # (T, N, H) from forward
                        floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
-                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0, or None to skip
                        floating[:, :, ::1] dpre,             # (T, N, H) out: dL/d(pre-activations)
                        floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                        floating[:, ::1] dweight_ih,          # (H, D) accumulated into
@@ -128,7 +128,8 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     _check("weight_ih", weight_ih.shape, 2, H, D)
     _check("weight_hh", weight_hh.shape, 2, H, H)
     _check("h0", h0.shape, 2, N, H)
-    _check("dh0", dh0.shape, 2, N, H)
+    if dh0 is not None:
+        _check("dh0", dh0.shape, 2, N, H)
     _check("h", h.shape, 3, T, N, H)
     _check("dh", dh.shape, 3, T, N, H)
     _check("dpre", dpre.shape, 3, T, N, H)
@@ -141,7 +142,8 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     if N == 0 or H == 0:
         return
     if T == 0:
-        dh0[...] = 0
+        if dh0 is not None:
+            dh0[...] = 0
         return
 
     cdef Py_ssize_t t, n, j, NH = N * H
@@ -150,6 +152,7 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh_ptr = &dh[0, 0, 0]
     cdef floating *dp_ptr = &dpre[0, 0, 0]
     cdef floating *dx_ptr = NULL
+    cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
     with nogil:
@@ -168,9 +171,9 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             if t > 0:
                 gemm(False, False, N, H, H, <floating>1, dp_ptr + t * NH, H,
                      w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dpre[t] @ W_hh
-            else:
+            elif dh0_ptr != NULL:
                 gemm(False, False, N, H, H, <floating>1, dp_ptr, H,
-                     w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dpre[0] @ W_hh
+                     w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dpre[0] @ W_hh
 
         weight_gradients(T, N, H, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
@@ -249,7 +252,7 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                        const floating[:, :, ::1] hproj,      # (T, N, 3H) from forward
                        const floating[:, :, ::1] h,          # (T, N, H) from forward
                        floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
-                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                       floating[:, ::1] dh0,                 # (N, H) out: dL/dh0, or None to skip
                        floating[:, :, ::1] dgates_i,         # (T, N, 3H) out: input side
                        floating[:, :, ::1] dgates_h,         # (T, N, 3H) out: hidden side
                        floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
@@ -265,7 +268,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     _check("weight_ih", weight_ih.shape, 2, G, D)
     _check("weight_hh", weight_hh.shape, 2, G, H)
     _check("h0", h0.shape, 2, N, H)
-    _check("dh0", dh0.shape, 2, N, H)
+    if dh0 is not None:
+        _check("dh0", dh0.shape, 2, N, H)
     _check("gates", gates.shape, 3, T, N, G)
     _check("hproj", hproj.shape, 3, T, N, G)
     _check("dgates_i", dgates_i.shape, 3, T, N, G)
@@ -282,7 +286,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     if N == 0 or H == 0:
         return
     if T == 0:
-        dh0[...] = 0
+        if dh0 is not None:
+            dh0[...] = 0
         return
 
     cdef Py_ssize_t t, n, j, k, NG = N * G, NH = N * H
@@ -298,14 +303,15 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh_prev
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
-    cdef floating[:, ::1] direct = np.empty_like(dh0)        # (N, H) dh[t] * z, the skip path
+    cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
+    cdef floating[:, ::1] direct = np.empty_like(h0)         # (N, H) dh[t] * z, the skip path
     cdef floating *dd = &direct[0, 0]
     with nogil:
         for t in range(T - 1, -1, -1):
             if t > 0:
                 h_prev, dh_prev = h_ptr + (t - 1) * NH, dh_ptr + (t - 1) * NH
             else:
-                h_prev, dh_prev = &h0[0, 0], &dh0[0, 0]
+                h_prev, dh_prev = &h0[0, 0], dh0_ptr
             if floating is float:
                 fl_gru_cell_bwd_f32(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
                                     dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)
@@ -324,11 +330,12 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             if t > 0:
                 for k in range(NH):
                     dh_prev[k] += dd[k]
-            else:
+            elif dh_prev != NULL:
                 for k in range(NH):
                     dh_prev[k] = dd[k]
-            gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
-                 w_hh, H, <floating>1, dh_prev, H)
+            if dh_prev != NULL:
+                gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
+                     w_hh, H, <floating>1, dh_prev, H)
 
         weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,

@@ -604,7 +604,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         const floating[:, :, ::1] h,          # (T, N, H) from forward
                         floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
                         floating[:, ::1] dc,                  # (N, H) in: dL/dc_T; out: dL/dc0
-                        floating[:, ::1] dh0,                 # (N, H) out: dL/dh0
+                        floating[:, ::1] dh0,                 # (N, H) out: dL/dh0, or None to skip
                         floating[:, :, ::1] dgates,           # (T, N, G) out: dL/d(pre-activations)
                         floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                         floating[:, ::1] dweight_ih,          # (G, D) accumulated into
@@ -627,7 +627,8 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     _check("h0", h0.shape, 2, N, H)
     _check("c0", c0.shape, 2, N, H)
     _check("dc", dc.shape, 2, N, H)
-    _check("dh0", dh0.shape, 2, N, H)
+    if dh0 is not None:
+        _check("dh0", dh0.shape, 2, N, H)
     _check("gates", gates.shape, 3, T, N, G)
     _check("dgates", dgates.shape, 3, T, N, G)
     _check("c", c.shape, 3, T, N, H)
@@ -643,7 +644,8 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     if N == 0 or H == 0:
         return
     if T == 0:
-        dh0[...] = 0
+        if dh0 is not None:
+            dh0[...] = 0
         return
 
     cdef Py_ssize_t t, NG = N * G, NH = N * H
@@ -656,6 +658,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh_ptr = &dh[0, 0, 0]
     cdef floating *dg_ptr = &dgates[0, 0, 0]
     cdef floating *dx_ptr = NULL
+    cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     cdef const floating *c_prev
     cdef int nt = 1
     cdef bint packed = False
@@ -681,7 +684,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             if packed:
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
-                    &dh0[0, 0], dg_ptr, nt, gradients_part_f32, &grads) == 0
+                    dh0_ptr, dg_ptr, nt, gradients_part_f32, &grads) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T - 1, -1, -1):
                 c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
@@ -696,9 +699,9 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 if t > 0:
                     gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
                          w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
-                else:
+                elif dh0_ptr != NULL:
                     gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
-                         w_hh, H, <floating>0, &dh0[0, 0], H)             # dh0 = dgates[0] @ W_hh
+                         w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dgates[0] @ W_hh
             gradients_part(&grads, 0, 1, <floating *>NULL)
 
 

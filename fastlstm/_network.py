@@ -498,7 +498,7 @@ class LSTMNetwork:
         dw_ih, dw_hh, db_ih, db_hh = grads = self.layer_g[k, suffix]
         for grad in grads:
             grad[...] = 0                                         # the kernels accumulate
-        dh0 = arena.get(key("dh0"), (N, H))
+        dh0 = None                                                # no one asks for dL/dh0
         if self.cell == "lstm":
             dc = arena.get(key("dc"), (N, H))                     # dL/dc_T = 0
             dc[...] = 0

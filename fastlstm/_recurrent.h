@@ -607,7 +607,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 }
 
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
- * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out; dgates
+ * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL); dgates
  * (T, N, 4H) out; then its share of the weight gradients (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
 {
@@ -639,7 +639,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
                               fl_lines(tanh_c, M * H), fl_lines(dgates, M * G)}, 0, 0};
             fl_slice_product2(s, M, dg, G, NULL, NULL, 0, L->dh + (t - 1) * NH + n0 * H, H, 1,
                               NULL, fetch ? &next : NULL);
-        } else {       /* dh0[my samples] = dgates[0][my samples] @ W_hh */
+        } else if (L->dh0) {   /* dh0[my samples] = dgates[0][my samples] @ W_hh */
             fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0, NULL);
         }
     }
@@ -729,7 +729,7 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
  * which every thread of the team calls once dgates is complete (NULL: none).
  *   gates (T, N, 4H) activations; c, tanh_c (T, N, H); c0 (N, H)
  *   dh (T, N, H) in: gradient from above, accumulated into (clobbered)
- *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out;  dgates (T, N, 4H) out
+ *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out, or NULL to skip;  dgates (T, N, 4H) out
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
  */
 static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,

@@ -111,13 +111,14 @@ def kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None):
     return h, ()
 
 
-def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None):
-    """dx, dW_ih, dW_hh, db_ih, db_hh, dh0; weight gradients accumulate onto ones."""
+def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None, with_dh0=True):
+    """dx, dW_ih, dW_hh, db_ih, db_hh, dh0; weight gradients accumulate onto ones.
+    with_dh0=False asks for no dh0 (returned as None)."""
     T, N, D = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
     G = w_hh.shape[0]
-    dh0 = np.full((N, H), np.nan, dtype)
+    dh0 = np.full((N, H), np.nan, dtype) if with_dh0 else None
     dx = np.full((T, N, D), np.nan, dtype)
     dw_ih, dw_hh = np.ones((G, D), dtype), np.ones((G, H), dtype)
     db_ih, db_hh = np.ones(G, dtype), np.ones(G, dtype)
@@ -387,6 +388,22 @@ def test_backward_without_dx_gives_the_same_weight_gradients(cell):
         results.append(grads + [dh0])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T", [0, 1, 5])
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_without_dh0_gives_the_same_other_gradients(cell, T, dtype):
+    """dh0=None skips what only dL/dh0 needs; every other output is as it was."""
+    N, D, H = 3, 2, 5
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, T, N, D, H, dtype)
+    h, saved = kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0)
+    dh = np.random.default_rng(2).standard_normal((T, N, H)).astype(dtype)
+    with_dh0 = kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh)
+    without = kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, with_dh0=False)
+    assert without[5] is None and np.isfinite(with_dh0[5]).all()
+    for name, a, b in zip(("dx", "dW_ih", "dW_hh", "db_ih", "db_hh"), with_dh0, without):
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.parametrize("cell", CELLS)

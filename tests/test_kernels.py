@@ -73,14 +73,15 @@ def run_forward_one_step(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
     return gates, c, tanh_c, h
 
 
-def run_backward(args, saved, dh, dc_last, n_threads=None):
-    """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1."""
+def run_backward(args, saved, dh, dc_last, n_threads=None, with_dh0=True):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1.
+    with_dh0=False asks for no dh0 (returned as None)."""
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
     T, N, D = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
     dc = dc_last.copy()
-    dh0 = np.full((N, H), np.nan, dtype)
+    dh0 = np.full((N, H), np.nan, dtype) if with_dh0 else None
     dgates = np.full((T, N, 4 * H), np.nan, dtype)
     dx = np.full((T, N, D), np.nan, dtype)
     # the kernel accumulates weight gradients: start from a known non-zero value
@@ -394,6 +395,25 @@ def test_backward_without_dx_leaves_weight_gradients_equal():
         results.append(grads)
     for with_dx, without in zip(*results):
         np.testing.assert_array_equal(with_dx, without)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 13, 3, 40), (3, 25, 2, 300), (1, 3, 2, 4), (0, 3, 2, 4)])
+def test_backward_without_dh0_gives_the_same_other_gradients(shape, dtype, path):
+    """dh0=None skips the last step's product dgates[0] @ W_hh (the network never
+    asks for dL/dh0) and leaves every other output as it was, bit for bit."""
+    T, N, D, H = shape
+    args = random_layer(*shape, dtype)   # h0 and c0 not zero
+    saved = run_forward(*args, n_threads=path[1])
+    rng = np.random.default_rng(3)
+    dh = rng.standard_normal((T, N, H)).astype(dtype)
+    dc_last = rng.standard_normal((N, H)).astype(dtype)
+    with_dh0 = run_backward(args, saved, dh, dc_last, n_threads=path[1])
+    without = run_backward(args, saved, dh, dc_last, n_threads=path[1], with_dh0=False)
+    assert without[4] is None and np.isfinite(with_dh0[4]).all()
+    for name, a, b in zip(("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0"), with_dh0, without):
+        if name != "dh0":
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_kernel_rejects_mismatched_shapes():
