@@ -64,11 +64,12 @@ cdef inline bint any_nonzero(const floating *a, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_ssize_t G,
-                                  const floating *x, const floating *w_ih,
+                                  const floating *x, Py_ssize_t ldx, const floating *w_ih,
                                   const floating *bias, const floating *bias2,
                                   floating *out) noexcept nogil:
     """out (T*N, G) = x @ W_ih.T + bias (+ bias2 when not NULL), all T*N rows in
-    one gemm: the first step of every layer's forward."""
+    one gemm, rows of x ldx apart (D if contiguous): the first step of every
+    layer's forward."""
     cdef Py_ssize_t row, k
     for k in range(G):
         out[k] = bias[k] + (bias2[k] if bias2 != NULL else 0)
@@ -76,7 +77,7 @@ cdef inline void input_projection(Py_ssize_t T, Py_ssize_t N, Py_ssize_t D, Py_s
         for k in range(G):
             out[row * G + k] = out[k]
     if D > 0:
-        gemm(False, True, T * N, G, D, <floating>1, x, D, w_ih, D, <floating>1, out, G)
+        gemm(False, True, T * N, G, D, <floating>1, x, ldx, w_ih, D, <floating>1, out, G)
 
 
 cdef inline void sum_rows(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t lda, const floating *a,

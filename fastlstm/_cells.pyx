@@ -86,7 +86,7 @@ def rnn_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef bint has_h0
     with nogil:
         # h = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once: pre-activations
-        input_projection(T, N, D, H, &x[0, 0, 0], &weight_ih[0, 0], &bias_ih[0],
+        input_projection(T, N, D, H, &x[0, 0, 0], D, &weight_ih[0, 0], &bias_ih[0],
                          &bias_hh[0], h_ptr)
         has_h0 = any_nonzero(&h0[0, 0], NH)
         for t in range(T):
@@ -220,7 +220,7 @@ def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *h_prev
     with nogil:
         # gates = x @ W_ih.T + b_ih, all T*N rows at once (b_hh goes to the hidden side)
-        input_projection(T, N, D, G, &x[0, 0, 0], &weight_ih[0, 0], &bias_ih[0],
+        input_projection(T, N, D, G, &x[0, 0, 0], D, &weight_ih[0, 0], &bias_ih[0],
                          <const floating *>NULL, g_ptr)
         for t in range(T):
             if t > 0:
@@ -379,10 +379,10 @@ cdef bint _plain_dense_forward(x, weight, bias, out) except -1:
         return False
     with nogil:
         if dtype == cnp.NPY_FLOAT32:
-            input_projection(1, M, I, K, <const float *>x_ptr, <const float *>w_ptr,
+            input_projection(1, M, I, K, <const float *>x_ptr, I, <const float *>w_ptr,
                              <const float *>b_ptr, NULL, <float *>out_ptr)
         else:
-            input_projection(1, M, I, K, <const double *>x_ptr, <const double *>w_ptr,
+            input_projection(1, M, I, K, <const double *>x_ptr, I, <const double *>w_ptr,
                              <const double *>b_ptr, NULL, <double *>out_ptr)
     return True
 
@@ -400,7 +400,7 @@ def _dense_forward(const floating[:, ::1] x,          # (M, I)
     if M == 0 or K == 0:
         return
     with nogil:
-        input_projection(1, M, I, K, &x[0, 0] if I > 0 else NULL,
+        input_projection(1, M, I, K, &x[0, 0] if I > 0 else NULL, I,
                          &weight[0, 0] if I > 0 else NULL, &bias[0], NULL, &out[0, 0])
 
 

@@ -555,8 +555,9 @@ class _BaseLSTM(BaseEstimator):
         X3, lengths = self._check_X_predict(X)
         # one sequence is never cut into slices: no work to count
         work = forward_work(self.network_, len(X3), X3.shape[1]) if len(X3) > 1 else 0
+        whole = self.network_.splits_batches_itself(len(X3), lengths)
         limit = _thread_limit(self.n_jobs, len(X3), self.network_, work=work,
-                              min_work=MIN_SLICED_PREDICT_WORK)
+                              min_work=math.inf if whole else MIN_SLICED_PREDICT_WORK)
         with limit as parts:
             return self._forward_checked(X3, lengths, parts, limit.threads), lengths
 
@@ -582,7 +583,8 @@ class _BaseLSTM(BaseEstimator):
         # a bidirectional pass needs each whole sequence: no windows of steps
         window = T if lengths is not None or net.bidirectional else min(
             max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
-        arena = net.borrow_arena()  # private to this call: predict is thread-safe
+        # private to this call: predict is thread-safe
+        arena = net.borrow_arena(batch * window * per_step if runner is net else 0)
         outs = []
         try:
             if N == 1 and window == T:
@@ -593,9 +595,9 @@ class _BaseLSTM(BaseEstimator):
                                      keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
             for start in range(0, N, batch):
-                xb = X3[start:start + batch].transpose(1, 0, 2)  # (T, B, D), a view
-                if runner is net:  # DataParallel copies each slice's rows on its thread
-                    xb = np.ascontiguousarray(xb)
+                # (T, B, D), a view: DataParallel copies each slice's rows on its thread,
+                # the network's LSTM layers read it where it lies (the others copy it)
+                xb = X3[start:start + batch].transpose(1, 0, 2)
                 lb = None if lengths is None else lengths[start:start + batch]
                 B = xb.shape[1]
                 state, steps = None, []

@@ -52,7 +52,7 @@ cdef extern from "_recurrent.h" nogil:
     ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
     int fl_recurrent_available()
     int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
-                                 const float *x,
+                                 const float *x, int64_t x_step, int64_t x_row,
                                  const float *w_ih, const float *w_hh, const float *b_ih,
                                  const float *b_hh, const float *h0, const float *c0,
                                  float *gates, float *c, float *tanh_c, float *h,
@@ -191,9 +191,10 @@ cdef class PackedWeights:
         self.holds = max(self.holds - 1, 0)
 
 
-cpdef bint one_sequence_packed():
-    """True when a single float32 sequence runs the packed loop with weights kept
-    in PackedWeights (AVX-512 CPU, and not switched off by set_packed_recurrence)."""
+cpdef bint packed_loop_runs():
+    """True when float32 LSTM layers run the packed loop: batches of one length,
+    and single sequences with weights kept in PackedWeights (AVX-512 CPU, and
+    not switched off by set_packed_recurrence)."""
     return _packed_mode is not False and _available
 
 
@@ -400,7 +401,9 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
     h0, c0 (N, H); out: gates (T, N, G) activations i, f, g, o; c, tanh_c,
     h (T, N, H). All C-contiguous, of one dtype (float32 or float64). Where no
     backward follows, gates (1, N, G) and tanh_c (1, N, H) are scratch for one
-    step at a time, their contents unspecified after: no lengths then.
+    step at a time, their contents unspecified after: no lengths then, and x
+    may be any view whose rows x[t, n] are contiguous, such as a batch-major
+    (N, T, D) array transposed, read where it lies (any other x is copied).
     lengths (N,) int64 or None: real steps per sample. With lengths, steps
     t >= lengths[n] of sample n are padding: its state is carried through them
     unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1] is the state after the
@@ -409,12 +412,36 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
     packed_weights: this layer's PackedWeights; a single float32 sequence
     (N = 1, no lengths) then runs on the weights packed there.
     """
-    if (packed_weights is not None and lengths is None and one_sequence_packed()
+    if (packed_weights is not None and lengths is None and packed_loop_runs()
             and _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
                                       c, tanh_c, h, n_threads, packed_weights)):
         return
+    if not _rows_readable(x, gates, lengths):
+        x = np.ascontiguousarray(x)
     _layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,
                    lengths, n_threads)
+
+
+cdef bint _rows_readable(x, gates, lengths):
+    """True if _layer_forward can take x as it is: C-contiguous, or, where it
+    keeps gates for one step of several (gates (1, N, G), T > 1, no lengths),
+    an ndarray whose rows x[t, n] are contiguous and lie forward of one another
+    (strides >= 0, rows apart by D at least, as BLAS's leading dimension needs)."""
+    if not isinstance(x, cnp.ndarray):
+        return True   # the typed memoryview then checks it
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    if cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return True
+    if lengths is not None or cnp.PyArray_NDIM(a) != 3 or getattr(gates, "shape", (0,))[0] != 1:
+        return False
+    cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(a)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    if dims[0] <= 1:
+        return False
+    cdef cnp.npy_intp item = cnp.PyArray_ITEMSIZE(a)
+    return ((strides[2] == item or dims[2] == 1) and strides[1] >= dims[2] * item
+            and strides[0] >= 0
+            and strides[0] % item == 0 and strides[1] % item == 0)
 
 
 cdef bint _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c,
@@ -453,7 +480,7 @@ cdef bint _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c
                             g_ptr, c_ptr, tc_ptr, h_ptr)
 
 
-def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
+def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_readable
                    const floating[:, ::1] weight_ih,     # (G, D)
                    const floating[:, ::1] weight_hh,     # (G, H)
                    const floating[::1] bias_ih,          # (G,)
@@ -486,6 +513,16 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     if T == 0 or N == 0 or H == 0:
         return
 
+    # x[t, n, :] at x + t * x_step + n * x_row (contiguous where Tg = T: the caller copies)
+    cdef Py_ssize_t x_step = x.strides[0] // sizeof(floating), x_row = x.strides[1] // sizeof(floating)
+    if N == 1:   # a dimension of one: its stride means nothing (numpy may set any)
+        x_row = D
+    if T == 1:
+        x_step = N * D
+    if D > 0 and ((D > 1 and x.strides[2] != sizeof(floating))
+                  or (Tg == T and T * N > 1 and (x_row != D or x_step != N * D))):
+        raise ValueError("x: rows x[t, n] must be contiguous, and all of x where every "
+                         "step's gates are kept")
     cdef Py_ssize_t t, NG = N * G, NH = N * H
     cdef floating *g_ptr = &gates[0, 0, 0]
     cdef floating *c_ptr = &c[0, 0, 0]
@@ -506,18 +543,19 @@ def _layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
         if floating is float:
             if packed:   # the input projection included (x @ W_ih.T + b_ih + b_hh)
                 packed = fl_recurrent_forward_f32(
-                    T, Tg, N, D, H, &x[0, 0, 0] if D > 0 else NULL, &weight_ih[0, 0], w_hh,
+                    T, Tg, N, D, H, &x[0, 0, 0] if D > 0 else NULL, x_step, x_row,
+                    &weight_ih[0, 0], w_hh,
                     &bias_ih[0], &bias_hh[0], &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
                     g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             if Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
-                input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL,
+                input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL, D,
                                  &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
             for t in range(T):
                 g_t = g_ptr + (t * NG if Tg == T else 0)
                 tc_t = tc_ptr + (t * NH if Tg == T else 0)
                 if Tg != T:  # one step's rows at a time
-                    input_projection(1, N, D, G, &x[t, 0, 0] if D > 0 else NULL,
+                    input_projection(1, N, D, G, &x[t, 0, 0] if D > 0 else NULL, x_row,
                                      &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_t)
                 if t > 0:
                     gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,

@@ -176,6 +176,7 @@ class LSTMNetwork:
         self.layer_p = layer_views(self.p, self.hidden_sizes, self.bidirectional)
         self.layer_g = layer_views(self.g, self.hidden_sizes, self.bidirectional)
         self._spare_arenas = []                                  # see borrow_arena
+        self._spare_batch_arenas = []                            # see return_arena
         self._spare_runners = []                                 # see borrow_runner
         # per LSTM layer (and direction), float32: its weights packed for single
         # sequences, kept between calls (_recurrent.h); empty until one runs
@@ -200,22 +201,30 @@ class LSTMNetwork:
 
     # ---- scratch memory of predictions ----------------------------------------
 
-    def borrow_arena(self):
-        """Scratch memory for one prediction: a small arena kept from an earlier
-        call, else a new one; hand it back with return_arena. A fresh arena's
-        allocations cost a single-sequence predict ~10 us, as much as its
-        kernels. Concurrent calls never get the same arena (list.pop and
-        list.append are atomic)."""
+    def borrow_arena(self, nbytes=0):
+        """Scratch memory for one prediction that expects to use about nbytes of
+        it: an arena kept from an earlier call (a small one, or over
+        SPARE_ARENA_BYTES the large one), else a new one; hand it back with
+        return_arena. A fresh arena's allocations cost a single-sequence predict
+        ~10 us, as much as its kernels. Concurrent calls never get the same arena
+        (list.pop and list.append are atomic)."""
+        spares = self._spare_batch_arenas if nbytes > SPARE_ARENA_BYTES else self._spare_arenas
         try:
-            return self._spare_arenas.pop()
+            return spares.pop()
         except IndexError:
             return _Arena(self.dtype)
 
     def return_arena(self, arena):
-        """Keep arena for the next call if it is small: a fitted model holds on to
-        at most SPARE_ARENAS x SPARE_ARENA_BYTES of scratch memory."""
-        if len(self._spare_arenas) < SPARE_ARENAS and arena.nbytes <= SPARE_ARENA_BYTES:
-            self._spare_arenas.append(arena)
+        """Keep arena for the next call: up to SPARE_ARENAS small ones (at most
+        SPARE_ARENA_BYTES each), and one larger one, the scratch of a batch run
+        whole, already paged in for the next such batch (as borrow_runner keeps
+        a sliced one's; paged in afresh on every call, large's batch of 256 took
+        224-226 ms in the kernel against 210-213)."""
+        if arena.nbytes <= SPARE_ARENA_BYTES:
+            if len(self._spare_arenas) < SPARE_ARENAS:
+                self._spare_arenas.append(arena)
+        elif not self._spare_batch_arenas:
+            self._spare_batch_arenas.append(arena)
 
     def borrow_runner(self, parts, make):
         """What one prediction cut into `parts` slices runs on (a DataParallel over
@@ -250,7 +259,7 @@ class LSTMNetwork:
         head's, and each such layer's. threads_help: the packed loop may run some
         layer on more than one thread (it picks per call, see _kernels.PackedWeights)."""
         own_loop = (not training and bool(self.packed_weights)
-                    and _kernels.one_sequence_packed())
+                    and _kernels.packed_loop_runs())
         plan = self._plans.get(own_loop)
         if plan is None:   # worked out once (own_loop only changes in tests)
             head = self.n_outputs * self.hidden_sizes[-1] * (2 if self.bidirectional else 1)
@@ -401,6 +410,20 @@ class LSTMNetwork:
         One sequence keeps every step: its own way in (_kernels) takes only that."""
         return self.cell == "lstm" and N > 1 and lengths is None
 
+    def splits_batches_itself(self, N, lengths):
+        """True if a prediction over N sequences is best run whole on several
+        threads rather than cut into slices (_parallel.DataParallel): its layers
+        keep one step (keeps_one_step) on the packed float32 loop, whose own
+        thread team splits the batch by samples with no Python between the
+        threads, and which reads a batch-major input where it lies. The layers
+        give the same bits either way (_recurrent.h; the head's one BLAS call
+        over all rows may round a last bit apart from one per slice); in slices, each Python thread's hand-off
+        and each slice's copy of its rows cost more (batched predict, best call,
+        alternating rounds in one process, whole against sliced: sine +23%,
+        medium +3-4%, large +1.5-2.6%, charlm level)."""
+        return (self.keeps_one_step(N, lengths) and self.dtype == np.float32
+                and _kernels.packed_loop_runs())
+
     def _layer_forward(self, k, suffix, layer_in, h0, c0, lengths, arena, n_threads=None,
                        keep=True):
         """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs
@@ -424,12 +447,13 @@ class LSTMNetwork:
             _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths,
                                         n_threads, packed)
         elif self.cell == "gru":
+            layer_in = np.ascontiguousarray(layer_in)    # the GRU and RNN loops read no views
             gates = arena.get(("gates", k, suffix), (T, N, 3 * H))
             c = arena.get(("hproj", k, suffix), (T, N, 3 * H))      # hidden side, kept
             _cells.gru_layer_forward(layer_in, *weights, h0, gates, c, h, lengths)
         else:
-            _cells.rnn_layer_forward(layer_in, *weights, h0, h, self.nonlinearity == "sigmoid",
-                                     lengths)
+            _cells.rnn_layer_forward(np.ascontiguousarray(layer_in), *weights, h0, h,
+                                     self.nonlinearity == "sigmoid", lengths)
         return gates, c, tanh_c, h
 
     def backward(self, tape, dout, n_threads=None):

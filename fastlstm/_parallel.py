@@ -32,8 +32,10 @@ MIN_SLICED_WORK = 2**25
 # Python between the threads (_recurrent.h): sine, 3.3M, 82K -> 111K samples/s
 # on 2 threads; binadd, 0.6M, 510-540K either way, and once 280K on two.
 MIN_SPLIT_LOOP_WORK = 2**20
-# A prediction hands off once per call, not twice per batch, and has no serial
-# loss and update around it: it pays from less work (sine, 2 threads vs 1,
+# A prediction cut into slices (where the network does not split it itself:
+# LSTMNetwork.splits_batches_itself) hands off once per call, not twice per
+# batch, and has no serial loss and update around it: it pays from less work
+# (measured before LSTM predictions ran whole: sine, 2 threads vs 1,
 # samples/s: 256 rows, 26M, 274-277K vs 194-199K; 128 rows, 13M, 205-235K vs
 # 190-226K; 64 rows, 6.5M, 150-157K vs 176-190K; binadd 1024 rows, 9.4M,
 # 1.21-1.29M vs 1.32-1.34M).

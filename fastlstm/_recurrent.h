@@ -524,6 +524,7 @@ typedef struct {
     int64_t T, N, H, D;
     int64_t Tg;                     /* forward: steps gates and tanh_c hold, T or 1 */
     const float *x, *w_ih, *bias;   /* forward: (T, N, D), (4H, D), (4H) b_ih + b_hh */
+    int64_t x_step, x_row;          /* forward: floats from x[t, n] to x[t + 1, n], x[t, n + 1] */
     fl_slice *slices_ih;            /* forward: one per thread, W_ih packed */
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
@@ -575,7 +576,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     fl_pack_forward(s, L->w_hh, H, H, 0, H);
     int predict = L->Tg < L->T;   /* gates of one step: no backward follows */
     if (D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
-    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop */
+    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x contiguous) */
         int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
         for (int64_t t = 0; t < steps; t++)
             fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
@@ -589,8 +590,8 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
         if (predict && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
-            fl_slice_product2(ih, M, L->x + (t * N + n0) * D, D, h_prev ? s : NULL, h_prev,
-                              H, g, G, 0, L->bias, NULL);
+            fl_slice_product2(ih, M, L->x + t * L->x_step + n0 * L->x_row, L->x_row,
+                              h_prev ? s : NULL, h_prev, H, g, G, 0, L->bias, NULL);
         else {
             if (D == 0)   /* no input: the bias alone */
                 for (int64_t n = 0; n < M; n++)
@@ -691,7 +692,10 @@ static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 
 /*
  * Forward of one layer over a batch, input projection included:
- *   x (T, N, D) (NULL if D = 0); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
+ *   x (T, N, D) (NULL if D = 0), x[t, n, :] at x + t * x_step + n * x_row: any
+ *   such layout where Tg = 1 (a prediction's batch-major input needs no copy),
+ *   contiguous (x_step = N * D, x_row = D) where Tg = T
+ *   w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
  *   gates (Tg, N, 4H) out: activations; tanh_c (Tg, N, H) out: every step's
  *   (Tg = T), or scratch for one step, contents unspecified after (Tg = 1 < T:
  *   a prediction)
@@ -699,7 +703,8 @@ static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
  */
 static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
-                                    const float *x, const float *w_ih, const float *w_hh,
+                                    const float *x, int64_t x_step, int64_t x_row,
+                                    const float *w_ih, const float *w_hh,
                                     const float *b_ih, const float *b_hh, const float *h0,
                                     const float *c0, float *gates, float *c, float *tanh_c,
                                     float *h, int n_threads)
@@ -710,14 +715,16 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
     if (!bias) return -1;
     for (int64_t k = 0; k < 4 * H; k++)
         bias[k] = b_ih[k] + b_hh[k];
-    fl_loop L = {.T = T, .N = N, .H = H, .D = D, .Tg = Tg, .x = x, .w_ih = w_ih, .bias = bias,
+    fl_loop L = {.T = T, .N = N, .H = H, .D = D, .Tg = Tg, .x = x, .x_step = x_step,
+                 .x_row = x_row, .w_ih = w_ih, .bias = bias,
                  .w_hh = w_hh, .h0 = h0, .c0 = c0, .tanh_c = tanh_c, .gates = gates, .c = c,
                  .h = h};
     int status = fl_run_loop(&L, n_threads, fl_forward_part);
     free(bias);
     return status;
 #else
-    (void)T; (void)Tg; (void)N; (void)D; (void)H; (void)x; (void)w_ih; (void)w_hh; (void)b_ih;
+    (void)T; (void)Tg; (void)N; (void)D; (void)H; (void)x; (void)x_step; (void)x_row;
+    (void)w_ih; (void)w_hh; (void)b_ih;
     (void)b_hh; (void)h0; (void)c0; (void)gates; (void)c; (void)tanh_c; (void)h;
     (void)n_threads;
     return -1;

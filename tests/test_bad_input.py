@@ -257,9 +257,12 @@ def test_raw_kernels_refuse_bad_buffers(N, kept):
     forward(x, w_ih, w_hh, b, b, h0, h0, *out)  # the good call works
     with pytest.raises(ValueError, match="dtype mismatch"):  # float64 weights, float32 data
         forward(x, w_ih.astype(np.float64), w_hh, b, b, h0, h0, *out)
+    # an input in any layout is read as it is (copied where the loop cannot read it
+    # in place); an output buffer in another layout is refused: nothing would reach it
+    forward(np.asfortranarray(np.zeros((T, N, D + 1), np.float32))[..., :D], w_ih, w_hh,
+            b, b, h0, h0, *out)
     with pytest.raises(ValueError, match="contiguous"):
-        forward(np.asfortranarray(np.zeros((T, N, D + 1), np.float32))[..., :D], w_ih, w_hh,
-                b, b, h0, h0, *out)
+        forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], np.zeros((T, N, H + 1), np.float32)[..., :H])
     with pytest.raises(ValueError, match="h0 has shape"):
         forward(x, w_ih, w_hh, b, b, np.zeros((N + 1, H), np.float32), h0, *out)
     with pytest.raises(ValueError, match="bias_hh has shape"):

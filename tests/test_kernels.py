@@ -398,6 +398,29 @@ def test_backward_without_dx_leaves_weight_gradients_equal():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 13, 3, 40), (3, 25, 2, 300), (5, 1, 3, 70), (1, 3, 2, 4),
+                                   (4, 32, 1, 50)])
+@pytest.mark.parametrize("one_step", [True, False])
+def test_forward_reads_any_layout_of_x_as_the_contiguous_one(shape, dtype, one_step, path):
+    """x as a prediction passes it, a batch-major (N, T, D) array transposed, or a
+    slice of wider rows: the same bits as from a C-contiguous copy (read in place
+    where the forward keeps one step's gates, copied where it keeps all)."""
+    T, N, D, H = shape
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(*shape, dtype)
+    run = run_forward_one_step if one_step else run_forward
+    expected = run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
+    batch_major = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+    wider = np.concatenate([x, np.full((T, N, 3), np.nan, dtype)], axis=2)[..., :D]
+    assert not wider.flags.c_contiguous
+    for view in (batch_major, wider):
+        got = run(view, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
+        for name, a, b in zip(("gates", "c", "tanh_c", "h"), expected, got):
+            if one_step and name in ("gates", "tanh_c"):
+                continue   # scratch
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(4, 13, 3, 40), (3, 25, 2, 300), (1, 3, 2, 4), (0, 3, 2, 4)])
 def test_backward_without_dh0_gives_the_same_other_gradients(shape, dtype, path):
     """dh0=None skips the last step's product dgates[0] @ W_hh (the network never

@@ -248,6 +248,32 @@ def test_a_sliced_prediction_keeps_its_slices_for_the_next_one():
     assert len(net._spare_runners) == 1 and len(net._spare_runners[0].replicas) == 3
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_float32_lstm_predicts_a_batch_whole_with_the_sliced_bits(monkeypatch, bidirectional):
+    """Float32 LSTM layers split a prediction's batch over threads in their own
+    loop (LSTMNetwork.splits_batches_itself), reading the batch-major input in
+    place: no slices, what slices give (the layers' bits; the head, one BLAS
+    call over all rows or one per slice, may round a last bit apart), and the
+    batch's scratch kept."""
+    X, y = sequences(n=300)
+    params = dict(BIG, dtype="float32", bidirectional=bidirectional)
+    model = LSTMRegressor(n_jobs=2, **params).fit(X, y)
+    net = model.network_
+    assert net.splits_batches_itself(len(X), None) is (
+        fastlstm._kernels.packed_loop_runs())
+    seen = spy_slices(monkeypatch)
+    whole = model.predict(X)
+    assert seen == ([] if net.splits_batches_itself(len(X), None) else [(2, False, "MainThread")])
+    kept = list(net._spare_batch_arenas)
+    np.testing.assert_array_equal(model.predict(X), whole)
+    assert net._spare_batch_arenas == kept                # the same one, taken and put back
+    monkeypatch.setattr(LSTMNetwork, "splits_batches_itself", lambda self, N, lengths: False)
+    np.testing.assert_allclose(model.predict(X), whole, rtol=1e-6, atol=1e-7)
+    assert seen[-1][:2] == (2, False)                     # now in slices
+    gru = LSTMRegressor(n_jobs=2, cell="gru", **params).fit(X, y)
+    assert not gru.network_.splits_batches_itself(len(X), None)
+
+
 def test_sliced_training_is_reproducible_with_dropout():
     X, y = sequences()
     y = (y > 0).astype(int)

@@ -374,17 +374,23 @@ def test_one_sequence_predicts_as_its_row_of_a_batch(dtype):
         np.testing.assert_allclose(one, rows, **tol)
 
 
-def test_predictions_keep_only_a_few_small_scratch_arenas():
+def test_predictions_keep_only_a_few_small_scratch_arenas_and_one_large_one():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((600, 40, 3)).astype(np.float32)
     model = LSTMRegressor(hidden_layer_sizes=(16,), max_iter=1, random_state=0).fit(
         X[:64], X[:64, -1, 0])
     net = model.network_
     one = model.predict(X[:1])
-    model.predict(X)                                     # > 1 MB of scratch: not kept
+    many = model.predict(X)                              # > 1 MB of scratch: the large one
     assert len(net._spare_arenas) == 1
     assert all(a.nbytes <= net_module.SPARE_ARENA_BYTES for a in net._spare_arenas)
+    assert len(net._spare_batch_arenas) <= 1
     np.testing.assert_array_equal(model.predict(X[:1]), one)   # reused arena, same result
+    np.testing.assert_array_equal(model.predict(X), many)
+    large = net._spare_batch_arenas + [runner.arenas for runner in net._spare_runners]
+    assert len(large) == 1                               # whole or in slices, one is kept
+    model.predict(X[:300])
+    assert len(net._spare_batch_arenas) + len(net._spare_runners) == 1
     barrier = threading.Barrier(8)
 
     def work(_):
