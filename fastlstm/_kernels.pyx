@@ -514,7 +514,8 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
         return
 
     # x[t, n, :] at x + t * x_step + n * x_row (contiguous where Tg = T: the caller copies)
-    cdef Py_ssize_t x_step = x.strides[0] // sizeof(floating), x_row = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t x_step = x.strides[0] // sizeof(floating)
+    cdef Py_ssize_t x_row = x.strides[1] // sizeof(floating)
     if N == 1:   # a dimension of one: its stride means nothing (numpy may set any)
         x_row = D
     if T == 1:

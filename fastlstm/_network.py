@@ -417,10 +417,11 @@ class LSTMNetwork:
         thread team splits the batch by samples with no Python between the
         threads, and which reads a batch-major input where it lies. The layers
         give the same bits either way (_recurrent.h; the head's one BLAS call
-        over all rows may round a last bit apart from one per slice); in slices, each Python thread's hand-off
-        and each slice's copy of its rows cost more (batched predict, best call,
-        alternating rounds in one process, whole against sliced: sine +23%,
-        medium +3-4%, large +1.5-2.6%, charlm level)."""
+        over all rows may round a last bit apart from one per slice); in
+        slices, each Python thread's hand-off and each slice's copy of its rows
+        cost more (batched predict, best call, alternating rounds in one
+        process, whole against sliced: sine +23%, medium +3-4%, large
+        +1.5-2.6%, charlm level)."""
         return (self.keeps_one_step(N, lengths) and self.dtype == np.float32
                 and _kernels.packed_loop_runs())
 
@@ -438,6 +439,8 @@ class LSTMNetwork:
         weights = self.layer_p[k, suffix]
         h = arena.get(("h", k, suffix), (T, N, H))
         gates = c = tanh_c = None
+        if self.cell != "lstm":   # only the LSTM loop reads a view (a prediction's input)
+            layer_in = np.ascontiguousarray(layer_in)
         if self.cell == "lstm":
             steps = 1 if not keep and self.keeps_one_step(N, lengths) else T
             gates = arena.get(("gates", k, suffix), (steps, N, 4 * H))
@@ -447,13 +450,12 @@ class LSTMNetwork:
             _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths,
                                         n_threads, packed)
         elif self.cell == "gru":
-            layer_in = np.ascontiguousarray(layer_in)    # the GRU and RNN loops read no views
             gates = arena.get(("gates", k, suffix), (T, N, 3 * H))
             c = arena.get(("hproj", k, suffix), (T, N, 3 * H))      # hidden side, kept
             _cells.gru_layer_forward(layer_in, *weights, h0, gates, c, h, lengths)
         else:
-            _cells.rnn_layer_forward(np.ascontiguousarray(layer_in), *weights, h0, h,
-                                     self.nonlinearity == "sigmoid", lengths)
+            _cells.rnn_layer_forward(layer_in, *weights, h0, h, self.nonlinearity == "sigmoid",
+                                     lengths)
         return gates, c, tanh_c, h
 
     def backward(self, tape, dout, n_threads=None):

@@ -576,7 +576,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     fl_pack_forward(s, L->w_hh, H, H, 0, H);
     int predict = L->Tg < L->T;   /* gates of one step: no backward follows */
     if (D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
-    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x contiguous) */
+    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x dense) */
         int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
         for (int64_t t = 0; t < steps; t++)
             fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
@@ -608,8 +608,8 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 }
 
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
- * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL); dgates
- * (T, N, 4H) out; then its share of the weight gradients (L->after). */
+ * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL:
+ * none); dgates (T, N, 4H) out; then its share of the weight gradients (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;

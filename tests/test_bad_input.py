@@ -262,7 +262,8 @@ def test_raw_kernels_refuse_bad_buffers(N, kept):
     forward(np.asfortranarray(np.zeros((T, N, D + 1), np.float32))[..., :D], w_ih, w_hh,
             b, b, h0, h0, *out)
     with pytest.raises(ValueError, match="contiguous"):
-        forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], np.zeros((T, N, H + 1), np.float32)[..., :H])
+        h_view = np.zeros((T, N, H + 1), np.float32)[..., :H]
+        forward(x, w_ih, w_hh, b, b, h0, h0, *out[:3], h_view)
     with pytest.raises(ValueError, match="h0 has shape"):
         forward(x, w_ih, w_hh, b, b, np.zeros((N + 1, H), np.float32), h0, *out)
     with pytest.raises(ValueError, match="bias_hh has shape"):
