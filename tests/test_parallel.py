@@ -1,6 +1,7 @@
 """Data parallelism over the batch (_parallel.py): slices of a batch run side by
 side give what the whole batch gives in one piece, and the estimators use it."""
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -180,7 +181,6 @@ def test_run_parallel_returns_in_order_and_raises_a_workers_error():
 def test_run_parallel_grows_its_pool_under_concurrent_callers():
     """Callers on several threads asking for more and more workers: every call
     gets all its results (none lands on a pool that was just replaced)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def call(size):
         return _threads.run_parallel(lambda k: k + size, range(size))
@@ -272,6 +272,30 @@ def test_a_float32_lstm_predicts_a_batch_whole_with_the_sliced_bits(monkeypatch,
     assert seen[-1][:2] == (2, False)                     # now in slices
     gru = LSTMRegressor(n_jobs=2, cell="gru", **params).fit(X, y)
     assert not gru.network_.splits_batches_itself(len(X), None)
+
+
+def test_whole_batch_predictions_from_four_threads_at_once_match_serial_calls():
+    """Concurrent batch predictions run whole: one on the thread team, the others
+    on their own threads while it is busy, each with its own scratch (the large
+    arena kept goes to one caller at a time); every result as a serial call's."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 40, 8)).astype(np.float32)
+    model = LSTMRegressor(hidden_layer_sizes=(64,), max_iter=1, n_jobs=2, dtype="float32",
+                          random_state=0).fit(X[:64], X[:64, -1, 0])
+    batches = [X[: 200 + 14 * k] for k in range(4)]
+    serial = [model.predict(b) for b in batches]
+    barrier = threading.Barrier(4)
+
+    def work(k):
+        barrier.wait()
+        return [model.predict(batches[k]) for _ in range(3)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for k in range(4):
+        for got in results[k]:
+            np.testing.assert_array_equal(got, serial[k])
+    assert len(model.network_._spare_batch_arenas) <= 1
 
 
 def test_sliced_training_is_reproducible_with_dropout():
