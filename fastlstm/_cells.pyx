@@ -326,14 +326,14 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         for k in range(G):
                             di_ptr[t * NG + n * G + k] = 0
                             dhg_ptr[t * NG + n * G + k] = 0
-            # dh_prev (+)= dh[t] * z + dgates_h[t] @ W_hh
-            if t > 0:
-                for k in range(NH):
-                    dh_prev[k] += dd[k]
-            elif dh_prev != NULL:
-                for k in range(NH):
-                    dh_prev[k] = dd[k]
+            # dh_prev (+)= dh[t] * z + dgates_h[t] @ W_hh (no dh_prev: t = 0 without dh0)
             if dh_prev != NULL:
+                if t > 0:
+                    for k in range(NH):
+                        dh_prev[k] += dd[k]
+                else:
+                    for k in range(NH):
+                        dh_prev[k] = dd[k]
                 gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
                      w_hh, H, <floating>1, dh_prev, H)
 
