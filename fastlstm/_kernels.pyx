@@ -416,20 +416,19 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
             and _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
                                       c, tanh_c, h, n_threads, packed_weights)):
         return
+    if not isinstance(x, np.ndarray):   # any other buffer: a view of it, its layout checked below
+        x = np.asarray(x)
     if not _rows_readable(x, gates, lengths):
         x = np.ascontiguousarray(x)
     _layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,
                    lengths, n_threads)
 
 
-cdef bint _rows_readable(x, gates, lengths):
-    """True if _layer_forward can take x as it is: C-contiguous, or, where it
-    keeps gates for one step of several (gates (1, N, G), T > 1, no lengths),
-    an ndarray whose rows x[t, n] are contiguous and lie forward of one another
-    (strides >= 0, rows apart by D at least, as BLAS's leading dimension needs)."""
-    if not isinstance(x, cnp.ndarray):
-        return True   # the typed memoryview then checks it
-    cdef cnp.ndarray a = <cnp.ndarray>x
+cdef bint _rows_readable(cnp.ndarray a, gates, lengths):
+    """True if _layer_forward can take the array a as it is: C-contiguous, or,
+    where it keeps gates for one step of several (gates (1, N, G), T > 1, no
+    lengths), rows a[t, n] contiguous and lying forward of one another (strides
+    >= 0, rows apart by D at least, as BLAS's leading dimension needs)."""
     if cnp.PyArray_IS_C_CONTIGUOUS(a):
         return True
     if lengths is not None or cnp.PyArray_NDIM(a) != 3 or getattr(gates, "shape", (0,))[0] != 1:
@@ -514,15 +513,17 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
         return
 
     # x[t, n, :] at x + t * x_step + n * x_row (contiguous where Tg = T: the caller copies)
-    cdef Py_ssize_t x_step = x.strides[0] // sizeof(floating)
-    cdef Py_ssize_t x_row = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t item = sizeof(floating)   # signed: a stride may be negative
+    cdef Py_ssize_t x_step = x.strides[0] // item
+    cdef Py_ssize_t x_row = x.strides[1] // item
     if N == 1:   # a dimension of one: its stride means nothing (numpy may set any)
         x_row = D
     if T == 1:
         x_step = N * D
-    if D > 0 and ((D > 1 and x.strides[2] != sizeof(floating))
+    if D > 0 and ((D > 1 and x.strides[2] != item) or x_row < D
                   or (Tg == T and T * N > 1 and (x_row != D or x_step != N * D))):
-        raise ValueError("x: rows x[t, n] must be contiguous, and all of x where every "
+        raise ValueError("x: rows x[t, n] must be contiguous and at least D apart (a "
+                         "leading dimension), and all of x contiguous where every "
                          "step's gates are kept")
     cdef Py_ssize_t t, NG = N * G, NH = N * H
     cdef floating *g_ptr = &gates[0, 0, 0]

@@ -51,7 +51,7 @@ def path(request):
 def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None, packed_weights=None):
     T, N, _ = x.shape
     H = w_hh.shape[1]
-    dtype = x.dtype
+    dtype = w_hh.dtype
     gates = np.full((T, N, 4 * H), np.nan, dtype)
     c, tanh_c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(3))
     _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h,
@@ -64,7 +64,7 @@ def run_forward_one_step(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
     (1, N, H) as scratch for one step at a time."""
     T, N, _ = x.shape
     H = w_hh.shape[1]
-    dtype = x.dtype
+    dtype = w_hh.dtype
     gates = np.full((1, N, 4 * H), np.nan, dtype)
     tanh_c = np.full((1, N, H), np.nan, dtype)
     c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(2))
@@ -402,22 +402,40 @@ def test_backward_without_dx_leaves_weight_gradients_equal():
                                    (4, 32, 1, 50)])
 @pytest.mark.parametrize("one_step", [True, False])
 def test_forward_reads_any_layout_of_x_as_the_contiguous_one(shape, dtype, one_step, path):
-    """x as a prediction passes it, a batch-major (N, T, D) array transposed, or a
-    slice of wider rows: the same bits as from a C-contiguous copy (read in place
-    where the forward keeps one step's gates, copied where it keeps all)."""
+    """x as a prediction passes it, a batch-major (N, T, D) array transposed, a
+    slice of wider rows, or rows in reverse order (as an array or as another
+    buffer): the same bits as from a C-contiguous copy (read in place where the
+    forward keeps one step's gates and the rows lie forward, else copied)."""
     T, N, D, H = shape
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(*shape, dtype)
     run = run_forward_one_step if one_step else run_forward
     expected = run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
     batch_major = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
     wider = np.concatenate([x, np.full((T, N, 3), np.nan, dtype)], axis=2)[..., :D]
+    reversed_rows = np.ascontiguousarray(x[:, ::-1])[:, ::-1]
     assert not wider.flags.c_contiguous
-    for view in (batch_major, wider):
+    for view in (batch_major, wider, reversed_rows, memoryview(reversed_rows)):
         got = run(view, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=path[1])
         for name, a, b in zip(("gates", "c", "tanh_c", "h"), expected, got):
             if one_step and name in ("gates", "tanh_c"):
                 continue   # scratch
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_forward_refuses_rows_a_gemm_cannot_read(dtype, path):
+    """The private _layer_forward, which reads x where it lies, refuses rows in
+    reverse order (a leading dimension below D) on every kernel path, rather than
+    handing them to BLAS (which rejects such an lda and leaves the gates as they
+    were); lstm_layer_forward copies them first."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(4, 5, 3, 8, dtype)
+    reversed_rows = memoryview(np.ascontiguousarray(x[:, ::-1])[:, ::-1])
+    gates = np.empty((1, 5, 32), dtype)
+    tanh_c = np.empty((1, 5, 8), dtype)
+    c, h = (np.empty((4, 5, 8), dtype) for _ in range(2))
+    with pytest.raises(ValueError, match="at least D apart"):
+        _kernels._layer_forward(reversed_rows, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c,
+                                h, None, path[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
