@@ -846,6 +846,7 @@ typedef struct {
     int64_t H, D;
     fl_slice *hh, *ih;          /* n_slices each: gate rows of W_hh, of W_ih */
     float *hh_seen, *ih_seen;   /* (4H, H), (4H, D): the weights the slices hold */
+    float *bias;                /* (4H): b_ih + b_hh of the call, each slice its rows */
     int valid[FL_MAX_TEAM];     /* slice s holds its rows of *_seen */
 } fl_single;
 
@@ -870,6 +871,7 @@ static void fl_single_free(fl_single *S)
     free(S->ih);
     free(S->hh_seen);
     free(S->ih_seen);
+    free(S->bias);
     free(S);
 }
 
@@ -887,7 +889,8 @@ static fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
     S->ih = calloc((size_t)S->n_slices, sizeof(fl_slice));
     S->hh_seen = fl_alloc_floats(4 * H * H);
     S->ih_seen = fl_alloc_floats(4 * H * D);
-    int ok = S->hh && S->ih && S->hh_seen && S->ih_seen;
+    S->bias = fl_alloc_floats(4 * H);
+    int ok = S->hh && S->ih && S->hh_seen && S->ih_seen && S->bias;
     for (int p = 0; ok && p < S->n_slices; p++) {
         int64_t j0, j1;
         fl_units(H, p, S->n_slices, &j0, &j1);
@@ -937,7 +940,11 @@ typedef struct {
 
 /* Slice s of S: its rows repacked if the weights changed since it packed them
  * (or, with L->compare = 0, only if it holds none yet), then gates[t][its rows]
- * = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t. Its units -> [*j0, *j1). */
+ * = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t. Its units -> [*j0, *j1).
+ * The projection's sums start from the bias row (fl_tile's start) rather than
+ * from a pass writing the bias into every step first: the same bits, without
+ * writing gates twice (medium's layer on two threads, C harness, best of 3000
+ * calls: 97 -> 91 us, this part 19-20 -> 13-14 us). */
 FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, int64_t *j1)
 {
     fl_single *S = L->S;
@@ -953,12 +960,17 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
         fl_pack_forward(ih, S->ih_seen, D, H, *j0, *j1);
         S->valid[s] = 1;
     }
+    for (int64_t q = 0; q < 4; q++)
+        for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
+            S->bias[j] = L->b_ih[j] + L->b_hh[j];
+    if (D > 0) {
+        fl_slice_product(ih, T, L->x, D, L->gates, G, 0, S->bias);
+        return;
+    }
     for (int64_t t = 0; t < T; t++)
         for (int64_t q = 0; q < 4; q++)
             for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
-                L->gates[t * G + j] = L->b_ih[j] + L->b_hh[j];
-    if (D > 0)
-        fl_slice_product(ih, T, L->x, D, L->gates, G, 1, NULL);
+                L->gates[t * G + j] = S->bias[j];
 }
 
 /* A thread whose slices hold half the L2 or more of W_hh (FL_ALTERNATE_MIN_BYTES
