@@ -404,6 +404,9 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
     step at a time, their contents unspecified after: no lengths then, and x
     may be any view whose rows x[t, n] are contiguous, such as a batch-major
     (N, T, D) array transposed, read where it lies (any other x is copied).
+    gates and tanh_c may be None where no backward follows: then nothing is kept
+    of them (a single sequence on the packed loop computes them in rows of its
+    own and leaves them there; any other call computes them in scratch arrays).
     lengths (N,) int64 or None: real steps per sample. With lengths, steps
     t >= lengths[n] of sample n are padding: its state is carried through them
     unchanged (h[t] = h[t-1], c[t] = c[t-1]), so h[T-1] is the state after the
@@ -418,6 +421,9 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
         return
     if not isinstance(x, np.ndarray):   # any other buffer: a view of it, its layout checked below
         x = np.asarray(x)
+    if gates is None or tanh_c is None:   # not kept: scratch, for the loop that writes them
+        gates = np.empty((x.shape[0], x.shape[1], 4 * weight_hh.shape[1]), weight_hh.dtype)
+        tanh_c = np.empty(h.shape, h.dtype)
     if not _rows_readable(x, gates, lengths):
         x = np.ascontiguousarray(x)
     _layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,
@@ -465,13 +471,14 @@ cdef bint _one_sequence_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c
     cdef const float *b_hh = <const float *>_plain_data(bias_hh, F32, 1, G)
     cdef const float *h0_ptr = <const float *>_plain_data(h0, F32, 2, 1, H)
     cdef const float *c0_ptr = <const float *>_plain_data(c0, F32, 2, 1, H)
+    # gates, tanh_c: None (not kept) gives NULL, which the loop takes as such
     cdef float *g_ptr = <float *>_plain_data(gates, F32, 3, T, 1, G, True)
     cdef float *c_ptr = <float *>_plain_data(c, F32, 3, T, 1, H, True)
     cdef float *tc_ptr = <float *>_plain_data(tanh_c, F32, 3, T, 1, H, True)
     cdef float *h_ptr = <float *>_plain_data(h, F32, 3, T, 1, H, True)
     if (x_ptr == NULL or w_ih == NULL or w_hh == NULL or b_ih == NULL or b_hh == NULL
-            or h0_ptr == NULL or c0_ptr == NULL or g_ptr == NULL or c_ptr == NULL
-            or tc_ptr == NULL or h_ptr == NULL):
+            or h0_ptr == NULL or c0_ptr == NULL or (g_ptr == NULL and gates is not None)
+            or c_ptr == NULL or (tc_ptr == NULL and tanh_c is not None) or h_ptr == NULL):
         return False
     cdef int nt = recurrent_threads() if n_threads is None else n_threads
     return run_one_sequence(packed, nt, T, D, H, x_ptr, w_ih, w_hh, b_ih, b_hh,

@@ -120,15 +120,17 @@ class _Tape:
     """What one forward pass keeps for its backward pass. layers[k] is
     (layer_in, gates, c, tanh_c, h, dropout mask bits or None, h0, c0) for the
     LSTM (the mask bits of the top layer of a many-to-one network cover its last
-    step only); a GRU keeps its hidden projection where c is and None for tanh_c, a
+    step only; gates and tanh_c are None for a single sequence in a forward with
+    keep=False); a GRU keeps its hidden projection where c is and None for tanh_c, a
     plain RNN None for all three (and its c0 is zeros). A bidirectional
     network's layers[k] holds its forward direction (layer_out is then the
     concatenation) and reverse[k] the reverse one: (reversed layer_in, gates, c,
     tanh_c, h in reversed time)."""
 
     def __init__(self, layers, head_in, sequence_output, arena, lengths=None, reverse=(),
-                 order=None, kept=True):
+                 order=None, kept=True, cell_state=True):
         self.layers = layers
+        self.cell_state = cell_state           # the layers have one (LSTM): c is it
         self.kept = kept                       # False: a forward(keep=False), no backward
         self.reverse = reverse                 # per layer, bidirectional only
         self.order = order                     # (T, N) time index of the reversal, or None
@@ -140,8 +142,8 @@ class _Tape:
     def final_state(self):
         """[(h_T, c_T)] per layer, each (N, H), copied out of the scratch memory.
         GRU and RNN layers have no cell state: their c stays zeros."""
-        return [(h[-1].copy(), c[-1].copy() if tanh_c is not None else np.zeros_like(c0))
-                for _, _, c, tanh_c, h, _, _, c0 in self.layers]
+        return [(h[-1].copy(), c[-1].copy() if self.cell_state else np.zeros_like(c0))
+                for _, _, c, _, h, _, _, c0 in self.layers]
 
 
 class LSTMNetwork:
@@ -389,7 +391,7 @@ class LSTMNetwork:
         out = np.empty((head_in.shape[0], self.n_outputs), dtype=self.dtype)   # (M, K)
         _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order,
-                          keep)
+                          keep, self.cell == "lstm")
 
     @contextlib.contextmanager
     def weights_held(self):
@@ -432,8 +434,10 @@ class LSTMNetwork:
                        keep=True):
         """One direction of layer k -> (gates, c, tanh_c, h), what its backward needs
         (None where the cell has no such buffer; a GRU keeps its hidden projection as c).
-        keep=False (no backward follows): an LSTM layer's gates and tanh_c over a
-        batch of sequences of one length hold one step, reused at every step:
+        keep=False (no backward follows): an LSTM layer's gates and tanh_c are
+        not kept for one sequence (None: the packed loop leaves them in its own
+        rows, C harness, medium: 86 -> 81 us) and over a batch of sequences of
+        one length hold one step, reused at every step:
         they stay in cache, where all T steps of them (the largest buffer of a
         batch) would be written out to memory and read back (batched predict:
         +4% medium, +5-7% charlm, +7-18% large, see fl_forward_part)."""
@@ -445,11 +449,13 @@ class LSTMNetwork:
         if self.cell != "lstm":   # only the LSTM loop reads a view (a prediction's input)
             layer_in = np.ascontiguousarray(layer_in)
         if self.cell == "lstm":
-            steps = 1 if not keep and self.keeps_one_step(N, lengths) else T
-            gates = arena.get(("gates", k, suffix), (steps, N, 4 * H))
-            c = arena.get(("c", k, suffix), (T, N, H))
-            tanh_c = arena.get(("tanh_c", k, suffix), (steps, N, H))
             packed = self.packed_weights.get((k, suffix)) if N == 1 else None
+            c = arena.get(("c", k, suffix), (T, N, H))
+            # one sequence on the packed loop, no backward: its gates and tanh_c not kept
+            if keep or packed is None or not _kernels.packed_loop_runs():
+                steps = 1 if not keep and self.keeps_one_step(N, lengths) else T
+                gates = arena.get(("gates", k, suffix), (steps, N, 4 * H))
+                tanh_c = arena.get(("tanh_c", k, suffix), (steps, N, H))
             _kernels.lstm_layer_forward(layer_in, *weights, h0, c0, gates, c, tanh_c, h, lengths,
                                         n_threads, packed)
         elif self.cell == "gru":

@@ -299,8 +299,8 @@ FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int
     }
 }
 
-/* The product of ONE row over k in [k0, k1): C[slice columns] (+)= a[k0:k1] @
- * slice[k0:k1]. fl_tile with one row has two accumulators, each FMA waiting
+/* The product of ONE row over k in [k0, k1): C[slice columns] (+)= a[0:k1-k0] @
+ * slice[k0:k1] (a points at the row's element k0). fl_tile with one row has two accumulators, each FMA waiting
  * for the one before (4 cycles), so it streams 128 bytes of panel per 4 cycles,
  * half of what the L2 delivers. Here FL_ROW_PANELS panels run side by side:
  * 2 x FL_ROW_PANELS independent chains. Each output is one sum over k in order
@@ -325,7 +325,7 @@ FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C
             acc[u] = accumulate ? _mm512_maskz_loadu_ps(s->mask[v + u], C + s->col[v + u])
                                 : _mm512_setzero_ps();
         for (int64_t k = k0; k < k1; k++) {
-            __m512 ak = _mm512_set1_ps(a[k]);
+            __m512 ak = _mm512_set1_ps(a[k - k0]);
             for (int p = 0; p < FL_ROW_PANELS; p++)
                 for (int u = 0; u < FL_NV; u++)
                     acc[p * FL_NV + u] = _mm512_fmadd_ps(
@@ -337,7 +337,7 @@ FL_AVX512 static void fl_row_product(const fl_slice *s, const float *a, float *C
     }
     for (int64_t v = tail; v < s->n_vec; v += FL_NV) {   /* the last few vectors: one tile each */
         int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
-        fl_tile_any(1, nv, k1 - k0, a + k0, K, s->packed + ((v / FL_NV) * K + k0) * stride,
+        fl_tile_any(1, nv, k1 - k0, a, K, s->packed + ((v / FL_NV) * K + k0) * stride,
                     C, 0, s->col + v, s->mask + v, accumulate, NULL, NULL, NULL);
     }
 }
@@ -814,8 +814,9 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  * T = 50, H = 300: 1256 / 905 / ~1000 / 544-780; T = 100, H = 512: 7283 / 5719
  * / 6056 / 3537-3655.
  * The input projection runs in the same team (each thread its gate rows of
- * x @ W_ih.T for all T steps), so the path makes no BLAS call: a BLAS worker
- * left spinning after a threaded call would take the core the team needs.
+ * x @ W_ih.T, a window of steps at a time: fl_slice_rows), so the path makes no
+ * BLAS call: a BLAS worker left spinning after a threaded call would take the
+ * core the team needs.
  *
  * The order of a step's sums: slice s sums h[t-1] @ W_hh.T over its own units'
  * k first (h[t-1] of those is its thread's own work, there without waiting),
@@ -841,12 +842,42 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
  * measured (_kernels.pyx, PackedWeights). */
 #define FL_SINGLE_MIN_UNITS 64
 
+/* Where a slice's steps are computed: rows of its own, not the caller's gates,
+ * c, tanh_c and h, whose rows every slice writes a part of. With the slices
+ * of two threads writing alternate parts of the same rows, the loop took
+ * 1.50-1.52 us a step, against 1.29 for one thread running one slice alone and
+ * 1.34-1.36 with rows of their own (medium's layer, H = 128, C harness; the
+ * same two threads with no exchange at all but the shared rows: 1.43). Each
+ * core's prefetchers, we take it, fetch lines next to its own that the other
+ * core is about to write. A slice's rows hold a window of steps, reused round
+ * from window to window; each window's rows go to the caller's arrays once its
+ * steps are done, gates and tanh_c only where the caller keeps them. Medium's
+ * layer, best of 5000 calls: 88.1-89.2 us before, 85.8-86.7 with all four
+ * copied out, 80.5-80.8 with c and h only (a prediction). Per slice of U units:
+ *   bias (4U): b_ih + b_hh of its gate rows
+ *   gates (window, 4U), c, tanh_c, h (window, U): step t in row t % window */
+typedef struct {
+    float *bias, *gates, *c, *tanh_c, *h;
+} fl_slice_rows;
+
+/* Steps in a window for slices of at most U units: gate rows of about 128 KB
+ * a slice, a multiple of the projection's 12-row tiles, 12 to 96 steps. */
+static int64_t fl_single_window(int64_t U)
+{
+    int64_t steps = 32768 / (4 * (U > 0 ? U : 1));
+    steps = steps < 12 ? 12 : steps > 96 ? 96 : steps;
+    return steps / 12 * 12;
+}
+
 typedef struct {
     int n_slices;
     int64_t H, D;
-    fl_slice *hh, *ih;          /* n_slices each: gate rows of W_hh, of W_ih */
+    int64_t window;             /* steps a slice's rows hold */
+    fl_slice *hh, *ih;          /* n_slices each: gate rows of W_hh, of W_ih, their
+                                   columns those of the slice's rows (fl_local_columns) */
     float *hh_seen, *ih_seen;   /* (4H, H), (4H, D): the weights the slices hold */
-    float *bias;                /* (4H): b_ih + b_hh of the call, each slice its rows */
+    float *rows_memory[FL_MAX_TEAM];
+    fl_slice_rows rows[FL_MAX_TEAM];
     int valid[FL_MAX_TEAM];     /* slice s holds its rows of *_seen */
 } fl_single;
 
@@ -871,7 +902,7 @@ static void fl_single_free(fl_single *S)
     free(S->ih);
     free(S->hh_seen);
     free(S->ih_seen);
-    free(S->bias);
+    for (int p = 0; p < S->n_slices; p++) free(S->rows_memory[p]);
     free(S);
 }
 
@@ -889,15 +920,31 @@ static fl_single *fl_single_new(int n_slices, int64_t H, int64_t D)
     S->ih = calloc((size_t)S->n_slices, sizeof(fl_slice));
     S->hh_seen = fl_alloc_floats(4 * H * H);
     S->ih_seen = fl_alloc_floats(4 * H * D);
-    S->bias = fl_alloc_floats(4 * H);
-    int ok = S->hh && S->ih && S->hh_seen && S->ih_seen && S->bias;
+    int ok = S->hh && S->ih && S->hh_seen && S->ih_seen;
+    int64_t widest = 0;
+    for (int p = 0; p < S->n_slices; p++) {
+        int64_t j0, j1;
+        fl_units(H, p, S->n_slices, &j0, &j1);
+        if (j1 - j0 > widest) widest = j1 - j0;
+    }
+    S->window = fl_single_window(widest);
     for (int p = 0; ok && p < S->n_slices; p++) {
         int64_t j0, j1;
         fl_units(H, p, S->n_slices, &j0, &j1);
-        int64_t n_vec = 4 * fl_vectors(j1 - j0);
+        int64_t n_vec = 4 * fl_vectors(j1 - j0), U = j1 - j0, W = S->window;
         S->hh[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, H));
         S->ih[p].packed = fl_alloc_floats(fl_panel_floats(n_vec, D));
-        ok = S->hh[p].packed && S->ih[p].packed;
+        /* each part on its own lines; 64 floats more at the end, so that no
+         * other slice's rows follow on the next lines */
+        int64_t at_bias = 0, at_gates = at_bias + (4 * U + 15) / 16 * 16,
+                at_c = at_gates + (4 * U * W + 15) / 16 * 16,
+                at_tanh_c = at_c + (U * W + 15) / 16 * 16,
+                at_h = at_tanh_c + (U * W + 15) / 16 * 16, end = at_h + U * W + 64;
+        float *m = S->rows_memory[p] = fl_alloc_floats(end);
+        ok = S->hh[p].packed && S->ih[p].packed && m;
+        if (ok)
+            S->rows[p] = (fl_slice_rows){m + at_bias, m + at_gates, m + at_c, m + at_tanh_c,
+                                         m + at_h};
     }
     if (!ok) {
         fl_single_free(S);
@@ -938,17 +985,26 @@ typedef struct {
 
 #if FL_HAVE_AVX512_CODE
 
+/* The columns of slice s's outputs that vector v writes, made those of its
+ * own gate rows (fl_slice_rows: 4U wide, gate q's units at q * U) from those
+ * of rows 4H wide. Vectors never straddle two gates: the units [j0, j1) of a
+ * slice are whole blocks of 16 (fl_units), or all H of them (then the columns
+ * stay as they are). */
+static void fl_local_columns(fl_slice *s, int64_t H, int64_t j0, int64_t j1)
+{
+    for (int64_t v = 0; v < s->n_vec; v++) {
+        int64_t q = s->col[v] / H, j = s->col[v] % H;
+        s->col[v] = q * (j1 - j0) + (j - j0);
+    }
+}
+
 /* Slice s of S: its rows repacked if the weights changed since it packed them
- * (or, with L->compare = 0, only if it holds none yet), then gates[t][its rows]
- * = b_ih + b_hh + x[t] @ W_ih[its rows].T, every t. Its units -> [*j0, *j1).
- * The projection's sums start from the bias row (fl_tile's start) rather than
- * from a pass writing the bias into every step first: the same bits, without
- * writing gates twice (medium's layer on two threads, C harness, best of 3000
- * calls: 97 -> 91 us, this part 19-20 -> 13-14 us). */
+ * (or, with L->compare = 0, only if it holds none yet), and its bias row
+ * b_ih + b_hh. Its units -> [*j0, *j1). */
 FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, int64_t *j1)
 {
     fl_single *S = L->S;
-    int64_t T = L->T, H = S->H, D = S->D, G = 4 * H;
+    int64_t H = S->H, D = S->D;
     fl_units(H, s, S->n_slices, j0, j1);
     if (*j1 <= *j0) return;
     fl_slice *hh = &S->hh[s], *ih = &S->ih[s];
@@ -958,19 +1014,55 @@ FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, i
         fl_rows_copy(L->w_ih, S->ih_seen, D, H, *j0, *j1);
         fl_pack_forward(hh, S->hh_seen, H, H, *j0, *j1);
         fl_pack_forward(ih, S->ih_seen, D, H, *j0, *j1);
+        fl_local_columns(hh, H, *j0, *j1);
+        fl_local_columns(ih, H, *j0, *j1);
         S->valid[s] = 1;
     }
+    int64_t U = *j1 - *j0;
     for (int64_t q = 0; q < 4; q++)
-        for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
-            S->bias[j] = L->b_ih[j] + L->b_hh[j];
+        for (int64_t j = *j0; j < *j1; j++)
+            S->rows[s].bias[q * U + j - *j0] = L->b_ih[q * H + j] + L->b_hh[q * H + j];
+}
+
+/* Slice s's gate rows of steps [t0, t0 + n) of one window: b_ih + b_hh + x[t]
+ * @ W_ih[its rows].T. The sums start from the bias row (fl_tile's start)
+ * rather than from a pass writing the bias into every step first: the same
+ * bits, without writing the rows twice (medium's layer on two threads, C
+ * harness, best of 3000 calls: 97 -> 91 us). */
+FL_AVX512 static void fl_single_project(fl_single_loop *L, int s, int64_t t0, int64_t n)
+{
+    fl_single *S = L->S;
+    int64_t D = S->D, j0, j1;
+    fl_units(S->H, s, S->n_slices, &j0, &j1);
+    int64_t U = j1 - j0;
+    const fl_slice_rows *r = &S->rows[s];
     if (D > 0) {
-        fl_slice_product(ih, T, L->x, D, L->gates, G, 0, S->bias);
+        fl_slice_product(&S->ih[s], n, L->x + t0 * D, D, r->gates, 4 * U, 0, r->bias);
         return;
     }
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t q = 0; q < 4; q++)
-            for (int64_t j = q * H + *j0; j < q * H + *j1; j++)
-                L->gates[t * G + j] = S->bias[j];
+    for (int64_t t = 0; t < n; t++)
+        memcpy(r->gates + t * 4 * U, r->bias, (size_t)(4 * U) * sizeof(float));
+}
+
+/* Slice s's rows of steps [t0, t0 + n) of one window into the caller's arrays:
+ * gates and tanh_c unless NULL, c and h. */
+static void fl_single_copy_out(fl_single_loop *L, int s, int64_t t0, int64_t n)
+{
+    fl_single *S = L->S;
+    int64_t H = S->H, W = S->window, j0, j1;
+    fl_units(H, s, S->n_slices, &j0, &j1);
+    int64_t U = j1 - j0;
+    const fl_slice_rows *r = &S->rows[s];
+    size_t row = (size_t)U * sizeof(float);
+    for (int64_t t = t0; t < t0 + n; t++) {
+        int64_t at = t % W;
+        if (L->gates)
+            for (int64_t q = 0; q < 4; q++)
+                memcpy(L->gates + t * 4 * H + q * H + j0, r->gates + at * 4 * U + q * U, row);
+        if (L->tanh_c) memcpy(L->tanh_c + t * H + j0, r->tanh_c + at * U, row);
+        memcpy(L->c + t * H + j0, r->c + at * U, row);
+        memcpy(L->h + t * H + j0, r->h + at * U, row);
+    }
 }
 
 /* A thread whose slices hold half the L2 or more of W_hh (FL_ALTERNATE_MIN_BYTES
@@ -1001,13 +1093,23 @@ static int64_t fl_alternate_min_bytes(void)
     return b;
 }
 
-/* C (+)= a @ slice over the k outside [j0, j1) of H, in order: the part of a
- * step's sum over the other slices' units (fl_single_slices_run). */
-FL_AVX512 static void fl_row_product_others(const fl_slice *s, const float *a, float *C,
-                                            int64_t j0, int64_t j1, int64_t H, int backwards)
+/* h[t-1] of the units [j0, j0 + U) of slice q: its row of step t - 1, or at t = 0
+ * h0's (NULL: zeros, and no product). */
+static const float *fl_single_h_prev(const fl_single_loop *L, int q, int64_t t, int64_t j0,
+                                     int64_t U)
 {
-    fl_row_product(s, a, C, 1, 0, j0, backwards);
-    fl_row_product(s, a, C, 1, j1, H, backwards);
+    if (t == 0) return L->h0 ? L->h0 + j0 : NULL;
+    return L->S->rows[q].h + ((t - 1) % L->S->window) * U;
+}
+
+/* gates[t][slice s's rows] += h[t-1][slice q's units] @ W_hh[those rows, those units].T */
+FL_AVX512 static void fl_single_product(fl_single_loop *L, int s, int q, int64_t t,
+                                        const int64_t *j0, const int64_t *j1, int backwards)
+{
+    fl_single *S = L->S;
+    float *g = S->rows[s].gates + (t % S->window) * 4 * (j1[s] - j0[s]);
+    fl_row_product(&S->hh[s], fl_single_h_prev(L, q, t, j0[q], j1[q] - j0[q]), g, 1, j0[q],
+                   j1[q], backwards);
 }
 
 /* Thread p of a team of nt (or the calling thread alone: p = 0, nt = 1) runs
@@ -1016,6 +1118,8 @@ FL_AVX512 static void fl_row_product_others(const fl_slice *s, const float *a, f
  *     wait for the other threads' h[t-1]
  *     gates[t][its rows] += h[t-1][other units] @ W_hh[its rows, other units].T
  *     cell forward (its units); flag step t done
+ * all in the slices' own rows (fl_slice_rows), a window of steps at a time: the
+ * window's input projection first, its rows copied out after.
  * Alone, it sums each slice's parts one after the other (the same sums in the
  * same order: the slices' outputs are apart), so a slice's panels are read in
  * one run, and on alternate steps (fl_alternate_min_bytes) the slices are
@@ -1023,37 +1127,51 @@ FL_AVX512 static void fl_row_product_others(const fl_slice *s, const float *a, f
 FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int s0, int s1)
 {
     fl_single *S = L->S;
-    int64_t H = S->H, G = 4 * H, j0[FL_MAX_TEAM], j1[FL_MAX_TEAM];
+    int n_slices = S->n_slices;
+    int64_t H = S->H, W = S->window, j0[FL_MAX_TEAM], j1[FL_MAX_TEAM];
     int64_t bytes = 0;
+    for (int s = 0; s < n_slices; s++)
+        fl_units(H, s, n_slices, &j0[s], &j1[s]);
     for (int s = s0; s < s1; s++) {
         fl_single_prepare(L, s, &j0[s], &j1[s]);
         if (j1[s] > j0[s]) bytes += S->hh[s].n_vec * FL_LANES * H * (int64_t)sizeof(float);
     }
     int alternate = bytes >= fl_alternate_min_bytes();
-    for (int64_t t = 0; t < L->T; t++) {
-        const float *h_prev = t > 0 ? L->h + (t - 1) * H : L->h0;
-        const float *c_prev = t > 0 ? L->c + (t - 1) * H : L->c0;
-        float *g = L->gates + t * G;
-        int backwards = alternate && (t & 1);   /* slices and panels last to first */
-        if (h_prev) {
-            for (int i = 0; i < s1 - s0; i++) {
-                int s = backwards ? s1 - 1 - i : s0 + i;
-                fl_row_product(&S->hh[s], h_prev, g, 1, j0[s], j1[s], backwards);
-                if (nt == 1)   /* nothing to wait for: the slice's other k at once */
-                    fl_row_product_others(&S->hh[s], h_prev, g, j0[s], j1[s], H, backwards);
+    for (int64_t t0 = 0; t0 < L->T; t0 += W) {
+        int64_t n = L->T - t0 < W ? L->T - t0 : W;
+        for (int s = s0; s < s1; s++)
+            if (j1[s] > j0[s]) fl_single_project(L, s, t0, n);
+        for (int64_t t = t0; t < t0 + n; t++) {
+            int backwards = alternate && (t & 1);   /* slices and panels last to first */
+            if (t > 0 || L->h0) {
+                for (int i = 0; i < s1 - s0; i++) {
+                    int s = backwards ? s1 - 1 - i : s0 + i;
+                    if (j1[s] <= j0[s]) continue;
+                    fl_single_product(L, s, s, t, j0, j1, backwards);
+                    for (int q = 0; q < n_slices && nt == 1; q++)   /* nothing to wait for */
+                        if (q != s && j1[q] > j0[q]) fl_single_product(L, s, q, t, j0, j1, backwards);
+                }
+                for (int q = 0; q < nt && t > 0; q++)
+                    if (q != p) fl_step_wait(&L->done[q], (unsigned)t);
+                for (int i = 0; i < s1 - s0 && nt > 1; i++) {
+                    int s = backwards ? s1 - 1 - i : s0 + i;
+                    for (int q = 0; q < n_slices && j1[s] > j0[s]; q++)
+                        if (q != s && j1[q] > j0[q]) fl_single_product(L, s, q, t, j0, j1, backwards);
+                }
             }
-            for (int q = 0; q < nt && t > 0; q++)
-                if (q != p) fl_step_wait(&L->done[q], (unsigned)t);
-            for (int i = 0; i < s1 - s0 && nt > 1; i++) {
-                int s = backwards ? s1 - 1 - i : s0 + i;
-                fl_row_product_others(&S->hh[s], h_prev, g, j0[s], j1[s], H, backwards);
+            for (int s = s0; s < s1; s++) {
+                int64_t U = j1[s] - j0[s];
+                if (U <= 0) continue;
+                const fl_slice_rows *r = &S->rows[s];
+                const float *c_prev = t > 0 ? r->c + ((t - 1) % W) * U : L->c0 + j0[s];
+                fl_lstm_cell_fwd_units_f32(1, U, 0, U, r->gates + (t % W) * 4 * U, c_prev,
+                                           r->c + (t % W) * U, r->tanh_c + (t % W) * U,
+                                           r->h + (t % W) * U);
             }
+            if (nt > 1) fl_step_done(&L->done[p]);
         }
         for (int s = s0; s < s1; s++)
-            if (j1[s] > j0[s])
-                fl_lstm_cell_fwd_units_f32(1, H, j0[s], j1[s], g, c_prev, L->c + t * H,
-                                           L->tanh_c + t * H, L->h + t * H);
-        if (nt > 1) fl_step_done(&L->done[p]);
+            if (j1[s] > j0[s]) fl_single_copy_out(L, s, t0, n);
     }
 }
 
@@ -1078,7 +1196,8 @@ FL_AVX512 static void fl_single_part(void *arg, int p, int nt)
  * character: 279-286 -> 93-98 us).
  *   x (T, D); w_ih (4H, D); w_hh (4H, H); b_ih, b_hh (4H)
  *   h0 (H) or NULL for zeros; c0 (H)
- *   gates (T, 4H) out: activations; c, tanh_c, h (T, H) out
+ *   gates (T, 4H) out: activations; c, tanh_c, h (T, H) out; gates and tanh_c
+ *   may be NULL (not wanted: no backward follows)
  * Returns the threads it ran on, or -1 (nothing computed) if AVX-512 is missing.
  */
 static int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const float *x,

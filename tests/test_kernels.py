@@ -225,6 +225,55 @@ def test_one_sequence_on_kept_weights_matches_reference(shape, n_threads, zero_s
                                    np.stack([step[at] for step in cache]), atol=tol)
 
 
+@pytest.mark.parametrize("shape", [
+    (100, 1, 3, 128),   # past the slices' window of rows (96 steps of 64 units)
+    (75, 1, 2, 300),    # three windows of 48 steps, slices of 144 and 156 units
+    (130, 1, 2, 384),   # four windows of 36 steps, alternate directions
+])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_one_sequence_longer_than_a_window_matches_reference(shape, n_threads):
+    """The slices compute their steps in rows of their own, a window of steps at a
+    time, reused round: every step of every window reaches the caller's arrays
+    and reads the step before it. W_hh scaled down, so that float32's rounding
+    does not grow over a hundred steps as it does with the random weights."""
+    needs_packed_loop()
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(*shape, np.float32)
+    w_hh *= 0.25
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    gates, c, tanh_c, h = run_forward(*args, n_threads=n_threads,
+                                      packed_weights=_kernels.PackedWeights())
+    h_ref, c_last_ref, cache = ref.lstm_forward(*as64(*args))
+    tol = TOL[np.float32]
+    np.testing.assert_allclose(h, h_ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(c[-1], c_last_ref, rtol=0, atol=tol * 10)
+    np.testing.assert_allclose(tanh_c, np.tanh(c.astype(np.float64)), rtol=0, atol=tol)
+    H = shape[3]
+    for k, at in ((0, 3), (1, 4), (2, 5), (3, 6)):
+        np.testing.assert_allclose(gates[..., k * H:(k + 1) * H],
+                                   np.stack([step[at] for step in cache]), atol=tol)
+
+
+@pytest.mark.parametrize("packed_loop", [True, False])
+@pytest.mark.parametrize("T, H", [(9, 128), (100, 200)])
+def test_one_sequence_without_gates_kept_gives_the_same_c_and_h(T, H, packed_loop):
+    """gates=None and tanh_c=None (a prediction keeps neither): c and h are those
+    of a call that keeps them, bit for bit, on the packed loop and off it."""
+    if packed_loop:
+        needs_packed_loop()
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(T, 1, 3, H, np.float32)
+    w_hh *= 0.25
+    previous = _kernels.set_packed_recurrence(packed_loop)
+    try:
+        kept = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 2, _kernels.PackedWeights())
+        c, h = (np.full((T, 1, H), np.nan, np.float32) for _ in range(2))
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, None, c, None, h,
+                                    None, 2, _kernels.PackedWeights())
+    finally:
+        _kernels.set_packed_recurrence(previous)
+    np.testing.assert_array_equal(c, kept[1])
+    np.testing.assert_array_equal(h, kept[3])
+
+
 def test_one_sequence_on_kept_weights_is_taken_and_bit_identical_for_any_thread_count():
     """The kept path rounds differently from the BLAS loop (so it ran), the same on
     1, 2 and 3 threads, and set_packed_recurrence(False) switches it off."""
@@ -274,13 +323,14 @@ def test_kept_weights_follow_every_change_of_the_weights(n_threads):
                                   run_forward(*other, n_threads, _kernels.PackedWeights())[3])
 
 
-@pytest.mark.parametrize("H", [128, 200, 384])   # 384: alternate directions too
-def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(H):
+@pytest.mark.parametrize("T, H", [(9, 128), (9, 200), (9, 384),   # 384: alternate directions
+                                  (100, 128)])                     # two windows of rows
+def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(T, H):
     """A packing in slices for two threads runs on the team or, slice after slice,
     on the calling thread (forced both ways here, then chosen by measured time):
     the same bits every way, and the measured choice times both ways."""
     needs_packed_loop()
-    args = random_layer(9, 1, 3, H, np.float32)
+    args = random_layer(T, 1, 3, H, np.float32)
     results, runs = {}, {}
     previous = _kernels.set_one_sequence_threads(None)
     try:
