@@ -300,9 +300,9 @@ FL_AVX512 static void fl_tile_any(int mr, int nv, int64_t K, const float *A, int
 }
 
 /* The product of ONE row over k in [k0, k1): C[slice columns] (+)= a[0:k1-k0] @
- * slice[k0:k1] (a points at the row's element k0). fl_tile with one row has two accumulators, each FMA waiting
- * for the one before (4 cycles), so it streams 128 bytes of panel per 4 cycles,
- * half of what the L2 delivers. Here FL_ROW_PANELS panels run side by side:
+ * slice[k0:k1], a pointing at the row's element k0. fl_tile with one row has
+ * two accumulators, each FMA waiting for the one before (4 cycles), so it
+ * streams 128 bytes of panel per 4 cycles, half of what the L2 delivers. Here FL_ROW_PANELS panels run side by side:
  * 2 x FL_ROW_PANELS independent chains. Each output is one sum over k in order
  * (a call over [0, K) gives the same bits as the tiles; calls over [0, m) then
  * [m, K) the same again: the accumulator goes through C unrounded, as float).
@@ -1155,7 +1155,8 @@ FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int
                     if (q != p) fl_step_wait(&L->done[q], (unsigned)t);
                 for (int i = 0; i < s1 - s0 && nt > 1; i++) {
                     int s = backwards ? s1 - 1 - i : s0 + i;
-                    for (int q = 0; q < n_slices && j1[s] > j0[s]; q++)
+                    if (j1[s] <= j0[s]) continue;
+                    for (int q = 0; q < n_slices; q++)
                         if (q != s && j1[q] > j0[q]) fl_single_product(L, s, q, t, j0, j1, backwards);
                 }
             }
