@@ -421,9 +421,10 @@ def lstm_layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates,
         return
     if not isinstance(x, np.ndarray):   # any other buffer: a view of it, its layout checked below
         x = np.asarray(x)
-    if gates is None or tanh_c is None:   # not kept: scratch, for the loop that writes them
+    if gates is None:     # not kept: scratch, for the loop that writes it
         gates = np.empty((x.shape[0], x.shape[1], 4 * weight_hh.shape[1]), weight_hh.dtype)
-        tanh_c = np.empty(h.shape, h.dtype)
+    if tanh_c is None:    # the same, as many steps as gates
+        tanh_c = np.empty((gates.shape[0],) + tuple(h.shape[1:]), h.dtype)
     if not _rows_readable(x, gates, lengths):
         x = np.ascontiguousarray(x)
     _layer_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, gates, c, tanh_c, h,

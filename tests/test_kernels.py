@@ -242,9 +242,11 @@ def test_one_sequence_on_kept_weights_matches_reference(shape, w_hh_scale, n_thr
 
 @pytest.mark.parametrize("packed_loop", [True, False])
 @pytest.mark.parametrize("T, H", [(9, 128), (100, 200)])
-def test_one_sequence_without_gates_kept_gives_the_same_c_and_h(T, H, packed_loop):
-    """gates=None and tanh_c=None (a prediction keeps neither): c and h are those
-    of a call that keeps them, bit for bit, on the packed loop and off it."""
+@pytest.mark.parametrize("keep_gates", [False, True])
+def test_one_sequence_without_gates_kept_gives_the_same_c_and_h(T, H, packed_loop, keep_gates):
+    """tanh_c=None, and gates=None too unless keep_gates (a prediction keeps
+    neither): c and h, and gates where kept, are those of a call that keeps all
+    four, bit for bit, on the packed loop and off it."""
     if packed_loop:
         needs_packed_loop()
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(T, 1, 3, H, np.float32)
@@ -253,12 +255,15 @@ def test_one_sequence_without_gates_kept_gives_the_same_c_and_h(T, H, packed_loo
     try:
         kept = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 2, _kernels.PackedWeights())
         c, h = (np.full((T, 1, H), np.nan, np.float32) for _ in range(2))
-        _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, None, c, None, h,
+        gates = np.full((T, 1, 4 * H), np.nan, np.float32) if keep_gates else None
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, None, h,
                                     None, 2, _kernels.PackedWeights())
     finally:
         _kernels.set_packed_recurrence(previous)
     np.testing.assert_array_equal(c, kept[1])
     np.testing.assert_array_equal(h, kept[3])
+    if keep_gates:
+        np.testing.assert_array_equal(gates, kept[0])
 
 
 def test_one_sequence_on_kept_weights_is_taken_and_bit_identical_for_any_thread_count():
