@@ -998,43 +998,40 @@ static void fl_local_columns(fl_slice *s, int64_t H, int64_t j0, int64_t j1)
     }
 }
 
-/* Slice s of S: its rows repacked if the weights changed since it packed them
- * (or, with L->compare = 0, only if it holds none yet), and its bias row
- * b_ih + b_hh. Its units -> [*j0, *j1). */
-FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t *j0, int64_t *j1)
+/* Slice s of S, units [j0, j1) (fl_units; none empty): its rows repacked if the
+ * weights changed since it packed them (or, with L->compare = 0, only if it
+ * holds none yet), and its bias row b_ih + b_hh. */
+FL_AVX512 static void fl_single_prepare(fl_single_loop *L, int s, int64_t j0, int64_t j1)
 {
     fl_single *S = L->S;
     int64_t H = S->H, D = S->D;
-    fl_units(H, s, S->n_slices, j0, j1);
-    if (*j1 <= *j0) return;
     fl_slice *hh = &S->hh[s], *ih = &S->ih[s];
-    if (!S->valid[s] || (L->compare && (fl_rows_differ(L->w_hh, S->hh_seen, H, H, *j0, *j1)
-                                        || fl_rows_differ(L->w_ih, S->ih_seen, D, H, *j0, *j1)))) {
-        fl_rows_copy(L->w_hh, S->hh_seen, H, H, *j0, *j1);
-        fl_rows_copy(L->w_ih, S->ih_seen, D, H, *j0, *j1);
-        fl_pack_forward(hh, S->hh_seen, H, H, *j0, *j1);
-        fl_pack_forward(ih, S->ih_seen, D, H, *j0, *j1);
-        fl_local_columns(hh, H, *j0, *j1);
-        fl_local_columns(ih, H, *j0, *j1);
+    if (!S->valid[s] || (L->compare && (fl_rows_differ(L->w_hh, S->hh_seen, H, H, j0, j1)
+                                        || fl_rows_differ(L->w_ih, S->ih_seen, D, H, j0, j1)))) {
+        fl_rows_copy(L->w_hh, S->hh_seen, H, H, j0, j1);
+        fl_rows_copy(L->w_ih, S->ih_seen, D, H, j0, j1);
+        fl_pack_forward(hh, S->hh_seen, H, H, j0, j1);
+        fl_pack_forward(ih, S->ih_seen, D, H, j0, j1);
+        fl_local_columns(hh, H, j0, j1);
+        fl_local_columns(ih, H, j0, j1);
         S->valid[s] = 1;
     }
-    int64_t U = *j1 - *j0;
+    int64_t U = j1 - j0;
     for (int64_t q = 0; q < 4; q++)
-        for (int64_t j = *j0; j < *j1; j++)
-            S->rows[s].bias[q * U + j - *j0] = L->b_ih[q * H + j] + L->b_hh[q * H + j];
+        for (int64_t j = j0; j < j1; j++)
+            S->rows[s].bias[q * U + j - j0] = L->b_ih[q * H + j] + L->b_hh[q * H + j];
 }
 
-/* Slice s's gate rows of steps [t0, t0 + n) of one window: b_ih + b_hh + x[t]
- * @ W_ih[its rows].T. The sums start from the bias row (fl_tile's start)
+/* Slice s's gate rows (U units) of steps [t0, t0 + n) of one window: b_ih +
+ * b_hh + x[t] @ W_ih[its rows].T. The sums start from the bias row (fl_tile's start)
  * rather than from a pass writing the bias into every step first: the same
  * bits, without writing the rows twice (medium's layer on two threads, C
  * harness, best of 3000 calls: 97 -> 91 us). */
-FL_AVX512 static void fl_single_project(fl_single_loop *L, int s, int64_t t0, int64_t n)
+FL_AVX512 static void fl_single_project(fl_single_loop *L, int s, int64_t U, int64_t t0,
+                                        int64_t n)
 {
     fl_single *S = L->S;
-    int64_t D = S->D, j0, j1;
-    fl_units(S->H, s, S->n_slices, &j0, &j1);
-    int64_t U = j1 - j0;
+    int64_t D = S->D;
     const fl_slice_rows *r = &S->rows[s];
     if (D > 0) {
         fl_slice_product(&S->ih[s], n, L->x + t0 * D, D, r->gates, 4 * U, 0, r->bias);
@@ -1044,14 +1041,13 @@ FL_AVX512 static void fl_single_project(fl_single_loop *L, int s, int64_t t0, in
         memcpy(r->gates + t * 4 * U, r->bias, (size_t)(4 * U) * sizeof(float));
 }
 
-/* Slice s's rows of steps [t0, t0 + n) of one window into the caller's arrays:
- * gates and tanh_c unless NULL, c and h. */
-static void fl_single_copy_out(fl_single_loop *L, int s, int64_t t0, int64_t n)
+/* Slice s's rows (units [j0, j1)) of steps [t0, t0 + n) of one window into the
+ * caller's arrays: gates and tanh_c unless NULL, c and h. */
+static void fl_single_copy_out(fl_single_loop *L, int s, int64_t j0, int64_t j1, int64_t t0,
+                               int64_t n)
 {
     fl_single *S = L->S;
-    int64_t H = S->H, W = S->window, j0, j1;
-    fl_units(H, s, S->n_slices, &j0, &j1);
-    int64_t U = j1 - j0;
+    int64_t H = S->H, W = S->window, U = j1 - j0;
     const fl_slice_rows *r = &S->rows[s];
     size_t row = (size_t)U * sizeof(float);
     for (int64_t t = t0; t < t0 + n; t++) {
@@ -1132,15 +1128,16 @@ FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int
     int64_t bytes = 0;
     for (int s = 0; s < n_slices; s++)
         fl_units(H, s, n_slices, &j0[s], &j1[s]);
-    for (int s = s0; s < s1; s++) {
-        fl_single_prepare(L, s, &j0[s], &j1[s]);
-        if (j1[s] > j0[s]) bytes += S->hh[s].n_vec * FL_LANES * H * (int64_t)sizeof(float);
-    }
+    for (int s = s0; s < s1; s++)
+        if (j1[s] > j0[s]) {
+            fl_single_prepare(L, s, j0[s], j1[s]);
+            bytes += S->hh[s].n_vec * FL_LANES * H * (int64_t)sizeof(float);
+        }
     int alternate = bytes >= fl_alternate_min_bytes();
     for (int64_t t0 = 0; t0 < L->T; t0 += W) {
         int64_t n = L->T - t0 < W ? L->T - t0 : W;
         for (int s = s0; s < s1; s++)
-            if (j1[s] > j0[s]) fl_single_project(L, s, t0, n);
+            if (j1[s] > j0[s]) fl_single_project(L, s, j1[s] - j0[s], t0, n);
         for (int64_t t = t0; t < t0 + n; t++) {
             int backwards = alternate && (t & 1);   /* slices and panels last to first */
             if (t > 0 || L->h0) {
@@ -1172,7 +1169,7 @@ FL_AVX512 static void fl_single_slices_run(fl_single_loop *L, int p, int nt, int
             if (nt > 1) fl_step_done(&L->done[p]);
         }
         for (int s = s0; s < s1; s++)
-            if (j1[s] > j0[s]) fl_single_copy_out(L, s, t0, n);
+            if (j1[s] > j0[s]) fl_single_copy_out(L, s, j0[s], j1[s], t0, n);
     }
 }
 
