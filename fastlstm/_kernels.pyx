@@ -16,7 +16,9 @@ The whole time loop runs with the GIL released and no Python per step. BLAS come
 from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
 AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead wherever
 it can (on several threads, a batch split by samples; the weight gradients after
-it shared by its threads, see gradients_part), and a single float32 sequence runs it
+it shared by its threads, see gradients_part), float32 weight gradients and dX
+run on its register tiles instead of BLAS (_blas.weight_gradient, input_gradient),
+and a single float32 sequence runs it
 on weights packed once and kept between calls (PackedWeights), input projection
 included.
 """
@@ -24,7 +26,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
+from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection, sum_rows,
+                     weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain, _plain_data
 cimport numpy as cnp
 
@@ -51,6 +54,7 @@ cdef extern from "_gates.h" nogil:
 cdef extern from "_recurrent.h" nogil:
     ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
     int fl_recurrent_available()
+    int fl_blocked_product_enabled
     int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
                                  const float *x, int64_t x_step, int64_t x_row,
                                  const float *w_ih, const float *w_hh, const float *b_ih,
@@ -117,6 +121,17 @@ def set_avx512_cell(enabled):
     global fl_cell_avx512_enabled
     previous = bool(fl_cell_avx512_enabled)
     fl_cell_avx512_enabled = 1 if enabled else 0
+    return previous
+
+
+def set_gradient_tiles(enabled):
+    """float32 weight and input gradients of the LSTM layers: True (the default)
+    through the register tiles where the CPU has AVX-512 (_blas.weight_gradient,
+    input_gradient), False through BLAS (for tests); returns the previous
+    setting."""
+    global fl_blocked_product_enabled
+    previous = fl_blocked_product_enabled
+    fl_blocked_product_enabled = int(enabled)
     return previous
 
 
@@ -632,9 +647,9 @@ cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL)
                              <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H)
             sum_rows(T * N, r1 - r0, G, dg + r0, <floating *>a.dbias + r0)  # db = dgates.sum(rows)
         m0, m1 = T * N * b // blocks, T * N * (b + 1) // blocks
-        if a.dx != NULL and m1 > m0:
-            gemm(False, False, m1 - m0, D, G, <floating>1, dg + m0 * G, G,
-                 <const floating *>a.w_ih, D, <floating>0, <floating *>a.dx + m0 * D, D)  # dx = dgates @ W_ih
+        if a.dx != NULL and m1 > m0:   # dx = dgates @ W_ih
+            input_gradient(m1 - m0, G, D, dg + m0 * G, G, <const floating *>a.w_ih,
+                           <floating *>a.dx + m0 * D)
 
 
 cdef void gradients_part_f32(void *a, int p, int nt) noexcept nogil:

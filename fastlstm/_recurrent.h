@@ -14,7 +14,8 @@
  *     forward   gates[t][my samples] += h[t-1][my samples] @ W_hh.T ; cell forward
  *     backward  cell backward ; dh[t-1][my samples] += dgates[t][my samples] @ W_hh
  * and once the backward loop is done, one barrier, after which each thread
- * computes its share of the weight gradients (a callback: the caller's BLAS).
+ * computes its share of the weight gradients (a callback: the caller's, which
+ * runs them on the same register tiles, fl_blocked_product, or on BLAS).
  * Splitting by units instead (thread p owns the gate rows of units [j0, j1))
  * needs one barrier per step, since h[t] is complete only when every thread is
  * done; on a batch that lost to the split by samples on every shape measured
@@ -175,23 +176,26 @@ FL_AVX512 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, in
     }
 }
 
-/* Backward slice: all H columns of W_hh (G, H), all G = 4H rows.
- * packed[panel][k][lane] = W_hh[k, j] for the j of that lane. */
-FL_AVX512 static void fl_pack_backward(fl_slice *s, const float *w_hh, int64_t H)
+/* All columns of a row-major (K, cols) matrix w, rows ldw apart, over K = the
+ * length of the sums: packed[panel][k][lane] = w[k, j] for the j of that lane.
+ * The backward loop's W_hh (G, H); FL_BLOCK_ROWS rows of a product's right
+ * operand (fl_blocked_product). */
+FL_AVX512 static void fl_pack_rows(fl_slice *s, const float *w, int64_t K, int64_t ldw,
+                                   int64_t cols)
 {
-    int64_t G = 4 * H, stride = FL_NV * FL_LANES;
-    s->K = G;
-    s->n_vec = fl_vectors(H);
+    int64_t stride = FL_NV * FL_LANES;
+    s->K = K;
+    s->n_vec = fl_vectors(cols);
     for (int64_t v = 0; v < s->n_vec; v++) {
         s->col[v] = v * FL_LANES;
-        s->mask[v] = fl_lane_mask(H - s->col[v]);
+        s->mask[v] = fl_lane_mask(cols - s->col[v]);
     }
     /* row by row, each vector's 16 columns one masked load (a scalar loop with
-     * a lane test per element took 206 us at H = 300) */
-    for (int64_t k = 0; k < G; k++)
+     * a lane test per element took 206 us for W_hh at H = 300) */
+    for (int64_t k = 0; k < K; k++)
         for (int64_t v = 0; v < s->n_vec; v++)
-            _mm512_store_ps(s->packed + ((v / FL_NV) * G + k) * stride + (v % FL_NV) * FL_LANES,
-                            _mm512_maskz_loadu_ps(s->mask[v], w_hh + k * H + s->col[v]));
+            _mm512_store_ps(s->packed + ((v / FL_NV) * K + k) * stride + (v % FL_NV) * FL_LANES,
+                            _mm512_maskz_loadu_ps(s->mask[v], w + k * ldw + s->col[v]));
 }
 
 #endif /* FL_HAVE_AVX512_CODE */
@@ -210,14 +214,15 @@ typedef struct {
     const float *A, *panel;   /* A: the tile's first row; panel: its columns' panel */
 } fl_then;
 
-/* acc[r][v] += sum over k in [K0, K1) of A[r, k] * panel[k][v]. */
-#define FL_TILE_SUM(K0, K1, A, LDA, PANEL)                                          \
+/* acc[r][v] += sum over k in [K0, K1) of A[r, k] * panel[k][v], A[r, k] at
+ * A[r * LDA + k * AK] (AK = 1: rows of A; LDA = 1: A read down its columns). */
+#define FL_TILE_SUM(K0, K1, A, LDA, AK, PANEL)                                      \
     for (int64_t k = (K0); k < (K1); k++) {                                         \
         __m512 b[FL_NV];                                                            \
         for (int v = 0; v < nv; v++)                                                \
             b[v] = _mm512_load_ps((PANEL) + k * FL_NV * FL_LANES + v * FL_LANES);    \
         for (int r = 0; r < mr; r++) {                                              \
-            __m512 a = _mm512_set1_ps((A)[r * (LDA) + k]);                          \
+            __m512 a = _mm512_set1_ps((A)[r * (LDA) + k * (AK)]);                   \
             for (int v = 0; v < nv; v++)                                            \
                 acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);                    \
         }                                                                           \
@@ -233,17 +238,17 @@ typedef struct {
 
 /* FL_TILE_SUM over [0, K), with fetch's lines from `fetched` on asked for along
  * the way, one every FL_FETCH_EVERY steps. */
-#define FL_TILE_SUM_FETCHING(K, A, LDA, PANEL)                                        \
+#define FL_TILE_SUM_FETCHING(K, A, LDA, AK, PANEL)                                    \
     {                                                                               \
         int64_t k0 = 0;                                                             \
         if (fetch)                                                                  \
             for (; fetched < fetch->lines && k0 + FL_FETCH_EVERY <= (K); fetched++) { \
                 _mm_prefetch(fetch->at + 64 * fetched, _MM_HINT_T1);                \
                 _Pragma("GCC unroll 8")  /* no loop exit to predict every few steps */ \
-                FL_TILE_SUM(k0, k0 + FL_FETCH_EVERY, A, LDA, PANEL)                 \
+                FL_TILE_SUM(k0, k0 + FL_FETCH_EVERY, A, LDA, AK, PANEL)             \
                 k0 += FL_FETCH_EVERY;                                               \
             }                                                                       \
-        FL_TILE_SUM(k0, (K), A, LDA, PANEL)                                         \
+        FL_TILE_SUM(k0, (K), A, LDA, AK, PANEL)                                     \
     }
 
 /* One register tile: rows [0, mr) of C, the nv vectors of one panel.
@@ -255,9 +260,11 @@ typedef struct {
  * prediction's x[t] @ W_ih.T and h[t-1] @ W_hh.T in one pass: the same sums as
  * one call after the other).
  * fetch (or NULL): lines fetched into L2 along the way (at most (K + then's K)
- * / FL_FETCH_EVERY of them); the sums are the same. */
+ * / FL_FETCH_EVERY of them); the sums are the same.
+ * A[r, k] is at A[r * lda + k * a_k] (FL_TILE_SUM); then's A has a_k = 1. */
 FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
-                              const float *A, int64_t lda, const float *panel,
+                              const float *A, int64_t lda, const int64_t a_k,
+                              const float *panel,
                               float *C, int64_t ldc, const int64_t *col,
                               const uint16_t *mask, int accumulate, const float *start,
                               const fl_then *then, const fl_fetch *fetch)
@@ -269,9 +276,9 @@ FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
                         : accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + col[v])
                                      : _mm512_setzero_ps();
     int64_t fetched = 0;
-    FL_TILE_SUM_FETCHING(K, A, lda, panel)
+    FL_TILE_SUM_FETCHING(K, A, lda, a_k, panel)
     if (then) {
-        FL_TILE_SUM_FETCHING(then->K, then->A, then->lda, then->panel)
+        FL_TILE_SUM_FETCHING(then->K, then->A, then->lda, 1, then->panel)
     }
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++)
@@ -280,9 +287,10 @@ FL_INLINE_AVX512 void fl_tile(const int mr, const int nv, int64_t K,
 
 #define FL_TILE_CASE(MR)                                                                 \
     case MR:                                                                             \
-        if (nv == 2) fl_tile(MR, 2, K, A, lda, panel, C, ldc, col, mask, acc, start, then, \
+        if (nv == 2) fl_tile(MR, 2, K, A, lda, 1, panel, C, ldc, col, mask, acc, start, then, \
                              fetch);                                                     \
-        else fl_tile(MR, 1, K, A, lda, panel, C, ldc, col, mask, acc, start, then, fetch); \
+        else fl_tile(MR, 1, K, A, lda, 1, panel, C, ldc, col, mask, acc, start, then,     \
+                     fetch);                                                             \
         break;
 
 /* The tile for any mr in 1..FL_MR, nv in 1..2. */
@@ -532,6 +540,72 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
     fl_slice_product2(s, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, start, NULL);
 }
 
+/* The tile of a weight gradient: C[r, col[v] + lane] += sum over k in [0, K) of
+ * A[k * a_k + r] * panel[k][v][lane], A read down its columns (rows of dgates,
+ * a_k apart: no transposed copy of them). */
+FL_AVX512 static void fl_tile_gradient(int mr, int nv, int64_t K, const float *A, int64_t a_k,
+                                       const float *panel, float *C, int64_t ldc,
+                                       const int64_t *col, const uint16_t *mask)
+{
+#define FL_GRADIENT_TILE_CASE(MR)                                                           \
+    case MR:                                                                                \
+        if (nv == 2) fl_tile(MR, 2, K, A, 1, a_k, panel, C, ldc, col, mask, 1, NULL, NULL,  \
+                             NULL);                                                         \
+        else fl_tile(MR, 1, K, A, 1, a_k, panel, C, ldc, col, mask, 1, NULL, NULL, NULL);   \
+        break;
+    switch (mr) {
+        FL_GRADIENT_TILE_CASE(1) FL_GRADIENT_TILE_CASE(2) FL_GRADIENT_TILE_CASE(3)
+        FL_GRADIENT_TILE_CASE(4) FL_GRADIENT_TILE_CASE(5) FL_GRADIENT_TILE_CASE(6)
+        FL_GRADIENT_TILE_CASE(7) FL_GRADIENT_TILE_CASE(8) FL_GRADIENT_TILE_CASE(9)
+        FL_GRADIENT_TILE_CASE(10) FL_GRADIENT_TILE_CASE(11) FL_GRADIENT_TILE_CASE(12)
+    }
+#undef FL_GRADIENT_TILE_CASE
+}
+
+/* Rows of B per pass of fl_blocked_product: the pass's panels of B stay in L2
+ * (256 rows x 32 columns: 32 KB each) and a tile's part of A in L1 across the
+ * panels. Charlm's weight gradient, one thread: 103, 104, 102 and 102 GFLOP/s
+ * with passes of 64, 128, 192 and 256 rows; its dx, where C goes through
+ * memory once a pass, gains from the longer passes (~6.0, ~5.8 and ~5.6 ms
+ * with 128, 256 and 400, noisy). */
+#define FL_BLOCK_ROWS 256
+
+/* C (M, cols) (+)= op(A) @ B with B (K, cols) row-major, rows ldb apart, C's
+ * rows ldc apart, and op(A)[m, k] = A[m * lda + k] (a_down = 0) or A[k * lda +
+ * m] (a_down = 1: A read down its columns, as dgates in a weight gradient
+ * dW += dgates.T @ x; always accumulated). s->packed: fl_panel_floats(
+ * fl_vectors(cols), FL_BLOCK_ROWS) floats, 64-byte aligned, scratch.
+ * Each pass packs FL_BLOCK_ROWS rows of B (a plain copy of rows, where BLAS's
+ * gemm for a weight gradient copies the far larger dgates transposed) and runs
+ * tiles of 12 rows of C over them. Each output is one sum over k in order: the
+ * same bits for any split of the rows of C between threads. One thread, cold
+ * operands, GFLOP/s against OpenBLAS's sgemm: charlm's weight gradient (K =
+ * 750, M = 1200, cols = 300) 99-103 vs 86-89; cols = 40: 72 vs 43; large's
+ * (K = 3200, M = 2048, cols = 512) 97 vs 95. */
+FL_AVX512 static void fl_blocked_product(int64_t K, int64_t M, int64_t cols, const float *A,
+                                         int64_t lda, int a_down, const float *B, int64_t ldb,
+                                         float *C, int64_t ldc, int accumulate, fl_slice *s)
+{
+    int64_t stride = FL_NV * FL_LANES;
+    for (int64_t k0 = 0; k0 < K; k0 += FL_BLOCK_ROWS) {
+        int64_t kn = K - k0 < FL_BLOCK_ROWS ? K - k0 : FL_BLOCK_ROWS;
+        fl_pack_rows(s, B + k0 * ldb, kn, ldb, cols);
+        for (int64_t m = 0, mr; m < M; m += mr) {
+            mr = fl_tile_rows(M, m);
+            for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
+                int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+                const float *panel = s->packed + (v / FL_NV) * kn * stride;
+                if (a_down)
+                    fl_tile_gradient((int)mr, nv, kn, A + k0 * lda + m, lda, panel, C + m * ldc,
+                                     ldc, s->col + v, s->mask + v);
+                else
+                    fl_tile_any((int)mr, nv, kn, A + m * lda + k0, lda, panel, C + m * ldc, ldc,
+                                s->col + v, s->mask + v, accumulate || k0 > 0, NULL, NULL, NULL);
+            }
+        }
+    }
+}
+
 #endif /* FL_HAVE_AVX512_CODE */
 
 /* n floats (at least one) at a 64-byte boundary, for the aligned panel loads. */
@@ -650,7 +724,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     fl_samples(N, p, nt, &n0, &n1);
     int64_t M = n1 - n0;
     fl_slice *s = &L->slices[p];
-    fl_pack_backward(s, L->w_hh, H);
+    fl_pack_rows(s, L->w_hh, G, H, H);   /* W_hh (G, H) */
     /* fetch the next step's cell data where the cell's gates, c_prev, tanh_c and
      * dgates over all steps outgrow L2; otherwise the product fetches W_hh's next
      * panel where that is large (fl_slice_product2) */
@@ -788,6 +862,48 @@ static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const floa
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
     (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
     (void)after; (void)after_arg;
+    return -1;
+#endif
+}
+
+/* 0: fl_blocked_product_f32 declines every call (tests, A/B timing). */
+static int fl_blocked_product_enabled = 1;
+
+/*
+ * C (M, cols) (+)= op(A) @ B, float32, through the register tiles (see
+ * fl_blocked_product): a layer's weight gradients (a_down = 1: dW += dg.T @ x)
+ * and input gradient (dx = dg @ W_ih). Returns 0, or -1 (nothing computed) if
+ * AVX-512 or memory is missing or cols is beyond the descriptor arrays.
+ */
+static int fl_blocked_product_f32(int64_t K, int64_t M, int64_t cols, const float *A,
+                                  int64_t lda, int a_down, const float *B, int64_t ldb,
+                                  float *C, int64_t ldc, int accumulate)
+{
+#if FL_HAVE_AVX512_CODE
+    if (!fl_blocked_product_enabled || !fl_recurrent_available() || fl_vectors(cols) > FL_MAX_VEC
+        || (a_down && !accumulate))
+        return -1;
+    if (M <= 0 || cols <= 0) return 0;
+    if (K <= 0) {
+        if (!accumulate)
+            for (int64_t m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)cols * sizeof(float));
+        return 0;
+    }
+    fl_slice *s = malloc(sizeof(fl_slice));
+    float *packed = fl_alloc_floats(fl_panel_floats(fl_vectors(cols), FL_BLOCK_ROWS));
+    if (!s || !packed) {
+        free(s);
+        free(packed);
+        return -1;
+    }
+    s->packed = packed;
+    fl_blocked_product(K, M, cols, A, lda, a_down, B, ldb, C, ldc, accumulate, s);
+    free(packed);
+    free(s);
+    return 0;
+#else
+    (void)K; (void)M; (void)cols; (void)A; (void)lda; (void)a_down; (void)B; (void)ldb;
+    (void)C; (void)ldc; (void)accumulate;
     return -1;
 #endif
 }

@@ -160,6 +160,37 @@ def test_backward_matches_reference(shape, dtype, zero_state, path):
     np.testing.assert_allclose(dc, dc0_r, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
+@pytest.mark.parametrize("shape", [
+    (3, 100, 20, 17),  # dW_ih over 300 rows: two passes of FL_BLOCK_ROWS; 68 gate rows: 4 x 12 + 10 + 10
+    (2, 300, 16, 64),  # 600 rows: three passes; D = 16, one whole vector
+    (4, 7, 33, 12)])   # D = 33: a panel and a one-vector panel; H = 12 < 16: dW_hh through BLAS
+def test_float32_gradient_products_match_reference(shape, tiles):
+    """The weight gradients and dx after the time loop: through the register tiles
+    (_blas.weight_gradient and input_gradient, from 16 columns on, on AVX-512 CPUs)
+    or through BLAS (set_gradient_tiles(False)), on 1 and 2 threads."""
+    T, N, D, H = shape
+    args = random_layer(*shape, np.float32)
+    rng = np.random.default_rng(5)
+    dh = rng.standard_normal((T, N, H)).astype(np.float32)
+    dc_last = rng.standard_normal((N, H)).astype(np.float32)
+    _, _, cache = ref.lstm_forward(*as64(*args))
+    dx_r, dw_ih_r, dw_hh_r, db_r, _, _, _ = ref.lstm_backward(
+        *as64(dh, dc_last, args[1], args[2]), cache)
+    previous = _kernels.set_gradient_tiles(tiles)
+    try:
+        for n_threads in (1, 2):
+            saved = run_forward(*args, n_threads=n_threads)
+            dx, dw_ih, dw_hh, db, _, _ = run_backward(args, saved, dh, dc_last, n_threads)
+            tol = dict(rtol=0, atol=TOL[np.float32] * 10)
+            np.testing.assert_allclose(dx, dx_r, **tol)
+            np.testing.assert_allclose(dw_ih - 1, dw_ih_r, **tol)
+            np.testing.assert_allclose(dw_hh - 1, dw_hh_r, **tol)
+            np.testing.assert_allclose(db - 1, db_r, **tol)
+    finally:
+        _kernels.set_gradient_tiles(previous)
+
+
 @pytest.mark.parametrize("shape", [
     (6, 30, 4, 300),   # split by samples: 15 + 15, 10 + 10 + 10
     (10, 32, 1, 50),   # sine: one input, so dW_ih and dx are BLAS products of one column; 4 blocks
