@@ -96,17 +96,33 @@ cdef extern from "_recurrent.h" nogil:
                                int accumulate)
 
 
+# The gradient products below run on the register tiles from this many
+# multiply-adds and 16 columns on. Smaller ones pay more for the tiles' packing
+# and scratch, once per call, than they gain (training epochs, tiles vs BLAS,
+# alternating in one process: sine, whose gradients come in four blocks of gate
+# rows of ~0.7M each, 4-5% slower; binadd, 0.5M, 1.4% slower); the smallest
+# measured to gain is charlm's dW_ih, 36M. Fewer columns: sine's single input,
+# a gemv, took 3 us where the tiles took 20.
+cdef enum:
+    TILES_MIN_WORK = 4194304      # 2**22
+    TILES_MIN_COLUMNS = 16
+
+
+cdef inline bint on_tiles(Py_ssize_t K, Py_ssize_t M, Py_ssize_t cols) noexcept nogil:
+    """Whether a float32 product of M x cols outputs summed over K may try the tiles."""
+    return cols >= TILES_MIN_COLUMNS and K * M * cols >= TILES_MIN_WORK
+
+
 cdef inline void weight_gradient(Py_ssize_t K, Py_ssize_t G, Py_ssize_t cols,
                                  const floating *dg, Py_ssize_t ldg, const floating *x,
                                  floating *dw) noexcept nogil:
     """dw (G, cols) += dg.T @ x, dg (K, G) with rows ldg apart, x (K, cols) and dw
     contiguous: float32 on AVX-512 CPUs through the register tiles of
     _recurrent.h (no transposed copy of dg, which BLAS makes: charlm's layer,
-    103 vs 89 GFLOP/s), from 16 columns on; otherwise, and for float64, one gemm
-    (fewer columns: a gemv, 3 vs 20 us for sine's one input)."""
+    103 vs 89 GFLOP/s) where on_tiles; otherwise, and for float64, one gemm."""
     if floating is float:
-        if cols >= 16 and fl_blocked_product_f32(K, G, cols, dg, ldg, True, x, cols, dw, cols,
-                                                 True) == 0:
+        if on_tiles(K, G, cols) and fl_blocked_product_f32(K, G, cols, dg, ldg, True, x, cols,
+                                                           dw, cols, True) == 0:
             return
     gemm(True, False, G, cols, K, <floating>1, dg, ldg, x, cols, <floating>1, dw, cols)
 
@@ -114,11 +130,12 @@ cdef inline void weight_gradient(Py_ssize_t K, Py_ssize_t G, Py_ssize_t cols,
 cdef inline void input_gradient(Py_ssize_t M, Py_ssize_t G, Py_ssize_t D, const floating *dg,
                                 Py_ssize_t ldg, const floating *w, floating *dx) noexcept nogil:
     """dx (M, D) = dg (M, G) @ w (G, D), rows of dg ldg apart, w and dx contiguous:
-    float32 on AVX-512 CPUs through the register tiles of _recurrent.h from 16
-    columns on (charlm's second layer, one thread: 5.6-6.0 ms a batch against
+    float32 on AVX-512 CPUs through the register tiles of _recurrent.h where
+    on_tiles (charlm's second layer, one thread: 5.6-6.0 ms a batch against
     5.9-6.5 through BLAS), otherwise one gemm."""
     if floating is float:
-        if D >= 16 and fl_blocked_product_f32(G, M, D, dg, ldg, False, w, D, dx, D, False) == 0:
+        if on_tiles(G, M, D) and fl_blocked_product_f32(G, M, D, dg, ldg, False, w, D, dx, D,
+                                                        False) == 0:
             return
     gemm(False, False, M, D, G, <floating>1, dg, ldg, w, D, <floating>0, dx, D)
 

@@ -130,8 +130,8 @@ def set_gradient_tiles(enabled):
     input_gradient), False through BLAS (for tests); returns the previous
     setting."""
     global fl_blocked_product_enabled
-    previous = fl_blocked_product_enabled
-    fl_blocked_product_enabled = int(enabled)
+    previous = bool(fl_blocked_product_enabled)
+    fl_blocked_product_enabled = 1 if enabled else 0
     return previous
 
 

@@ -162,13 +162,17 @@ def test_backward_matches_reference(shape, dtype, zero_state, path):
 
 @pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
 @pytest.mark.parametrize("shape", [
-    (3, 100, 20, 17),  # dW_ih over 300 rows: two passes of FL_BLOCK_ROWS; 68 gate rows: 4 x 12 + 10 + 10
-    (2, 300, 16, 64),  # 600 rows: three passes; D = 16, one whole vector
-    (4, 7, 33, 12)])   # D = 33: a panel and a one-vector panel; H = 12 < 16: dW_hh through BLAS
+    # 1500 rows: six passes of FL_BLOCK_ROWS; 244 gate rows: 12 x 19 + 8 + 8;
+    # D = 33: a panel and a one-vector panel; H = 61: a partial last vector
+    (5, 300, 33, 61),
+    (3, 150, 16, 200),  # D = 16, one whole vector; 450 and 300 rows: two passes
+    (4, 7, 33, 12)])    # below TILES_MIN_WORK, and H < 16 columns: every product through BLAS
 def test_float32_gradient_products_match_reference(shape, tiles):
     """The weight gradients and dx after the time loop: through the register tiles
-    (_blas.weight_gradient and input_gradient, from 16 columns on, on AVX-512 CPUs)
-    or through BLAS (set_gradient_tiles(False)), on 1 and 2 threads."""
+    (_blas.weight_gradient and input_gradient where on_tiles, on AVX-512 CPUs) or
+    through BLAS (set_gradient_tiles(False)), on 1 and 2 threads. The first two
+    shapes are layers of 2^25 multiply-adds or more, whose gradients come in one
+    call of each product (gradients_part), each over TILES_MIN_WORK."""
     T, N, D, H = shape
     args = random_layer(*shape, np.float32)
     rng = np.random.default_rng(5)
