@@ -1,6 +1,8 @@
 # The BLAS call and small helpers that every compiled layer kernel uses
 # (_kernels.pyx, _cells.pyx): header-only (cdef inline), so each module gets its own copy
 # from this one source. Shapes: G gate rows (4H LSTM, 3H GRU, H RNN), row-major.
+# The gradient products (weight_gradient, input_gradient) run large float32 products on
+# the register tiles of _recurrent.h instead of BLAS where the CPU has AVX-512.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
