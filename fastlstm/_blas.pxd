@@ -95,7 +95,7 @@ cdef inline void sum_rows(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t lda, const f
 cdef extern from "_recurrent.h" nogil:
     int fl_blocked_product_f32(int64_t K, int64_t M, int64_t cols, const float *A, int64_t lda,
                                int a_down, const float *B, int64_t ldb, float *C, int64_t ldc,
-                               int accumulate)
+                               int accumulate, float *row_sums)
 
 
 # The gradient products below run on the register tiles from this many
@@ -117,16 +117,20 @@ cdef inline bint on_tiles(Py_ssize_t K, Py_ssize_t M, Py_ssize_t cols) noexcept 
 
 cdef inline void weight_gradient(Py_ssize_t K, Py_ssize_t G, Py_ssize_t cols,
                                  const floating *dg, Py_ssize_t ldg, const floating *x,
-                                 floating *dw) noexcept nogil:
+                                 floating *dw, floating *db) noexcept nogil:
     """dw (G, cols) += dg.T @ x, dg (K, G) with rows ldg apart, x (K, cols) and dw
-    contiguous: float32 on AVX-512 CPUs through the register tiles of
-    _recurrent.h (no transposed copy of dg, which BLAS makes: charlm's layer,
-    103 vs 89 GFLOP/s) where on_tiles; otherwise, and for float64, one gemm."""
+    contiguous, and db (G,) += dg.sum(rows) unless db is NULL: float32 on AVX-512
+    CPUs through the register tiles of _recurrent.h (no transposed copy of dg,
+    which BLAS makes: charlm's layer, 103 vs 89 GFLOP/s; db summed as the tiles
+    read dg, not in a pass of its own) where on_tiles; otherwise, and for
+    float64, one gemm and sum_rows (the same bits of db either way)."""
     if floating is float:
         if on_tiles(K, G, cols) and fl_blocked_product_f32(K, G, cols, dg, ldg, True, x, cols,
-                                                           dw, cols, True) == 0:
+                                                           dw, cols, True, db) == 0:
             return
     gemm(True, False, G, cols, K, <floating>1, dg, ldg, x, cols, <floating>1, dw, cols)
+    if db != NULL:
+        sum_rows(K, G, ldg, dg, db)
 
 
 cdef inline void input_gradient(Py_ssize_t M, Py_ssize_t G, Py_ssize_t D, const floating *dg,
@@ -137,7 +141,7 @@ cdef inline void input_gradient(Py_ssize_t M, Py_ssize_t G, Py_ssize_t D, const 
     5.9-6.5 through BLAS), otherwise one gemm."""
     if floating is float:
         if on_tiles(G, M, D) and fl_blocked_product_f32(G, M, D, dg, ldg, False, w, D, dx, D,
-                                                        False) == 0:
+                                                        False, NULL) == 0:
             return
     gemm(False, False, M, D, G, <floating>1, dg, ldg, w, D, <floating>0, dx, D)
 
@@ -145,11 +149,12 @@ cdef inline void input_gradient(Py_ssize_t M, Py_ssize_t G, Py_ssize_t D, const 
 cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_ssize_t ldg,
                                   Py_ssize_t D, Py_ssize_t H, const floating *dg_ih,
                                   const floating *dg_hh, const floating *x, const floating *h,
-                                  const floating *h0, floating *dw_ih,
-                                  floating *dw_hh) noexcept nogil:
+                                  const floating *h0, floating *dw_ih, floating *dw_hh,
+                                  floating *db_ih) noexcept nogil:
     """The weight gradients of one layer's backward, one gemm each over all T*N rows
-    after its time loop, accumulated into dw_ih (G, D) and dw_hh (G, H):
+    after its time loop, accumulated into dw_ih (G, D), dw_hh (G, H) and db_ih (G,):
         dW_ih += dg_ih.T @ x                  dg_ih (T, N, G), x (T, N, D)
+        db_ih += dg_ih.sum(rows)              (weight_gradient; NULL: not asked for)
         dW_hh += dg_hh[1:].T @ h[:-1]         dg_hh (T, N, G), h (T, N, H)
         dW_hh += dg_hh[0].T @ h0              h0 (N, H), or NULL when all zero
     The rows of dg_* are ldg apart (G, or more for a block of gate rows). The
@@ -157,8 +162,10 @@ cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_s
     dg_ih and dg_hh are the same buffer except for the GRU, whose hidden-side
     gate gradients differ from its input-side ones."""
     if D > 0:
-        weight_gradient(T * N, G, D, dg_ih, ldg, x, dw_ih)
+        weight_gradient(T * N, G, D, dg_ih, ldg, x, dw_ih, db_ih)
+    elif db_ih != NULL:
+        sum_rows(T * N, G, ldg, dg_ih, db_ih)
     if T > 1:
-        weight_gradient((T - 1) * N, G, H, dg_hh + N * ldg, ldg, h, dw_hh)
+        weight_gradient((T - 1) * N, G, H, dg_hh + N * ldg, ldg, h, dw_hh, NULL)
     if h0 != NULL:
-        weight_gradient(N, G, H, dg_hh, ldg, h0, dw_hh)
+        weight_gradient(N, G, H, dg_hh, ldg, h0, dw_hh, NULL)

@@ -177,8 +177,7 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
 
         weight_gradients(T, N, H, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
-                         &dweight_ih[0, 0], &dweight_hh[0, 0])
-        sum_rows(T * N, H, H, dp_ptr, &dbias[0])                # db = dpre.sum(rows)
+                         &dweight_ih[0, 0], &dweight_hh[0, 0], &dbias[0])  # db = dpre.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, H, <floating>1, dp_ptr, H, &weight_ih[0, 0], D,
                  <floating>0, dx_ptr, D)                     # dx = dpre @ W_ih
@@ -339,8 +338,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
 
         weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
-                         &dweight_ih[0, 0], &dweight_hh[0, 0])
-        sum_rows(T * N, G, G, di_ptr, &dbias_ih[0])             # db_ih = dgates_i.sum(rows)
+                         &dweight_ih[0, 0], &dweight_hh[0, 0],
+                         &dbias_ih[0])                          # db_ih = dgates_i.sum(rows)
         sum_rows(T * N, G, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
         if dx_ptr != NULL:
             gemm(False, False, T * N, D, G, <floating>1, di_ptr, G, &weight_ih[0, 0], D,

@@ -26,7 +26,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection, sum_rows,
+from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection,
                      weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain, _plain_data
 cimport numpy as cnp
@@ -644,8 +644,8 @@ cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL)
         if r1 > r0:
             weight_gradients(T, N, r1 - r0, G, D, H, dg + r0, dg + r0, <const floating *>a.x,
                              <const floating *>a.h, <const floating *>a.h0,
-                             <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H)
-            sum_rows(T * N, r1 - r0, G, dg + r0, <floating *>a.dbias + r0)  # db = dgates.sum(rows)
+                             <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H,
+                             <floating *>a.dbias + r0)                # db = dgates.sum(rows)
         m0, m1 = T * N * b // blocks, T * N * (b + 1) // blocks
         if a.dx != NULL and m1 > m0:   # dx = dgates @ W_ih
             input_gradient(m1 - m0, G, D, dg + m0 * G, G, <const floating *>a.w_ih,

@@ -195,6 +195,26 @@ def test_float32_gradient_products_match_reference(shape, tiles):
         _kernels.set_gradient_tiles(previous)
 
 
+@pytest.mark.parametrize("shape", [(5, 300, 33, 61), (3, 150, 16, 200)])
+def test_float32_bias_gradient_is_the_same_on_tiles_and_blas(shape):
+    """The tiles sum db beside dW_ih's first panel, each gate row's sum over the
+    rows of dgates in order, as BLAS's path (sum_rows) does: the same bits."""
+    T, N, D, H = shape
+    args = random_layer(*shape, np.float32)
+    rng = np.random.default_rng(6)
+    dh = rng.standard_normal((T, N, H)).astype(np.float32)
+    dc_last = rng.standard_normal((N, H)).astype(np.float32)
+    saved = run_forward(*args, n_threads=1)
+    biases = []
+    for tiles in (True, False):
+        previous = _kernels.set_gradient_tiles(tiles)
+        try:
+            biases.append(run_backward(args, saved, dh, dc_last, 1)[3])
+        finally:
+            _kernels.set_gradient_tiles(previous)
+    np.testing.assert_array_equal(biases[0], biases[1])
+
+
 @pytest.mark.parametrize("shape", [
     (6, 30, 4, 300),   # split by samples: 15 + 15, 10 + 10 + 10
     (10, 32, 1, 50),   # sine: one input, so dW_ih and dx are BLAS products of one column; 4 blocks
