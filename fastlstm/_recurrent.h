@@ -36,6 +36,12 @@
 #ifndef FASTLSTM_RECURRENT_H
 #define FASTLSTM_RECURRENT_H
 
+/* Included by more than one extension module, each calling a part of it
+ * (_cells only fl_blocked_product_f32, through _blas.pxd): the rest of its
+ * static functions, and of those of the headers it includes, go unused there. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1356,5 +1362,7 @@ static int fl_single_forward_f32(fl_single *S, int run_nt, int64_t T, const floa
     return -1;
 #endif
 }
+
+#pragma GCC diagnostic pop
 
 #endif /* FASTLSTM_RECURRENT_H */
