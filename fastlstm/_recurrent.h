@@ -570,12 +570,12 @@ FL_AVX512 static void fl_tile_gradient(int mr, int nv, int64_t K, const float *A
 
 /* sums (mr,) += A's rows k in [0, K) (A[k * lda + r], r < mr <= 16), in order:
  * the bias gradient of a tile of gate rows, db += dgates.sum(rows), read right
- * after the tile read the same values (from L1), instead of the pass of its own
- * over all of dgates that the BLAS path makes (_blas.sum_rows; the same bits,
- * each a sum over k in order). Charlm's training: that pass took 0.86% of the
- * CPU, this 0.57% (perf); epochs level within their noise. Not summed inside
- * the tile's loop: gcc then kept the tile's accumulators in memory (layer
- * backward 0.7 ms slower). */
+ * after the tile read the same values (still in L1 or L2), instead of in the
+ * pass of its own over all of dgates that the BLAS path makes (_blas.sum_rows;
+ * the same bits, each a sum over k in order). Charlm's training: that pass
+ * took 0.86% of the CPU, this 0.57% (perf); epochs level within their noise.
+ * Not summed inside the tile's loop: gcc then kept the tile's accumulators in
+ * memory (layer backward 0.7 ms slower). */
 FL_AVX512 static void fl_row_sums(int mr, int64_t K, const float *A, int64_t lda, float *sums)
 {
     __mmask16 lanes = (__mmask16)((1u << mr) - 1);
