@@ -8,8 +8,9 @@
  * On a busy machine (more runnable threads than cores) a thread spinning at a
  * barrier burns the time slice the late thread needs, and a 10-step layer took
  * 68 ms instead of 0.2 ms. Every wait here spins briefly (a quiet machine
- * passes a barrier in well under a microsecond) and then sleeps on a futex, so
- * an oversubscribed machine costs a wake-up per step, not a time slice.
+ * passes a barrier in well under a microsecond), then yields the CPU for a
+ * while and then sleeps on a futex, so an oversubscribed machine costs a
+ * wake-up per step, not a time slice (see FL_SPINS).
  *
  * Workers start on first use and live for the process; after fork() the child
  * starts new ones. One team serves one call at a time: a call that finds it
@@ -23,6 +24,7 @@
 #define FL_HAVE_POOL 1
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
 #include <stdint.h>
@@ -32,7 +34,19 @@
 #endif
 
 #define FL_MAX_TEAM 16
-#define FL_SPINS 20000   /* polls before sleeping: ~0.5 ms on Zen 4 (a pause is ~25 ns) */
+/* A wait polls FL_SPINS times (~5 us on Zen 4, a pause is ~25 ns), then FL_YIELDS
+ * times more, each poll also yielding the CPU (~0.5 us each when no other thread
+ * wants it), then sleeps. The yields are for two threads of a team that the
+ * scheduler has put on one CPU, as it does here after the process has been idle
+ * for 0.1 s or more: a thread polling there holds up the one it waits for until
+ * its time slice ends. Sine's fit on 128 samples, 2 threads, right after such a
+ * pause: 10-11 ms with polls alone for 0.5 ms (1.1 ms without the pause), 3-4 ms
+ * yielding after ~50 us, 1.6-2.7 ms after ~5 us. One sequence's predict 0.2-0.5 s
+ * after the last call: medium 5-11 ms (up to 23) -> 0.43 ms, charlm 8-14 ms ->
+ * 2-3.3 ms. Calls in a row: level (medium's single-sequence predict 98-99 ->
+ * 97 us, sine's training epoch 7.0 ms, large's batched predict 312-319 ms). */
+#define FL_SPINS 200
+#define FL_YIELDS 1000
 
 typedef void (*fl_team_fn)(void *arg, int p, int nt);
 
@@ -59,9 +73,10 @@ static void fl_futex_wake_all(atomic_uint *word)
  * the waker only makes the syscall when someone sleeps. */
 static void fl_wait_change(atomic_uint *word, unsigned old, atomic_uint *sleepers)
 {
-    for (int i = 0; i < FL_SPINS; i++) {
+    for (int i = 0; i < FL_SPINS + FL_YIELDS; i++) {
         if (atomic_load_explicit(word, memory_order_acquire) != old) return;
-        fl_cpu_relax();
+        if (i < FL_SPINS) fl_cpu_relax();
+        else sched_yield();
     }
     /* seq_cst here and in fl_bump: either the waker sees sleepers > 0 or the
      * sleeper sees the new value (the futex call rechecks it atomically). */
