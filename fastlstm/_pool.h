@@ -36,15 +36,17 @@
 #define FL_MAX_TEAM 16
 /* A wait polls FL_SPINS times (~5 us on Zen 4, a pause is ~25 ns), then FL_YIELDS
  * times more, each poll also yielding the CPU (~0.5 us each when no other thread
- * wants it), then sleeps. The yields are for two threads of a team that the
- * scheduler has put on one CPU, as it does here after the process has been idle
- * for 0.1 s or more: a thread polling there holds up the one it waits for until
- * its time slice ends. Sine's fit on 128 samples, 2 threads, right after such a
- * pause: 10-11 ms with polls alone for 0.5 ms (1.1 ms without the pause), 3-4 ms
- * yielding after ~50 us, 1.6-2.7 ms after ~5 us. One sequence's predict 0.2-0.5 s
- * after the last call: medium 5-11 ms (up to 23) -> 0.43 ms, charlm 8-14 ms ->
- * 2-3.3 ms. Calls in a row: level (medium's single-sequence predict 98-99 ->
- * 97 us, sine's training epoch 7.0 ms, large's batched predict 312-319 ms). */
+ * wants it), then sleeps. The yields are for two threads of a team on one CPU,
+ * where a polling thread holds up the one it waits for until its time slice
+ * ends. That is what yielding points to here: after the process had been idle
+ * for 0.1 s or more, calls on 2 threads ran 5-10x slower for a few calls (on 1
+ * thread they did not), and yielding mends most of it. Sine's fit on 128
+ * samples, 2 threads, right after such a pause: 10-11 ms with polls alone for
+ * 0.5 ms (1.1 ms without the pause), 3-4 ms yielding after ~50 us, 1.6-2.7 ms
+ * after ~5 us. One sequence's predict 0.2-0.5 s after the last call: medium
+ * 5-11 ms (up to 23) -> 0.43 ms, charlm 8-14 ms -> 2-3.3 ms. Calls in a row:
+ * level (medium's single-sequence predict 98-99 -> 97 us, sine's training
+ * epoch 7.0 ms, medium's and large's batched predict). */
 #define FL_SPINS 200
 #define FL_YIELDS 1000
 
