@@ -16,7 +16,8 @@ GRU  weight_ih (3H, D), weight_hh (3H, H), blocks r, z, n as in torch. The hidde
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from ._blas cimport any_nonzero, gemm, input_projection, sum_rows, weight_gradients
+from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection, sum_rows,
+                     weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain_data
 cimport numpy as cnp
 
@@ -179,8 +180,7 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                          h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
                          &dweight_ih[0, 0], &dweight_hh[0, 0], &dbias[0])  # db = dpre.sum(rows)
         if dx_ptr != NULL:
-            gemm(False, False, T * N, D, H, <floating>1, dp_ptr, H, &weight_ih[0, 0], D,
-                 <floating>0, dx_ptr, D)                     # dx = dpre @ W_ih
+            input_gradient(T * N, H, D, dp_ptr, H, &weight_ih[0, 0], dx_ptr)  # dx = dpre @ W_ih
 
 
 # ---- GRU, forward --------------------------------------------------------------------
@@ -342,8 +342,7 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                          &dbias_ih[0])                          # db_ih = dgates_i.sum(rows)
         sum_rows(T * N, G, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
         if dx_ptr != NULL:
-            gemm(False, False, T * N, D, G, <floating>1, di_ptr, G, &weight_ih[0, 0], D,
-                 <floating>0, dx_ptr, D)                     # dx = dgates_i @ W_ih
+            input_gradient(T * N, G, D, di_ptr, G, &weight_ih[0, 0], dx_ptr)  # dx = dgates_i @ W_ih
 
 
 # ---- the dense head: forward and backward ------------------------------------------
@@ -430,5 +429,4 @@ def dense_backward(const floating[:, ::1] x,         # (M, I) what the forward s
                  <floating>0, &dweight[0, 0], I)                   # dW = dout.T @ x
             sum_rows(M, K, K, &dout[0, 0], &dbias[0])                  # db = dout.sum(rows)
             if dx is not None:
-                gemm(False, False, M, I, K, <floating>1, &dout[0, 0], K, &weight[0, 0], I,
-                     <floating>0, &dx[0, 0], I)                    # dx = dout @ W
+                input_gradient(M, K, I, &dout[0, 0], K, &weight[0, 0], &dx[0, 0])  # dx = dout @ W

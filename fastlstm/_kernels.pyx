@@ -16,7 +16,7 @@ The whole time loop runs with the GIL released and no Python per step. BLAS come
 from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
 AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead wherever
 it can (on several threads, a batch split by samples; the weight gradients after
-it shared by its threads, see gradients_part), float32 weight gradients and dX
+it shared by its threads, see gradients_part), float32 weight gradients and dx
 run on its register tiles instead of BLAS (_blas.weight_gradient, input_gradient),
 and a single float32 sequence runs it
 on weights packed once and kept between calls (PackedWeights), input projection
