@@ -7,8 +7,8 @@ Gate rows are stacked in torch's order i, f, g, o: G = 4H.
 Per call, whatever T is:
   forward   one gemm for the input projection of all T*N rows, then per step one
             gemm (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
-            cell loop (a prediction's packed loop projects the input step by step
-            itself, see _recurrent.h);
+            cell loop (the packed loop projects the input step by step itself in a
+            prediction, and in training where the weights fit in L2, see _recurrent.h);
   backward  per step one fused cell loop and one gemm (dgates @ W_hh), then the
             gemms for dW_ih, dW_hh and dX over all rows (in fixed blocks of gate
             rows for small layers, see gradients_part).

@@ -679,24 +679,27 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
 /* Thread p of nt, forward, samples [n0, n1), every step:
  *     gates[t][my samples] = b_ih + b_hh + x[t][my samples] @ W_ih.T
  *     gates[t][my samples] += h[t-1][my samples] @ W_hh.T ;  cell forward
- * Where gates keep every step (a backward follows), the first line runs for
- * all steps before the loop (fl_rows_product), over all T*N rows at once when
- * one thread has every sample (its rows of all steps are then contiguous). It
- * writes each row of gates once, where a BLAS gemm needed the bias written
- * into every row first and read the rows back (that pass alone took 1.8% of
- * large's training). Training, best epoch, alternating A/B pairs against the
- * gemm: large +2.4% (6 pairs, -0.5% to +5.4%), sine +5-10%, charlm +2%, medium
- * level.
- * Where no backward follows (a prediction), gates and tanh_c hold one step
- * (Tg = 1), reused, and the input projection runs step by step here: gates[t]
- * then goes from the bias to the preactivations in cache, where a buffer of all
- * T steps (tens of MB) is written out and read back from memory at every pass
- * (batched predict, samples/s, alternating A/B runs: medium 25.1-25.3K ->
- * 26.1-26.2K, charlm 2277-2307 -> 2434, large 968-1016 -> 1085-1140), and the
- * cell makes c and h only (fl_lstm_cell_predict_units_f32). Where gates keep
- * every step (training), one product over all T*N rows before the loop is
- * faster (charlm's 15-row slices, then by BLAS: its layer forward 12.8-13.4 vs
- * 13.4-13.6 ms a batch).
+ * Fused: where no backward follows (a prediction), and in training where W_ih
+ * and W_hh packed together stay in L2 (under FL_FETCH_MIN_BYTES: medium,
+ * binadd, sine), the first line runs step by step, in the pass of the second
+ * (fl_slice_product2, each row's sums starting from the bias): gates[t] goes
+ * from the bias to the preactivations in registers and is written once, where
+ * a product before the loop writes all T steps out (tens of MB) and each step's
+ * tiles read them back from memory. Batched predict, samples/s, alternating A/B
+ * runs: medium 25.1-25.3K -> 26.1-26.2K, charlm 2277-2307 -> 2434, large
+ * 968-1016 -> 1085-1140; there gates and tanh_c hold one step (Tg = 1), reused,
+ * and the cell makes c and h only (fl_lstm_cell_predict_units_f32). Training,
+ * samples/s, median of 6-8 epochs alternating in one process: medium 5,972 ->
+ * 6,321, binadd 522,772 -> 555,856, sine level (130,582 -> 132,255).
+ * Otherwise (training with larger weights: charlm, large), the first line runs
+ * for all steps before the loop (fl_rows_product), over all T*N rows at once when
+ * one thread has every sample (its rows of all steps are then contiguous): fused
+ * there, large's median epoch read 240 against 250 samples/s and charlm's 546
+ * against 553, the panels of both matrices coming from L3 at every step. That
+ * product writes each row of gates once, where a BLAS gemm needed the bias
+ * written into every row first and read the rows back (that pass alone took
+ * 1.8% of large's training; best epoch, alternating A/B pairs against the gemm:
+ * large +2.4%, sine +5-10%, charlm +2%, medium level).
  * gates (Tg, N, 4H) out: activations (Tg = T), scratch (Tg = 1); tanh_c (Tg, N, H)
  * the same; c, h (T, N, H) out; h0 (N, H) or NULL for zeros; c0 (N, H). */
 FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
@@ -710,7 +713,10 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     fl_pack_forward(s, L->w_hh, H, H, 0, H);
     int predict = L->Tg < L->T;   /* gates of one step: no backward follows */
     if (D > 0) fl_pack_forward(ih, L->w_ih, D, H, 0, H);
-    if (!predict && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x dense) */
+    /* the input projection step by step, in the recurrent product's pass (see above) */
+    int fused = predict || fl_panel_floats(s->n_vec, H + D) * (int64_t)sizeof(float)
+                               < FL_FETCH_MIN_BYTES;
+    if (!fused && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x dense) */
         int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
         for (int64_t t = 0; t < steps; t++)
             fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
@@ -723,7 +729,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
                                     : (L->h0 ? L->h0 + n0 * H : NULL);
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
-        if (predict && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
+        if (fused && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
             fl_slice_product2(ih, M, L->x + t * L->x_step + n0 * L->x_row, L->x_row,
                               h_prev ? s : NULL, h_prev, H, g, G, 0, L->bias, NULL);
         else {
