@@ -62,7 +62,7 @@
 #define FL_LANES 16  /* float32 lanes of one zmm register */
 #define FL_NV 2      /* vectors (of 16 columns) per packed panel */
 #define FL_MR 12     /* rows per register tile: 12 x 2 accumulators of 32 */
-#define FL_MR_MIN 8  /* fewest rows of a tile when there is a choice (fl_slice_product) */
+#define FL_MR_MIN 8  /* fewest rows of a tile when there is a choice (fl_tile_rows) */
 #define FL_MAX_VEC 512  /* vectors per thread: 4 gates x H up to 2048 */
 
 /* 1 when this CPU (and OS) can run the AVX-512 path. */
@@ -371,15 +371,6 @@ static inline int fl_tile_rows(int64_t N, int64_t n)
     return FL_MR;
 }
 
-/* Accumulating, a tile starts by loading its rows of C, which in a training
- * forward the input projection's gemm wrote long before (out of cache): from
- * FL_PREFETCH_MIN_K on, each tile first asks for the next tile's rows, so they
- * arrive while it computes (batched predict, samples/s, alternating A/B runs:
- * large 956-982 -> 999-1016, charlm 2131-2264 -> 2346-2376; at K = 128, medium,
- * a tile is too short to hide them behind and the prefetches only cost: 25.4-
- * 26.2K -> 24.3-25.9K, hence the bound). Training: level. */
-#define FL_PREFETCH_MIN_K 256
-
 /* Memory that the next step reads first, fetched into L2 while this step's
  * tiles run, a share of it by each tile (fl_fetch): the backward cell's inputs
  * (gates, c_prev, tanh_c) and its output dgates, which the forward pass or the
@@ -435,37 +426,72 @@ static int64_t fl_ahead_share(const fl_ahead *ahead, int64_t tiles, int64_t K)
 }
 
 /* Data of this many bytes or more, gone over once a step, is taken to be out
- * of L2 (2 MB a core here) by the time it comes round again, and fetched ahead;
- * smaller, it stays in cache and fetching only costs.
- * Panels (s and s2 together): each comes from L3 at every step, and without a
- * caller's fl_ahead, the tiles of one panel fetch the next panel's lines.
- * Batched predict, the same process alternating without/with (25 rounds):
- * large (5 MB a thread) +2.6%, 20 of 25 rounds faster; charlm (1.6 and 2.9 MB)
- * +1.8%, 19 of 25; medium (320 KB) -2.4%. Training (large, charlm): +1%.
- * The backward cell's buffers over all steps (fl_backward_part): sine's 320 KB
- * a thread trained 4-8% slower with them fetched (median epoch, 3 A/B pairs). */
+ * of L2 (1 MB a core here) by the time it comes round again.
+ * The backward cell's buffers over all steps (fl_backward_part) are then
+ * fetched ahead; smaller, they stay in cache and fetching only costs: sine's
+ * 320 KB a thread trained 4-8% slower with them fetched (median epoch, 3 A/B
+ * pairs).
+ * The forward's packed W_ih and W_hh: smaller, training projects the input
+ * step by step (fl_forward_part). */
 #define FL_FETCH_MIN_BYTES (1 << 20)
 
-/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda
- * (start: see fl_tile), then, if s2 is not NULL, C[:, slice columns] += A2
- * (N, K2) @ s2 in the same pass over the tiles: s2 is laid out as s (the same
- * vectors), with its own K. ahead (or NULL): fetched over all the tiles. */
-FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const float *A,
-                                        int64_t lda, const fl_slice *s2, const float *A2,
-                                        int64_t lda2, float *C, int64_t ldc, int accumulate,
-                                        const float *start, fl_ahead *ahead)
+/* C[:, slice columns] (+)= A (N, K) @ slice, A row-major with leading dim lda,
+ * with the panels outer: each panel runs over every tile of rows, so it stays
+ * in L1 while A's rows come by. The backward's dh[t-1] += dgates[t] @ W_hh
+ * (there the rows outer, as the forward's products run, were level or slower:
+ * charlm's layer backward 15.9-16.2 vs 16.0-16.5 ms, medium's 10.5-11.6 vs
+ * 10.8-11.6). ahead (or NULL): fetched over all the tiles, a share by each.
+ * (Prefetching the next tile's rows of C, or the next panel where the panels
+ * outgrow L2, measured level here: medium's, charlm's and large's layer
+ * backward, and T = 2, N = 24, H = 512, where only the panels are large.) */
+FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
+                                       int64_t lda, float *C, int64_t ldc, int accumulate,
+                                       fl_ahead *ahead)
 {
-    int64_t K_all = s->K + (s2 ? s2->K : 0), row_tiles = 0, per_tile = 0;
-    int panels_ahead = !ahead && fl_panel_floats(s->n_vec, K_all) * (int64_t)sizeof(float)
-                                     >= FL_FETCH_MIN_BYTES;
-    fl_ahead next_panel;
-    if ((ahead || panels_ahead) && N > 1) {   /* (small products skip this count) */
+    int64_t stride = FL_NV * FL_LANES, per_tile = 0;
+    if (ahead) {
+        int64_t row_tiles = 0;
         for (int64_t n = 0; n < N; n += fl_tile_rows(N, n)) row_tiles++;
-        if (ahead)
-            per_tile = fl_ahead_share(ahead, row_tiles * ((s->n_vec + FL_NV - 1) / FL_NV), K_all);
+        per_tile = fl_ahead_share(ahead, row_tiles * ((s->n_vec + FL_NV - 1) / FL_NV), s->K);
     }
-    if (N == 1) {
-        if (start)   /* one row: start from it in C */
+    for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
+        int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+        const float *panel = s->packed + (v / FL_NV) * s->K * stride;
+        for (int64_t n = 0, mr; n < N; n += mr) {
+            mr = fl_tile_rows(N, n);
+            fl_fetch fetch = ahead ? fl_ahead_next(ahead, per_tile) : (fl_fetch){NULL, 0};
+            fl_tile_any((int)mr, nv, s->K, A + n * lda, lda, panel, C + n * ldc, ldc,
+                        s->col + v, s->mask + v, accumulate, NULL, NULL,
+                        fetch.lines ? &fetch : NULL);
+        }
+    }
+    if (ahead)   /* what the tiles had no room for */
+        for (fl_fetch rest; (rest = fl_ahead_next(ahead, INT64_MAX)).lines > 0;)
+            for (int64_t i = 0; i < rest.lines; i++)
+                _mm_prefetch(rest.at + 64 * i, _MM_HINT_T1);
+}
+
+/* C[:, slice columns] (+)= A (N, K) @ slice (start: see fl_tile), then, if s2
+ * is not NULL, C[:, slice columns] += A2 (N, K2) @ s2 in the same tiles: s2 is
+ * laid out as s (the same vectors), with its own K. The rows outer: each tile
+ * of rows runs over every panel, so its rows of A stay in L1 and its rows of C
+ * are written one after the other; the panels come from L2 (or L3). The
+ * forward's products: the input projection of all steps before the loop, and
+ * each step's, with or without the input's. With the panels outer instead (as
+ * fl_slice_product), the tiles read all of A again for every panel: a layer
+ * forward, one thread, ms, panels / rows outer: medium's (T = 50, N = 64, D =
+ * 32, H = 128) 6.3-6.6 / 5.8-6.0, charlm's first layer (N = 15, D = 40, H =
+ * 300) 6.2-6.4 / 6.1-6.2, large's (N = 32) 83.4-84.4 / 81.1-82.9; batched
+ * predict, best call, ms: medium 11.5 / 10.9, charlm 137-139 / 135-136, large
+ * 314-328 / 307-316, sine 0.46 / 0.42; training, median epoch: medium +2.5%,
+ * charlm and large +1.5%, sine and binadd level. */
+FL_AVX512 static void fl_rows_product(const fl_slice *s, int64_t N, const float *A,
+                                      int64_t lda, const fl_slice *s2, const float *A2,
+                                      int64_t lda2, float *C, int64_t ldc, int accumulate,
+                                      const float *start)
+{
+    if (N == 1) {   /* one row: fl_row_product's independent chains */
+        if (start)
             for (int64_t v = 0; v < s->n_vec; v++)
                 _mm512_mask_storeu_ps(C + s->col[v], s->mask[v],
                                       _mm512_maskz_loadu_ps(s->mask[v], start + s->col[v]));
@@ -474,76 +500,17 @@ FL_AVX512 static void fl_slice_product2(const fl_slice *s, int64_t N, const floa
         return;
     }
     int64_t stride = FL_NV * FL_LANES;
-    int prefetch = accumulate && !start && s->K >= FL_PREFETCH_MIN_K;
-    for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
-        int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
-        const float *panel = s->packed + (v / FL_NV) * s->K * stride;
-        if (panels_ahead) {   /* the next panel of s and of s2 */
-            int more = v + FL_NV < s->n_vec;
-            const float *next = panel + s->K * stride,
-                        *next2 = s2 ? s2->packed + (v / FL_NV + 1) * s2->K * stride : NULL;
-            next_panel = (fl_ahead){
-                {more ? (const char *)next : NULL, more && s2 ? (const char *)next2 : NULL,
-                 NULL, NULL},
-                {more ? fl_lines(next, s->K * stride) : 0,
-                 more && s2 ? fl_lines(next2, s2->K * stride) : 0, 0, 0}, 0, 0};
-            ahead = &next_panel;
-            per_tile = fl_ahead_share(ahead, row_tiles, K_all);
-        }
-        for (int64_t n = 0, mr; n < N; n += mr) {
-            mr = fl_tile_rows(N, n);
-            if (prefetch) {   /* the next tile's C: the rows below, or the next panel's top */
-                int64_t n2 = n + mr, v2 = v;
-                if (n2 >= N) { n2 = 0; v2 = v + FL_NV; }
-                if (v2 < s->n_vec) {
-                    int64_t rows = fl_tile_rows(N, n2);
-                    int nv2 = s->n_vec - v2 < FL_NV ? (int)(s->n_vec - v2) : FL_NV;
-                    for (int64_t r = n2; r < n2 + rows; r++)
-                        for (int u = 0; u < nv2; u++)
-                            _mm_prefetch((const char *)(C + r * ldc + s->col[v2 + u]), _MM_HINT_T0);
-                }
-            }
-            fl_fetch fetch = ahead ? fl_ahead_next(ahead, per_tile) : (fl_fetch){NULL, 0};
-            fl_then then = {s2 ? s2->K : 0, lda2, s2 ? A2 + n * lda2 : NULL,
-                            s2 ? s2->packed + (v / FL_NV) * s2->K * stride : NULL};
-            fl_tile_any((int)mr, nv, s->K, A + n * lda, lda, panel, C + n * ldc, ldc,
-                        s->col + v, s->mask + v, accumulate, start, s2 ? &then : NULL,
-                        fetch.lines ? &fetch : NULL);
-        }
-    }
-    if (ahead && !panels_ahead)   /* what the tiles had no room for */
-        for (fl_fetch rest; (rest = fl_ahead_next(ahead, INT64_MAX)).lines > 0;)
-            for (int64_t i = 0; i < rest.lines; i++)
-                _mm_prefetch(rest.at + 64 * i, _MM_HINT_T1);
-}
-
-/* C[:, slice columns] = start (a row, or NULL) + A (N, K) @ slice with the rows
- * outer: each tile of rows runs over every panel, so its rows of A stay in L1
- * and its rows of C are written once, whole, one after the other; the panels
- * come from L2. For many rows and a slice that fits in L2 (the input
- * projection of all steps), where the panels-outer order of fl_slice_product2
- * reads all of A again for every panel (that order here: level with BLAS). */
-FL_AVX512 static void fl_rows_product(const fl_slice *s, int64_t N, const float *A,
-                                      int64_t lda, float *C, int64_t ldc, const float *start)
-{
-    int64_t stride = FL_NV * FL_LANES;
     for (int64_t n = 0, mr; n < N; n += mr) {
         mr = fl_tile_rows(N, n);
         for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
             int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+            fl_then then = {s2 ? s2->K : 0, lda2, s2 ? A2 + n * lda2 : NULL,
+                            s2 ? s2->packed + (v / FL_NV) * s2->K * stride : NULL};
             fl_tile_any((int)mr, nv, s->K, A + n * lda, lda,
                         s->packed + (v / FL_NV) * s->K * stride, C + n * ldc, ldc, s->col + v,
-                        s->mask + v, 0, start, NULL, NULL);
+                        s->mask + v, accumulate, start, s2 ? &then : NULL, NULL);
         }
     }
-}
-
-/* fl_slice_product2 of one product. */
-FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float *A,
-                                       int64_t lda, float *C, int64_t ldc, int accumulate,
-                                       const float *start)
-{
-    fl_slice_product2(s, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, start, NULL);
 }
 
 /* The tile of a weight gradient: C[r, col[v] + lane] += sum over k in [0, K) of
@@ -682,7 +649,7 @@ static void fl_samples(int64_t N, int p, int nt, int64_t *n0, int64_t *n1)
  * Fused: where no backward follows (a prediction), and in training where W_ih
  * and W_hh packed together stay in L2 (under FL_FETCH_MIN_BYTES: medium,
  * binadd, sine), the first line runs step by step, in the pass of the second
- * (fl_slice_product2, each row's sums starting from the bias): gates[t] goes
+ * (fl_rows_product, each row's sums starting from the bias): gates[t] goes
  * from the bias to the preactivations in registers and is written once, where
  * a product before the loop writes all T steps out (tens of MB) and each step's
  * tiles read them back from memory. Batched predict, samples/s, alternating A/B
@@ -719,8 +686,8 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
     if (!fused && D > 0) {   /* every step's x @ W_ih.T + bias, before the loop (x dense) */
         int64_t rows = M == N ? L->T * N : M, steps = M == N ? 1 : L->T;
         for (int64_t t = 0; t < steps; t++)
-            fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, L->gates + (t * N + n0) * G,
-                            G, L->bias);
+            fl_rows_product(ih, rows, L->x + (t * N + n0) * D, D, NULL, NULL, 0,
+                            L->gates + (t * N + n0) * G, G, 0, L->bias);
     }
     for (int64_t t = 0; t < L->T; t++) {   /* no data from the other threads: no sync */
         int64_t tg = predict ? 0 : t;
@@ -730,14 +697,14 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
         const float *c_prev = t > 0 ? L->c + ((t - 1) * N + n0) * H : L->c0 + n0 * H;
         int64_t at = (t * N + n0) * H;
         if (fused && D > 0)   /* each row's sums start from the bias; h[t-1] in the same pass */
-            fl_slice_product2(ih, M, L->x + t * L->x_step + n0 * L->x_row, L->x_row,
-                              h_prev ? s : NULL, h_prev, H, g, G, 0, L->bias, NULL);
+            fl_rows_product(ih, M, L->x + t * L->x_step + n0 * L->x_row, L->x_row,
+                            h_prev ? s : NULL, h_prev, H, g, G, 0, L->bias);
         else {
             if (D == 0)   /* no input: the bias alone */
                 for (int64_t n = 0; n < M; n++)
                     memcpy(g + n * G, L->bias, (size_t)G * sizeof(float));
             if (h_prev)
-                fl_slice_product(s, M, h_prev, H, g, G, 1, NULL);
+                fl_rows_product(s, M, h_prev, H, NULL, NULL, 0, g, G, 1, NULL);
         }
         float *tanh_c = (float *)L->tanh_c + (tg * N + n0) * H;
         if (predict)   /* c and h will do */
@@ -759,8 +726,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     fl_slice *s = &L->slices[p];
     fl_pack_rows(s, L->w_hh, G, H, H);   /* W_hh (G, H) */
     /* fetch the next step's cell data where the cell's gates, c_prev, tanh_c and
-     * dgates over all steps outgrow L2; otherwise the product fetches W_hh's next
-     * panel where that is large (fl_slice_product2) */
+     * dgates over all steps outgrow L2 */
     int fetch = T * M * (2 * G + 2 * H) * (int64_t)sizeof(float) >= FL_FETCH_MIN_BYTES;
     for (int64_t t = T - 1; t >= 0 && M > 0; t--) {
         const float *dg = L->dgates + t * NG + n0 * G;
@@ -778,8 +744,8 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
                               (const char *)dgates},
                              {fl_lines(gates, M * G), fl_lines(c_prev, M * H),
                               fl_lines(tanh_c, M * H), fl_lines(dgates, M * G)}, 0, 0};
-            fl_slice_product2(s, M, dg, G, NULL, NULL, 0, L->dh + (t - 1) * NH + n0 * H, H, 1,
-                              NULL, fetch ? &next : NULL);
+            fl_slice_product(s, M, dg, G, L->dh + (t - 1) * NH + n0 * H, H, 1,
+                             fetch ? &next : NULL);
         } else if (L->dh0) {   /* dh0[my samples] = dgates[0][my samples] @ W_hh */
             fl_slice_product(s, M, dg, G, L->dh0 + n0 * H, H, 0, NULL);
         }
@@ -1185,7 +1151,8 @@ FL_AVX512 static void fl_single_project(fl_single_loop *L, int s, int64_t U, int
     int64_t D = S->D;
     const fl_slice_rows *r = &S->rows[s];
     if (D > 0) {
-        fl_slice_product(&S->ih[s], n, L->x + t0 * D, D, r->gates, 4 * U, 0, r->bias);
+        fl_rows_product(&S->ih[s], n, L->x + t0 * D, D, NULL, NULL, 0, r->gates, 4 * U, 0,
+                        r->bias);
         return;
     }
     for (int64_t t = 0; t < n; t++)
