@@ -148,14 +148,19 @@ cdef inline void input_gradient(Py_ssize_t M, Py_ssize_t G, Py_ssize_t D, const 
 
 cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_ssize_t ldg,
                                   Py_ssize_t D, Py_ssize_t H, const floating *dg_ih,
-                                  const floating *dg_hh, const floating *x, const floating *h,
-                                  const floating *h0, floating *dw_ih, floating *dw_hh,
+                                  const floating *dg_hh, const floating *x,
+                                  const floating *h_prev, bint first, const floating *h0,
+                                  floating *dw_ih, floating *dw_hh,
                                   floating *db_ih) noexcept nogil:
-    """The weight gradients of one layer's backward, one gemm each over all T*N rows
-    after its time loop, accumulated into dw_ih (G, D), dw_hh (G, H) and db_ih (G,):
+    """The weight gradients of T steps of one layer's backward (all of its steps,
+    or a chunk), one product each over their T*N rows, accumulated into dw_ih
+    (G, D), dw_hh (G, H) and db_ih (G,):
         dW_ih += dg_ih.T @ x                  dg_ih (T, N, G), x (T, N, D)
         db_ih += dg_ih.sum(rows)              (weight_gradient; NULL: not asked for)
-        dW_hh += dg_hh[1:].T @ h[:-1]         dg_hh (T, N, G), h (T, N, H)
+        dW_hh += dg_hh.T @ h_prev             h_prev (T, N, H): the state each step
+                                              started from, h[t0 - 1 : t1 - 1]
+    or, where the steps start at the layer's first (first), with h_prev = h[0 : T]:
+        dW_hh += dg_hh[1:].T @ h_prev[:-1]
         dW_hh += dg_hh[0].T @ h0              h0 (N, H), or NULL when all zero
     The rows of dg_* are ldg apart (G, or more for a block of gate rows). The
     caller checks h0 for zeros once (a layer's blocks of gate rows share it).
@@ -165,7 +170,10 @@ cdef inline void weight_gradients(Py_ssize_t T, Py_ssize_t N, Py_ssize_t G, Py_s
         weight_gradient(T * N, G, D, dg_ih, ldg, x, dw_ih, db_ih)
     elif db_ih != NULL:
         sum_rows(T * N, G, ldg, dg_ih, db_ih)
+    if not first:
+        weight_gradient(T * N, G, H, dg_hh, ldg, h_prev, dw_hh, NULL)
+        return
     if T > 1:
-        weight_gradient((T - 1) * N, G, H, dg_hh + N * ldg, ldg, h, dw_hh, NULL)
+        weight_gradient((T - 1) * N, G, H, dg_hh + N * ldg, ldg, h_prev, dw_hh, NULL)
     if h0 != NULL:
         weight_gradient(N, G, H, dg_hh, ldg, h0, dw_hh, NULL)

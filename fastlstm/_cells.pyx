@@ -177,7 +177,7 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                      w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dpre[0] @ W_hh
 
         weight_gradients(T, N, H, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
-                         h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
+                         h_ptr, True, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
                          &dweight_ih[0, 0], &dweight_hh[0, 0], &dbias[0])  # db = dpre.sum(rows)
         if dx_ptr != NULL:
             input_gradient(T * N, H, D, dp_ptr, H, &weight_ih[0, 0], dx_ptr)  # dx = dpre @ W_ih
@@ -337,7 +337,7 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                      w_hh, H, <floating>1, dh_prev, H)
 
         weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
-                         h_ptr, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
+                         h_ptr, True, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
                          &dweight_ih[0, 0], &dweight_hh[0, 0],
                          &dbias_ih[0])                          # db_ih = dgates_i.sum(rows)
         sum_rows(T * N, G, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)

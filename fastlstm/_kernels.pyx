@@ -9,14 +9,15 @@ Per call, whatever T is:
             gemm (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
             cell loop (the packed loop projects the input step by step itself in a
             prediction, and in training where the weights fit in L2, see _recurrent.h);
-  backward  per step one fused cell loop and one gemm (dgates @ W_hh), then the
-            gemms for dW_ih, dW_hh and dX over all rows (in fixed blocks of gate
-            rows for small layers, see gradients_part).
+  backward  per step one fused cell loop and one gemm (dgates @ W_hh), and as each
+            chunk of steps is done (all T steps where dgates fits in L2, see
+            fl_gradient_steps), the gemms for its rows of dW_ih, dW_hh and dX (in
+            fixed blocks of gate rows for small layers, see gradients_part).
 The whole time loop runs with the GIL released and no Python per step. BLAS comes
 from scipy.linalg.cython_blas, i.e. the library numpy/scipy already ship. On
 AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead wherever
-it can (on several threads, a batch split by samples; the weight gradients after
-it shared by its threads, see gradients_part), float32 weight gradients and dx
+it can (on several threads, a batch split by samples; the weight gradients of
+each chunk of steps shared by its threads, see gradients_part), float32 weight gradients and dx
 run on its register tiles instead of BLAS (_blas.weight_gradient, input_gradient),
 and a single float32 sequence runs it
 on weights packed once and kept between calls (PackedWeights), input projection
@@ -52,7 +53,8 @@ cdef extern from "_gates.h" nogil:
     int fl_cell_avx512_enabled
 
 cdef extern from "_recurrent.h" nogil:
-    ctypedef void (*fl_team_fn)(void *arg, int p, int nt) noexcept nogil
+    ctypedef void (*fl_steps_fn)(void *arg, int p, int nt, int64_t t0, int64_t t1) noexcept nogil
+    int64_t fl_gradient_steps(int64_t T, int64_t N, int64_t G, int64_t float_bytes)
     int fl_recurrent_available()
     int fl_blocked_product_enabled
     int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
@@ -64,7 +66,7 @@ cdef extern from "_recurrent.h" nogil:
     int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
-                                  float *dgates, int n_threads, fl_team_fn after,
+                                  float *dgates, int n_threads, fl_steps_fn after,
                                   void *after_arg)
     ctypedef struct fl_single:
         int n_slices
@@ -133,6 +135,13 @@ def set_gradient_tiles(enabled):
     previous = bool(fl_blocked_product_enabled)
     fl_blocked_product_enabled = 1 if enabled else 0
     return previous
+
+
+def gradient_chunk_steps(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, dtype):
+    """Steps per chunk in which a layer's backward computes its weight gradients
+    and dx as it goes (T: one chunk), for T steps of N samples, H units and
+    float32 or float64 (fl_gradient_steps)."""
+    return fl_gradient_steps(T, N, 4 * H, np.dtype(dtype).itemsize)
 
 
 def packed_recurrence_available():
@@ -598,7 +607,7 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
 
 # ---- one LSTM layer, backward through time -----------------------------------
 
-ctypedef struct LayerGradients:       # what the gradients after the time loop need
+ctypedef struct LayerGradients:       # what the gradients of the time loop's chunks need
     Py_ssize_t T, N, D, H
     const void *dgates                # (T, N, G)
     const void *x                     # (T, N, D), NULL if D = 0
@@ -611,7 +620,7 @@ ctypedef struct LayerGradients:       # what the gradients after the time loop n
     void *dx                          # (T, N, D) out, or NULL
 
 
-# The gradients after the time loop of a small layer are cut into this many
+# The gradients of a small layer's steps are cut into this many
 # fixed blocks (of gate rows, and of rows of dx), each one BLAS call whatever the
 # thread count: a block's bits then never depend on how the blocks are shared
 # out (BLAS's own blocking does show: sgemv over 96 + 104 rows rounds some rows
@@ -627,33 +636,38 @@ cdef enum:
     GRADIENT_ONE_CALL_WORK = 33554432      # 2**25
 
 
-cdef void gradients_part(LayerGradients *a, int p, int nt, floating *typed=NULL) noexcept nogil:
-    """Part p of nt of the gradients after the time loop (typed only picks the
-    type): of the layer's blocks (see GRADIENT_BLOCKS), [blocks * p / nt,
-    blocks * (p + 1) / nt): gate rows of dW_ih, dW_hh, db (multiples of 16 rows)
-    and rows of dx = dgates @ W_ih."""
+cdef void gradients_part(LayerGradients *a, int p, int nt, int64_t t0, int64_t t1,
+                         floating *typed=NULL) noexcept nogil:
+    """Part p of nt of the gradients of steps [t0, t1), a chunk of the time loop
+    (fl_gradient_steps; typed only picks the type): of the layer's blocks (see
+    GRADIENT_BLOCKS), [blocks * p / nt, blocks * (p + 1) / nt): gate rows of
+    dW_ih, dW_hh, db (multiples of 16 rows) and rows of the chunk's dx =
+    dgates @ W_ih."""
     cdef Py_ssize_t T = a.T, N = a.N, D = a.D, H = a.H, G = 4 * H
-    cdef Py_ssize_t units = (G + 15) // 16, b, r0, r1, m0, m1
+    cdef Py_ssize_t units = (G + 15) // 16, b, r0, r1, m0, m1, steps = t1 - t0
     cdef Py_ssize_t work = T * N * G * (D + H)
     cdef Py_ssize_t blocks = (GRADIENT_BLOCKS if GRADIENT_BLOCKS_MIN_WORK <= work < GRADIENT_ONE_CALL_WORK
                               else 1)
-    cdef const floating *dg = <const floating *>a.dgates
+    cdef const floating *dg = <const floating *>a.dgates + t0 * N * G   # the chunk's rows
+    cdef const floating *x = <const floating *>a.x + t0 * N * D if D > 0 else NULL
+    cdef const floating *h = <const floating *>a.h
+    cdef const floating *h_prev = h + (t0 - 1) * N * H if t0 > 0 else h
     for b in range(blocks * p // nt, blocks * (p + 1) // nt):
         r0 = min(G, units * b // blocks * 16)
         r1 = min(G, units * (b + 1) // blocks * 16)
         if r1 > r0:
-            weight_gradients(T, N, r1 - r0, G, D, H, dg + r0, dg + r0, <const floating *>a.x,
-                             <const floating *>a.h, <const floating *>a.h0,
-                             <floating *>a.dw_ih + r0 * D, <floating *>a.dw_hh + r0 * H,
+            weight_gradients(steps, N, r1 - r0, G, D, H, dg + r0, dg + r0, x, h_prev, t0 == 0,
+                             <const floating *>a.h0, <floating *>a.dw_ih + r0 * D,
+                             <floating *>a.dw_hh + r0 * H,
                              <floating *>a.dbias + r0)                # db = dgates.sum(rows)
-        m0, m1 = T * N * b // blocks, T * N * (b + 1) // blocks
+        m0, m1 = steps * N * b // blocks, steps * N * (b + 1) // blocks
         if a.dx != NULL and m1 > m0:   # dx = dgates @ W_ih
             input_gradient(m1 - m0, G, D, dg + m0 * G, G, <const floating *>a.w_ih,
-                           <floating *>a.dx + m0 * D)
+                           <floating *>a.dx + (t0 * N + m0) * D)
 
 
-cdef void gradients_part_f32(void *a, int p, int nt) noexcept nogil:
-    gradients_part(<LayerGradients *>a, p, nt, <float *>NULL)
+cdef void gradients_part_f32(void *a, int p, int nt, int64_t t0, int64_t t1) noexcept nogil:
+    gradients_part(<LayerGradients *>a, p, nt, t0, t1, <float *>NULL)
 
 
 def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
@@ -723,6 +737,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dx_ptr = NULL
     cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     cdef const floating *c_prev
+    cdef Py_ssize_t chunk = fl_gradient_steps(T, N, G, sizeof(floating))
     cdef int nt = 1
     cdef bint packed = False
     if floating is float:
@@ -743,7 +758,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         stash_ptr = &dc_stash[0, 0]
     with nogil:
         if floating is float:
-            # the packed loop's threads share the gradients after it (gradients_part)
+            # the packed loop's threads share the gradients of its chunks of steps (gradients_part)
             if packed:
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
@@ -765,7 +780,8 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 elif dh0_ptr != NULL:
                     gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
                          w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dgates[0] @ W_hh
-            gradients_part(&grads, 0, 1, <floating *>NULL)
+                if t % chunk == 0:   # the weight gradients of steps [t, t + chunk)
+                    gradients_part(&grads, 0, 1, t, min(t + chunk, T), <floating *>NULL)
 
 
 # ---- the activations on their own (tests, dense heads) -----------------------

@@ -160,6 +160,29 @@ def test_backward_matches_reference(shape, dtype, zero_state, path):
     np.testing.assert_allclose(dc, dc0_r, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_in_chunks_of_steps_matches_reference(dtype, path):
+    """Where dgates outgrows L2, the weight gradients and dx come chunk by chunk,
+    each as soon as the time loop is done with its steps: here 4 steps a chunk,
+    the first (last steps) of 1. Relative tolerance: the sums run over 1088 rows."""
+    T, N, D, H = 17, 64, 3, 64
+    assert _kernels.gradient_chunk_steps(T, N, H, dtype) == 4
+    assert _kernels.gradient_chunk_steps(T, N // 4, H, dtype) == T  # under 1 MB: one chunk
+    args = random_layer(T, N, D, H, dtype)
+    rng = np.random.default_rng(7)
+    dh = rng.standard_normal((T, N, H)).astype(dtype)
+    dc_last = rng.standard_normal((N, H)).astype(dtype)
+    _, _, cache = ref.lstm_forward(*as64(*args))
+    dx_r, dw_ih_r, dw_hh_r, db_r, _, dh0_r, dc0_r = ref.lstm_backward(
+        *as64(dh, dc_last, args[1], args[2]), cache)
+    saved = run_forward(*args, n_threads=path[1])
+    dx, dw_ih, dw_hh, db, dh0, dc = run_backward(args, saved, dh, dc_last, n_threads=path[1])
+    tol = dict(rtol=TOL[dtype] * 5, atol=TOL[dtype] * 10)
+    for got, want in ((dx, dx_r), (dw_ih - 1, dw_ih_r), (dw_hh - 1, dw_hh_r), (db - 1, db_r),
+                      (dh0, dh0_r), (dc, dc0_r)):
+        np.testing.assert_allclose(got, want, **tol)
+
+
 @pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
 @pytest.mark.parametrize("shape", [
     # 1500 rows: six passes of FL_BLOCK_ROWS; 244 gate rows: 12 x 19 + 8 + 8;
@@ -168,11 +191,12 @@ def test_backward_matches_reference(shape, dtype, zero_state, path):
     (3, 150, 16, 200),  # D = 16, one whole vector; 450 and 300 rows: two passes
     (4, 7, 33, 12)])    # below TILES_MIN_WORK, and H < 16 columns: every product through BLAS
 def test_float32_gradient_products_match_reference(shape, tiles):
-    """The weight gradients and dx after the time loop: through the register tiles
+    """The weight gradients and dx of the time loop: through the register tiles
     (_blas.weight_gradient and input_gradient where on_tiles, on AVX-512 CPUs) or
     through BLAS (set_gradient_tiles(False)), on 1 and 2 threads. The first two
     shapes are layers of 2^25 multiply-adds or more, whose gradients come in one
-    call of each product (gradients_part), each over TILES_MIN_WORK."""
+    call of each product a chunk of steps (gradients_part): their dgates outgrow
+    L2, so in chunks of 1 and 2 steps (300 and 150 rows, over TILES_MIN_WORK)."""
     T, N, D, H = shape
     args = random_layer(*shape, np.float32)
     rng = np.random.default_rng(5)
@@ -220,10 +244,12 @@ def test_float32_bias_gradient_is_the_same_on_tiles_and_blas(shape):
     (10, 32, 1, 50),   # sine: one input, so dW_ih and dx are BLAS products of one column; 4 blocks
     (5, 24, 2, 16),    # 8 samples a thread on three; the gradients in one block
     (4, 13, 3, 40),    # too few samples to split
+    (4, 120, 3, 160),  # the gradients in chunks of steps 3 and 0-2 (dgates past 1 MB)
     (3, 2, 2, 16)])
 def test_float32_is_bit_identical_for_any_thread_count(shape):
     """Each output of the packed loop is one in-order sum, whoever computes it, and
-    the weight gradients after it come in fixed blocks whoever computes them."""
+    the weight gradients of its chunks of steps come in fixed blocks whoever
+    computes them."""
     T, N, D, H = shape
     args = random_layer(*shape, np.float32)
     rng = np.random.default_rng(3)
