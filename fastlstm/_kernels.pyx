@@ -66,8 +66,8 @@ cdef extern from "_recurrent.h" nogil:
     int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
-                                  float *dgates, int n_threads, fl_steps_fn after,
-                                  void *after_arg)
+                                  float *dgates, int64_t dg_steps, int n_threads,
+                                  fl_steps_fn after, void *after_arg)
     ctypedef struct fl_single:
         int n_slices
         int64_t H, D
@@ -609,7 +609,8 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
 
 ctypedef struct LayerGradients:       # what the gradients of the time loop's chunks need
     Py_ssize_t T, N, D, H
-    const void *dgates                # (T, N, G)
+    const void *dgates                # (ring, N, G), step t at t % ring
+    Py_ssize_t ring                   # T, or the steps of a chunk
     const void *x                     # (T, N, D), NULL if D = 0
     const void *h                     # (T, N, H)
     const void *h0                    # (N, H), NULL if all zero
@@ -648,7 +649,7 @@ cdef void gradients_part(LayerGradients *a, int p, int nt, int64_t t0, int64_t t
     cdef Py_ssize_t work = T * N * G * (D + H)
     cdef Py_ssize_t blocks = (GRADIENT_BLOCKS if GRADIENT_BLOCKS_MIN_WORK <= work < GRADIENT_ONE_CALL_WORK
                               else 1)
-    cdef const floating *dg = <const floating *>a.dgates + t0 * N * G   # the chunk's rows
+    cdef const floating *dg = <const floating *>a.dgates + t0 % a.ring * N * G   # the chunk's rows
     cdef const floating *x = <const floating *>a.x + t0 * N * D if D > 0 else NULL
     cdef const floating *h = <const floating *>a.h
     cdef const floating *h_prev = h + (t0 - 1) * N * H if t0 > 0 else h
@@ -682,7 +683,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
                         floating[:, ::1] dc,                  # (N, H) in: dL/dc_T; out: dL/dc0
                         floating[:, ::1] dh0,                 # (N, H) out: dL/dh0, or None to skip
-                        floating[:, :, ::1] dgates,           # (T, N, G) out: dL/d(pre-activations)
+                        floating[:, :, ::1] dgates,           # (T, N, G) out: dL/d(pre-activations), or scratch
                         floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                         floating[:, ::1] dweight_ih,          # (G, D) accumulated into
                         floating[:, ::1] dweight_hh,          # (G, H) accumulated into
@@ -695,6 +696,10 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     is added straight into dh[t-1], so the caller's buffer is overwritten.
     With lengths, padded steps pass dh and dc through to the step before and
     get zero gate gradients (so dx and the weight gradients ignore them).
+    dgates may instead hold gradient_chunk_steps(T, N, H, dtype) steps, scratch
+    that each chunk of steps reuses (step t at t % those steps; its contents
+    unspecified after): the weight gradients of a chunk are taken before the
+    next one starts, so no more is needed (and it stays in cache).
     n_threads: threads of the time loop; None follows the BLAS limit in force.
     """
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
@@ -707,7 +712,9 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     if dh0 is not None:
         _check("dh0", dh0.shape, 2, N, H)
     _check("gates", gates.shape, 3, T, N, G)
-    _check("dgates", dgates.shape, 3, T, N, G)
+    cdef Py_ssize_t chunk = fl_gradient_steps(T, N, G, sizeof(floating))
+    cdef Py_ssize_t ring = chunk if dgates.shape[0] == chunk else T   # steps dgates holds
+    _check("dgates", dgates.shape, 3, ring, N, G)
     _check("c", c.shape, 3, T, N, H)
     _check("tanh_c", tanh_c.shape, 3, T, N, H)
     _check("h", h.shape, 3, T, N, H)
@@ -734,10 +741,10 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef floating *dh_ptr = &dh[0, 0, 0]
     cdef floating *dg_ptr = &dgates[0, 0, 0]
+    cdef floating *dg_t
     cdef floating *dx_ptr = NULL
     cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     cdef const floating *c_prev
-    cdef Py_ssize_t chunk = fl_gradient_steps(T, N, G, sizeof(floating))
     cdef int nt = 1
     cdef bint packed = False
     if floating is float:
@@ -747,7 +754,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         dx_ptr = &dx[0, 0, 0]
     cdef LayerGradients grads
     grads.T, grads.N, grads.D, grads.H = T, N, D, H
-    grads.dgates, grads.x, grads.h = dg_ptr, x_ptr, h_ptr
+    grads.dgates, grads.ring, grads.x, grads.h = dg_ptr, ring, x_ptr, h_ptr
     grads.h0 = &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL
     grads.w_ih, grads.dw_ih, grads.dw_hh = &weight_ih[0, 0], &dweight_ih[0, 0], &dweight_hh[0, 0]
     grads.dbias, grads.dx = &dbias[0], dx_ptr
@@ -762,23 +769,23 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             if packed:
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
-                    dh0_ptr, dg_ptr, nt, gradients_part_f32, &grads) == 0
+                    dh0_ptr, dg_ptr, ring, nt, gradients_part_f32, &grads) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T - 1, -1, -1):
                 c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
                 # dgates[t] and dc <- dc_{t-1}, through the cell
                 if len_ptr != NULL and t > 0:
                     stash_padded_dc(N, H, t, len_ptr, &dc[0, 0], stash_ptr)
+                dg_t = dg_ptr + t % ring * NG                               # dgates[t]
                 cell_backward(N, H, g_ptr + t * NG, c_prev, tc_ptr + t * NH,
-                              dh_ptr + t * NH, &dc[0, 0], dg_ptr + t * NG)
+                              dh_ptr + t * NH, &dc[0, 0], dg_t)
                 if len_ptr != NULL and t > 0:
-                    pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0],
-                                          dg_ptr + t * NG, dh_ptr)
+                    pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0], dg_t, dh_ptr)
                 if t > 0:
-                    gemm(False, False, N, H, G, <floating>1, dg_ptr + t * NG, G,
+                    gemm(False, False, N, H, G, <floating>1, dg_t, G,
                          w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
                 elif dh0_ptr != NULL:
-                    gemm(False, False, N, H, G, <floating>1, dg_ptr, G,
+                    gemm(False, False, N, H, G, <floating>1, dg_t, G,
                          w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dgates[0] @ W_hh
                 if t % chunk == 0:   # the weight gradients of steps [t, t + chunk)
                     gradients_part(&grads, 0, 1, t, min(t + chunk, T), <floating *>NULL)

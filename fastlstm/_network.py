@@ -537,7 +537,8 @@ class LSTMNetwork:
         if self.cell == "lstm":
             dc = arena.get(key("dc"), (N, H))                     # dL/dc_T = 0
             dc[...] = 0
-            dgates = arena.get(key("dgates"), (T, N, 4 * H))
+            steps = _kernels.gradient_chunk_steps(T, N, H, self.dtype)   # scratch: a chunk's
+            dgates = arena.get(key("dgates"), (steps, N, 4 * H))
             _kernels.lstm_layer_backward(layer_in, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh,
                                          dc, dh0, dgates, dx, dw_ih, dw_hh, db_ih, lengths,
                                          n_threads)

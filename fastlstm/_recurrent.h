@@ -650,6 +650,7 @@ typedef struct {
     fl_slice *slices_ih;            /* forward: one per thread, W_ih packed */
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
+    int64_t dg_steps;   /* backward: steps dgates holds, step t at t % dg_steps */
     fl_steps_fn after;  /* backward: run by every thread on each chunk of steps done, or NULL */
     void *after_arg;
     fl_slice *slices;
@@ -737,7 +738,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
  * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL:
- * none); dgates (T, N, 4H) out; and as each chunk of steps (fl_gradient_steps)
+ * none); dgates (dg_steps, N, 4H) out, step t at t % dg_steps; and as each chunk of steps (fl_gradient_steps)
  * is done by every thread (a barrier), its share of their weight gradients
  * (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
@@ -753,7 +754,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     int fetch = T * M * (2 * G + 2 * H) * (int64_t)sizeof(float) >= FL_FETCH_MIN_BYTES;
     int64_t chunk = fl_gradient_steps(T, N, G, sizeof(float));
     for (int64_t t = T - 1; t >= 0; t--) {
-        const float *dg = L->dgates + t * NG + n0 * G;
+        const float *dg = L->dgates + t % L->dg_steps * NG + n0 * G;
         /* dgates[t][my samples], dc[my samples] <- dc_{t-1}, through the cell */
         fl_lstm_cell_bwd_units_f32(M, H, 0, H, L->gates_in + t * NG + n0 * G,
                                    (t > 0 ? L->c_in + (t - 1) * NH : L->c0) + n0 * H,
@@ -763,7 +764,8 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
             /* meanwhile, what the cell reads and writes at t - 1 */
             const float *gates = L->gates_in + (t - 1) * NG + n0 * G,
                         *c_prev = (t > 1 ? L->c_in + (t - 2) * NH : L->c0) + n0 * H,
-                        *tanh_c = L->tanh_c + (t - 1) * NH + n0 * H, *dgates = dg - NG;
+                        *tanh_c = L->tanh_c + (t - 1) * NH + n0 * H,
+                        *dgates = L->dgates + (t - 1) % L->dg_steps * NG + n0 * G;
             fl_ahead next = {{(const char *)gates, (const char *)c_prev, (const char *)tanh_c,
                               (const char *)dgates},
                              {fl_lines(gates, M * G), fl_lines(c_prev, M * H),
@@ -776,6 +778,8 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
         if (L->after && t % chunk == 0) {   /* steps [t, t + chunk) done here */
             fl_team_barrier(nt);            /* ... and by every thread */
             L->after(L->after_arg, p, nt, t, t + chunk < T ? t + chunk : T);
+            if (L->dg_steps < T)   /* the next chunk's dgates go where all threads read */
+                fl_team_barrier(nt);
         }
     }
 }
@@ -867,24 +871,26 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
  * t1) once their dgates are complete (fl_gradient_steps; NULL: none).
  *   gates (T, N, 4H) activations; c, tanh_c (T, N, H); c0 (N, H)
  *   dh (T, N, H) in: gradient from above, accumulated into (clobbered)
- *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out, or NULL to skip;  dgates (T, N, 4H) out
+ *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out, or NULL to skip
+ *   dgates (dg_steps, N, 4H) out: step t at t % dg_steps (dg_steps = T: all of
+ *   them; the steps of a chunk, fl_gradient_steps: scratch the chunks reuse)
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
  */
 static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                      const float *c0, const float *gates, const float *c,
                                      const float *tanh_c, float *dh, float *dc, float *dh0,
-                                     float *dgates, int n_threads, fl_steps_fn after,
-                                     void *after_arg)
+                                     float *dgates, int64_t dg_steps, int n_threads,
+                                     fl_steps_fn after, void *after_arg)
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_loop L = {.T = T, .N = N, .H = H, .w_hh = w_hh, .c0 = c0, .gates_in = gates,
                  .c_in = c, .tanh_c = tanh_c, .dh = dh, .dc = dc, .dh0 = dh0, .dgates = dgates,
-                 .after = after, .after_arg = after_arg};
+                 .dg_steps = dg_steps, .after = after, .after_arg = after_arg};
     return fl_run_loop(&L, n_threads, fl_backward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
-    (void)dh; (void)dc; (void)dh0; (void)dgates; (void)n_threads;
+    (void)dh; (void)dc; (void)dh0; (void)dgates; (void)dg_steps; (void)n_threads;
     (void)after; (void)after_arg;
     return -1;
 #endif

@@ -73,16 +73,17 @@ def run_forward_one_step(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
     return gates, c, tanh_c, h
 
 
-def run_backward(args, saved, dh, dc_last, n_threads=None, with_dh0=True):
+def run_backward(args, saved, dh, dc_last, n_threads=None, with_dh0=True, dgates_steps=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1.
-    with_dh0=False asks for no dh0 (returned as None)."""
+    with_dh0=False asks for no dh0 (returned as None); dgates_steps: steps of the
+    dgates buffer (default T)."""
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
     T, N, D = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
     dc = dc_last.copy()
     dh0 = np.full((N, H), np.nan, dtype) if with_dh0 else None
-    dgates = np.full((T, N, 4 * H), np.nan, dtype)
+    dgates = np.full((dgates_steps or T, N, 4 * H), np.nan, dtype)
     dx = np.full((T, N, D), np.nan, dtype)
     # the kernel accumulates weight gradients: start from a known non-zero value
     dw_ih, dw_hh, db = (np.ones(s, dtype) for s in ((4 * H, D), (4 * H, H), (4 * H,)))
@@ -181,6 +182,12 @@ def test_backward_in_chunks_of_steps_matches_reference(dtype, path):
     for got, want in ((dx, dx_r), (dw_ih - 1, dw_ih_r), (dw_hh - 1, dw_hh_r), (db - 1, db_r),
                       (dh0, dh0_r), (dc, dc0_r)):
         np.testing.assert_allclose(got, want, **tol)
+    # dgates as scratch of one chunk's steps, reused: the same bits
+    in_chunk = run_backward(args, saved, dh, dc_last, n_threads=path[1], dgates_steps=4)
+    for got, want in zip(in_chunk, (dx, dw_ih, dw_hh, db, dh0, dc)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="dgates"):
+        run_backward(args, saved, dh, dc_last, n_threads=path[1], dgates_steps=5)
 
 
 @pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])

@@ -43,7 +43,7 @@ def traced_peaks(T, **params):
 
 
 # README.md, "Long sequences": bytes per time step, one layer, output="last", no dropout.
-TRAIN_BYTES_PER_STEP = ITEM * (N * (12 * H + D) + N * 2 * D)
+TRAIN_BYTES_PER_STEP = ITEM * (N * (8 * H + D) + N * 2 * D)
 PREDICT_BYTES_PER_STEP = ITEM * N * (D + 2 * H)
 DATA_BYTES_PER_STEP = ITEM * N * 2 * D  # the time-major copy of X and the batch gather
 

@@ -284,7 +284,7 @@ def test_another_thread_progresses_while_fit_runs_the_kernels(monkeypatch):
 
     monkeypatch.setattr(net_module, "_kernels", types.SimpleNamespace(
         lstm_layer_forward=counted("forward"), lstm_layer_backward=counted("backward"),
-        PackedWeights=_kernels.PackedWeights))
+        PackedWeights=_kernels.PackedWeights, gradient_chunk_steps=_kernels.gradient_chunk_steps))
     rng = np.random.default_rng(0)
     X = rng.standard_normal((128, 100, 16)).astype(np.float32)
     with ticker:
