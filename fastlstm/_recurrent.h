@@ -738,9 +738,9 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
  * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL:
- * none); dgates (dg_steps, N, 4H) out, step t at t % dg_steps; and as each chunk of steps (fl_gradient_steps)
- * is done by every thread (a barrier), its share of their weight gradients
- * (L->after). */
+ * none); dgates (dg_steps, N, 4H) out, step t at t % dg_steps; and as each
+ * chunk of steps (fl_gradient_steps) is done by every thread (a barrier), its
+ * share of their weight gradients (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
 {
     fl_loop *L = arg;
