@@ -190,6 +190,47 @@ def test_backward_in_chunks_of_steps_matches_reference(dtype, path):
         run_backward(args, saved, dh, dc_last, n_threads=path[1], dgates_steps=5)
 
 
+def test_padded_batch_in_chunks_of_steps_sums_each_sample_alone():
+    """A padded batch (lengths: the BLAS loop) whose gradients come in chunks of
+    steps, from a buffer of one chunk: dx of each sample, and the weight
+    gradients summed over the samples, equal those of each sample run alone at
+    its own length (one chunk)."""
+    T, N, D, H = 20, 60, 3, 64
+    G = 4 * H
+    assert _kernels.gradient_chunk_steps(T, N, H, np.float64) == 5
+    args = random_layer(T, N, D, H, np.float64, zero_state=True)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(5, T + 1, N).astype(np.int64)
+    dh = np.zeros((T, N, H))
+    dh[lengths - 1, np.arange(N)] = rng.standard_normal((N, H))   # at each sample's last step
+
+    def gradients(x, h0, c0, dh, lengths, dgates_steps):
+        T, N, _ = x.shape
+        gates = np.empty((T, N, G))
+        c, tanh_c, h = (np.empty((T, N, H)) for _ in range(3))
+        _kernels.lstm_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, gates, c, tanh_c, h,
+                                    lengths=lengths)
+        dx = np.empty_like(x)
+        dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(G)
+        _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh.copy(),
+                                     np.zeros((N, H)), None, np.empty((dgates_steps, N, G)), dx,
+                                     dw_ih, dw_hh, db, lengths=lengths)
+        return dx, dw_ih, dw_hh, db
+
+    dx, *weights = gradients(x, h0, c0, dh, lengths, 5)
+    alone = [np.zeros_like(w) for w in weights]
+    for n, length in enumerate(lengths):
+        one = slice(n, n + 1)
+        dx_n, *weights_n = gradients(np.ascontiguousarray(x[:length, one]), h0[one], c0[one],
+                                     np.ascontiguousarray(dh[:length, one]), None, length)
+        np.testing.assert_allclose(dx[:length, n], dx_n[:, 0], rtol=0, atol=1e-12)
+        for total, w in zip(alone, weights_n):
+            total += w
+    for got, want in zip(weights, alone):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
 @pytest.mark.parametrize("shape", [
     # 1500 rows: six passes of FL_BLOCK_ROWS; 244 gate rows: 12 x 19 + 8 + 8;
