@@ -66,8 +66,8 @@ cdef extern from "_recurrent.h" nogil:
     int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                   const float *c0, const float *gates, const float *c,
                                   const float *tanh_c, float *dh, float *dc, float *dh0,
-                                  float *dgates, int64_t dg_steps, int n_threads,
-                                  fl_steps_fn after, void *after_arg)
+                                  float *dgates, int64_t dg_steps, int64_t chunk,
+                                  int n_threads, fl_steps_fn after, void *after_arg)
     ctypedef struct fl_single:
         int n_slices
         int64_t H, D
@@ -769,7 +769,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
             if packed:
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
-                    dh0_ptr, dg_ptr, ring, nt, gradients_part_f32, &grads) == 0
+                    dh0_ptr, dg_ptr, ring, chunk, nt, gradients_part_f32, &grads) == 0
         if not packed:   # the time loop through BLAS, one gemm per step
             for t in range(T - 1, -1, -1):
                 c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]

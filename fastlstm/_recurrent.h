@@ -634,7 +634,9 @@ typedef void (*fl_steps_fn)(void *arg, int p, int nt, int64_t t0, int64_t t1);
  * (over the chunks' rows, the last chunk first) are the same on any number of
  * threads. Training, median epoch, alternating in one process: medium 6,537
  * -> 7,098 samples/s; charlm (550 -> 554) and large (250 -> 247) level, with
- * chunks of 96 to 512 rows too. */
+ * chunks of 96 to 512 rows too. The caller (lstm_layer_backward) works it out
+ * once, for its BLAS loop and for fl_recurrent_backward_f32's chunk, and may
+ * size dgates by it. */
 static int64_t fl_gradient_steps(int64_t T, int64_t N, int64_t G, int64_t float_bytes)
 {
     if (N <= 0 || T * N * G * float_bytes < FL_FETCH_MIN_BYTES) return T > 0 ? T : 1;
@@ -651,6 +653,7 @@ typedef struct {
     const float *w_hh, *h0, *c0, *gates_in, *c_in, *tanh_c;
     float *gates, *c, *h, *dh, *dc, *dh0, *dgates;
     int64_t dg_steps;   /* backward: steps dgates holds, step t at t % dg_steps */
+    int64_t chunk;      /* backward: steps per chunk of the weight gradients */
     fl_steps_fn after;  /* backward: run by every thread on each chunk of steps done, or NULL */
     void *after_arg;
     fl_slice *slices;
@@ -739,7 +742,7 @@ FL_AVX512 static void fl_forward_part(void *arg, int p, int nt)
 /* Thread p of nt, backward, samples [n0, n1): dh (T, N, H) in: gradient from
  * above, added to; dc (N, H) in: dL/dc_T, out: dL/dc0; dh0 (N, H) out (or NULL:
  * none); dgates (dg_steps, N, 4H) out, step t at t % dg_steps; and as each
- * chunk of steps (fl_gradient_steps) is done by every thread (a barrier), its
+ * chunk of L->chunk steps is done by every thread (a barrier), its
  * share of their weight gradients (L->after). */
 FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
 {
@@ -752,7 +755,7 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     /* fetch the next step's cell data where the cell's gates, c_prev, tanh_c and
      * dgates over all steps outgrow L2 */
     int fetch = T * M * (2 * G + 2 * H) * (int64_t)sizeof(float) >= FL_FETCH_MIN_BYTES;
-    int64_t chunk = fl_gradient_steps(T, N, G, sizeof(float));
+    int64_t chunk = L->chunk;
     for (int64_t t = T - 1; t >= 0; t--) {
         const float *dg = L->dgates + t % L->dg_steps * NG + n0 * G;
         /* dgates[t][my samples], dc[my samples] <- dc_{t-1}, through the cell */
@@ -867,30 +870,31 @@ static int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D,
 
 /*
  * Backward time loop; the weight gradients are left to after(after_arg, p, nt,
- * t0, t1), which every thread of the team calls on each chunk of steps [t0,
- * t1) once their dgates are complete (fl_gradient_steps; NULL: none).
+ * t0, t1), which every thread of the team calls on each chunk of `chunk` steps
+ * [t0, t1) once their dgates are complete (fl_gradient_steps; NULL: none).
  *   gates (T, N, 4H) activations; c, tanh_c (T, N, H); c0 (N, H)
  *   dh (T, N, H) in: gradient from above, accumulated into (clobbered)
  *   dc (N, H) in: dL/dc_T, out: dL/dc0;  dh0 (N, H) out, or NULL to skip
  *   dgates (dg_steps, N, 4H) out: step t at t % dg_steps (dg_steps = T: all of
- *   them; the steps of a chunk, fl_gradient_steps: scratch the chunks reuse)
+ *   them; = chunk: scratch the chunks reuse)
  * Returns 0, or -1 (nothing computed) if AVX-512 or memory is missing.
  */
 static int fl_recurrent_backward_f32(int64_t T, int64_t N, int64_t H, const float *w_hh,
                                      const float *c0, const float *gates, const float *c,
                                      const float *tanh_c, float *dh, float *dc, float *dh0,
-                                     float *dgates, int64_t dg_steps, int n_threads,
-                                     fl_steps_fn after, void *after_arg)
+                                     float *dgates, int64_t dg_steps, int64_t chunk,
+                                     int n_threads, fl_steps_fn after, void *after_arg)
 {
 #if FL_HAVE_AVX512_CODE
     if (!fl_recurrent_available()) return -1;
     fl_loop L = {.T = T, .N = N, .H = H, .w_hh = w_hh, .c0 = c0, .gates_in = gates,
                  .c_in = c, .tanh_c = tanh_c, .dh = dh, .dc = dc, .dh0 = dh0, .dgates = dgates,
-                 .dg_steps = dg_steps, .after = after, .after_arg = after_arg};
+                 .dg_steps = dg_steps, .chunk = chunk, .after = after,
+                 .after_arg = after_arg};
     return fl_run_loop(&L, n_threads, fl_backward_part);
 #else
     (void)T; (void)N; (void)H; (void)w_hh; (void)c0; (void)gates; (void)c; (void)tanh_c;
-    (void)dh; (void)dc; (void)dh0; (void)dgates; (void)dg_steps; (void)n_threads;
+    (void)dh; (void)dc; (void)dh0; (void)dgates; (void)dg_steps; (void)chunk; (void)n_threads;
     (void)after; (void)after_arg;
     return -1;
 #endif
