@@ -96,6 +96,58 @@ cdef extern from "_recurrent.h" nogil:
     int fl_blocked_product_f32(int64_t K, int64_t M, int64_t cols, const float *A, int64_t lda,
                                int a_down, const float *B, int64_t ldb, float *C, int64_t ldc,
                                int accumulate, float *row_sums)
+    ctypedef struct fl_step_matrix:
+        pass
+    fl_step_matrix *fl_step_matrix_new_f32(const float *w, int64_t K, int64_t cols,
+                                           int transposed)
+    void fl_step_matrix_free(fl_step_matrix *m)
+    void fl_step_product_f32(const fl_step_matrix *m, int64_t N, const float *A, int64_t lda,
+                             float *C, int64_t ldc, int accumulate)
+
+
+# ---- a time loop's recurrent products on W_hh packed once ---------------------------
+
+# A time loop's products run on a packed W_hh where both its sides have this
+# many rows and columns. Narrower, with short sums or few columns, the tiles
+# lose to sgemm (one layer, one thread, ms, sgemm / packed: LSTM, H = 50, T =
+# 20, N = 1024: forward 6.7 / 7.8, backward 11.9 / 12.6; N = 64, backward 0.72
+# / 0.78; H = 64, N = 256: forward 7.9 / 8.1; training, median epoch: RNN sine
+# 299K / 289K samples/s, RNN binadd 1.10M / 1.06M) or tie; from 128 they gain
+# (LSTM, H = 128, T = 50, N = 64: forward 6.6 / 5.8, backward 11.9 / 10.8; N =
+# 3: forward 1.39 / 0.35, where sgemm packs W_hh for 3 rows; N = 256: level;
+# training, median epoch: GRU charlm 464 / 696 samples/s, GRU large 279 /
+# 361, GRU medium 7.9K / 8.7K, RNN medium 23.9K / 25.8K).
+cdef enum:
+    STEP_TILES_MIN_SIDE = 128
+
+
+cdef inline fl_step_matrix *step_matrix(bint transposed, Py_ssize_t N, Py_ssize_t rows,
+                                        Py_ssize_t cols, const floating *w) noexcept nogil:
+    """w (rows, cols) packed for the products of every step of a BLAS time loop
+    over N samples, h[t-1] @ w.T (transposed) or dgates[t] @ w: float32, with
+    both sides STEP_TILES_MIN_SIDE or more, on AVX-512 CPUs (fl_step_matrix),
+    else NULL, and step_product runs BLAS (float64; one row: gemv streams w
+    without packing it). Free it with fl_step_matrix_free."""
+    if floating is float:
+        if N > 1 and rows >= STEP_TILES_MIN_SIDE and cols >= STEP_TILES_MIN_SIDE:
+            return fl_step_matrix_new_f32(w, cols if transposed else rows,
+                                          rows if transposed else cols, transposed)
+    return NULL
+
+
+cdef inline void step_product(const fl_step_matrix *packed, bint transposed, Py_ssize_t N,
+                              Py_ssize_t cols, Py_ssize_t K, const floating *a, Py_ssize_t lda,
+                              const floating *w, Py_ssize_t ldw, bint accumulate,
+                              floating *out, Py_ssize_t ldo) noexcept nogil:
+    """out (N, cols) (+)= a (N, K) @ op(w), op(w) = w.T (w (cols, K)) if transposed
+    else w (w (K, cols)), one step's recurrent product: on packed, w's own
+    packing (step_matrix), where it is not NULL, else one gemm."""
+    if floating is float:
+        if packed != NULL:
+            fl_step_product_f32(packed, N, a, lda, out, ldo, accumulate)
+            return
+    gemm(False, transposed, N, cols, K, <floating>1, a, lda, w, ldw,
+         <floating>1 if accumulate else <floating>0, out, ldo)
 
 
 # The gradient products below run on the register tiles from this many

@@ -2,10 +2,13 @@
 """Compiled forward and backward-through-time of one plain RNN or GRU layer, and of
 the dense head every network ends with.
 
-The same design as the LSTM kernels in _kernels.pyx: time-major buffers
-(T, N, .), one gemm for the input projection of all T*N rows, then per step one
-recurrent gemm and one fused elementwise loop (_cells.h), the whole time loop
-with the GIL released; backward ends with one gemm each for dW_ih, dW_hh and dx.
+The same design as the LSTM kernels' BLAS loop in _kernels.pyx: time-major
+buffers (T, N, .), one gemm for the input projection of all T*N rows, then per
+step one recurrent product and one fused elementwise loop (_cells.h), the whole
+time loop with the GIL released; backward ends with one product each for dW_ih,
+dW_hh and dx. In float32 on AVX-512 CPUs the products per step run on W_hh
+packed once per call (_blas.step_matrix) where it is 128 x 128 or more, and the
+gradient products on the register tiles (_blas.weight_gradient).
 
 RNN  weight_ih (H, D), weight_hh (H, H): the pre-activations are computed in the
      output buffer h and replaced by the activations in place.
@@ -16,8 +19,8 @@ GRU  weight_ih (3H, D), weight_hh (3H, H), blocks r, z, n as in torch. The hidde
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
-from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection, sum_rows,
-                     weight_gradients)
+from ._blas cimport (any_nonzero, fl_step_matrix, fl_step_matrix_free, gemm, input_gradient,
+                     input_projection, step_matrix, step_product, sum_rows, weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain_data
 cimport numpy as cnp
 
@@ -41,6 +44,18 @@ cdef extern from "_cells.h" nogil:
     void fl_gru_cell_bwd_f64(int64_t N, int64_t H, const double *gates, const double *hproj,
                              const double *h_prev, const double *dh, double *dai, double *dah,
                              double *dh_direct)
+
+cdef extern from "_recurrent.h" nogil:
+    int fl_blocked_product_enabled
+    int fl_step_matrix_enabled
+
+
+def set_compiled_products(bint gradient_tiles, bint step_products):
+    """This module's copies of the switches _kernels.set_gradient_tiles and
+    set_step_products set (each compiled module has its own)."""
+    global fl_blocked_product_enabled, fl_step_matrix_enabled
+    fl_blocked_product_enabled = gradient_tiles
+    fl_step_matrix_enabled = step_products
 
 
 # ---- helpers ----------------------------------------------------------------------
@@ -85,24 +100,26 @@ def rnn_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *h_ptr = &h[0, 0, 0]
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef bint has_h0
+    cdef fl_step_matrix *w_steps
     with nogil:
         # h = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once: pre-activations
         input_projection(T, N, D, H, &x[0, 0, 0], D, &weight_ih[0, 0], &bias_ih[0],
                          &bias_hh[0], h_ptr)
         has_h0 = any_nonzero(&h0[0, 0], NH)
+        w_steps = step_matrix(True, N, H, H, w_hh)
         for t in range(T):
             if t > 0:
-                gemm(False, True, N, H, H, <floating>1, h_ptr + (t - 1) * NH, H,
-                     w_hh, H, <floating>1, h_ptr + t * NH, H)   # h[t] += h[t-1] @ W_hh.T
+                step_product(w_steps, True, N, H, H, h_ptr + (t - 1) * NH, H, w_hh, H, True,
+                             h_ptr + t * NH, H)                # h[t] += h[t-1] @ W_hh.T
             elif has_h0:
-                gemm(False, True, N, H, H, <floating>1, &h0[0, 0], H,
-                     w_hh, H, <floating>1, h_ptr, H)            # h[0] += h0 @ W_hh.T
+                step_product(w_steps, True, N, H, H, &h0[0, 0], H, w_hh, H, True, h_ptr, H)
             if floating is float:
                 fl_rnn_fwd_f32(NH, sigmoid, h_ptr + t * NH)      # h[t] = act(h[t])
             else:
                 fl_rnn_fwd_f64(NH, sigmoid, h_ptr + t * NH)
             if len_ptr != NULL and t > 0:
                 carry_padded_h(N, H, t, len_ptr, h_ptr)
+        fl_step_matrix_free(w_steps)
 
 
 # ---- plain RNN, backward through time ------------------------------------------------
@@ -156,7 +173,9 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     if dx is not None and D > 0:
         dx_ptr = &dx[0, 0, 0]
+    cdef fl_step_matrix *w_steps
     with nogil:
+        w_steps = step_matrix(False, N, H, H, w_hh)
         for t in range(T - 1, -1, -1):
             # dpre[t] = dh[t] * act'(pre[t])
             if floating is float:
@@ -169,12 +188,12 @@ def rnn_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                         for j in range(H):
                             dh_ptr[(t - 1) * NH + n * H + j] += dh_ptr[t * NH + n * H + j]
                             dp_ptr[t * NH + n * H + j] = 0
-            if t > 0:
-                gemm(False, False, N, H, H, <floating>1, dp_ptr + t * NH, H,
-                     w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dpre[t] @ W_hh
-            elif dh0_ptr != NULL:
-                gemm(False, False, N, H, H, <floating>1, dp_ptr, H,
-                     w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dpre[0] @ W_hh
+            if t > 0:   # dh[t-1] += dpre[t] @ W_hh
+                step_product(w_steps, False, N, H, H, dp_ptr + t * NH, H, w_hh, H, True,
+                             dh_ptr + (t - 1) * NH, H)
+            elif dh0_ptr != NULL:   # dh0 = dpre[0] @ W_hh
+                step_product(w_steps, False, N, H, H, dp_ptr, H, w_hh, H, False, dh0_ptr, H)
+        fl_step_matrix_free(w_steps)
 
         weight_gradients(T, N, H, H, D, H, dp_ptr, dp_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, True, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
@@ -217,18 +236,20 @@ def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *h_ptr = &h[0, 0, 0]
     cdef const floating *w_hh = &weight_hh[0, 0]
     cdef const floating *h_prev
+    cdef fl_step_matrix *w_steps
     with nogil:
         # gates = x @ W_ih.T + b_ih, all T*N rows at once (b_hh goes to the hidden side)
         input_projection(T, N, D, G, &x[0, 0, 0], D, &weight_ih[0, 0], &bias_ih[0],
                          <const floating *>NULL, g_ptr)
+        w_steps = step_matrix(True, N, G, H, w_hh)
         for t in range(T):
             if t > 0:
                 h_prev = h_ptr + (t - 1) * NH
             else:
                 h_prev = &h0[0, 0]
-            if t > 0 or any_nonzero(h_prev, NH):
-                gemm(False, True, N, G, H, <floating>1, h_prev, H,
-                     w_hh, H, <floating>0, hp_ptr + t * NG, G)  # hproj[t] = h_prev @ W_hh.T
+            if t > 0 or any_nonzero(h_prev, NH):   # hproj[t] = h_prev @ W_hh.T
+                step_product(w_steps, True, N, G, H, h_prev, H, w_hh, H, False,
+                             hp_ptr + t * NG, G)
             else:
                 memset(hp_ptr, 0, NG * sizeof(floating))
             if floating is float:
@@ -239,6 +260,7 @@ def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
                                     h_prev, h_ptr + t * NH)
             if len_ptr != NULL and t > 0:
                 carry_padded_h(N, H, t, len_ptr, h_ptr)
+        fl_step_matrix_free(w_steps)
 
 
 # ---- GRU, backward through time ------------------------------------------------------
@@ -305,7 +327,9 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     cdef floating[:, ::1] direct = np.empty_like(h0)         # (N, H) dh[t] * z, the skip path
     cdef floating *dd = &direct[0, 0]
+    cdef fl_step_matrix *w_steps
     with nogil:
+        w_steps = step_matrix(False, N, G, H, w_hh)
         for t in range(T - 1, -1, -1):
             if t > 0:
                 h_prev, dh_prev = h_ptr + (t - 1) * NH, dh_ptr + (t - 1) * NH
@@ -333,8 +357,9 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 else:
                     for k in range(NH):
                         dh_prev[k] = dd[k]
-                gemm(False, False, N, H, G, <floating>1, dhg_ptr + t * NG, G,
-                     w_hh, H, <floating>1, dh_prev, H)
+                step_product(w_steps, False, N, H, G, dhg_ptr + t * NG, G, w_hh, H, True,
+                             dh_prev, H)
+        fl_step_matrix_free(w_steps)
 
         weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
                          h_ptr, True, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,

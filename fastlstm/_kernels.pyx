@@ -6,10 +6,10 @@ Gate rows are stacked in torch's order i, f, g, o: G = 4H.
 
 Per call, whatever T is:
   forward   one gemm for the input projection of all T*N rows, then per step one
-            gemm (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
+            product (h_prev @ W_hh.T, accumulated into the gate buffer) and one fused
             cell loop (the packed loop projects the input step by step itself in a
             prediction, and in training where the weights fit in L2, see _recurrent.h);
-  backward  per step one fused cell loop and one gemm (dgates @ W_hh), and as each
+  backward  per step one fused cell loop and one product (dgates @ W_hh), and as each
             chunk of steps is done (all T steps where dgates fits in L2, see
             fl_gradient_steps), the gemms for its rows of dW_ih, dW_hh and dX (in
             fixed blocks of gate rows for small layers, see gradients_part).
@@ -19,6 +19,7 @@ AVX-512 CPUs float32 runs the packed time loop of _recurrent.h instead wherever
 it can (on several threads, a batch split by samples; the weight gradients of
 each chunk of steps shared by its threads, see gradients_part), float32 weight gradients and dx
 run on its register tiles instead of BLAS (_blas.weight_gradient, input_gradient),
+so do the BLAS loop's float32 products per step (a padded batch: _blas.step_matrix),
 and a single float32 sequence runs it
 on weights packed once and kept between calls (PackedWeights), input projection
 included.
@@ -27,8 +28,9 @@ from cython cimport floating
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from ._blas cimport (any_nonzero, gemm, input_gradient, input_projection,
-                     weight_gradients)
+from ._blas cimport (any_nonzero, fl_step_matrix, fl_step_matrix_free, input_gradient,
+                     input_projection, step_matrix, step_product,
+                        weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain, _plain_data
 cimport numpy as cnp
 
@@ -57,6 +59,7 @@ cdef extern from "_recurrent.h" nogil:
     int64_t fl_gradient_steps(int64_t T, int64_t N, int64_t G, int64_t float_bytes)
     int fl_recurrent_available()
     int fl_blocked_product_enabled
+    int fl_step_matrix_enabled
     int fl_recurrent_forward_f32(int64_t T, int64_t Tg, int64_t N, int64_t D, int64_t H,
                                  const float *x, int64_t x_step, int64_t x_row,
                                  const float *w_ih, const float *w_hh, const float *b_ih,
@@ -81,6 +84,7 @@ cdef extern from "_recurrent.h" nogil:
                               float *gates, float *c, float *tanh_c, float *h, int compare)
 
 from ._threads import _cpus, recurrent_threads
+from . import _cells
 
 # The packed time loop of _recurrent.h (float32, AVX-512 CPUs) packs W_hh once
 # per call and keeps it in its own layout, where BLAS repacks it for every step's
@@ -127,13 +131,26 @@ def set_avx512_cell(enabled):
 
 
 def set_gradient_tiles(enabled):
-    """float32 weight and input gradients of the LSTM layers: True (the default)
+    """float32 weight and input gradients of every layer: True (the default)
     through the register tiles where the CPU has AVX-512 (_blas.weight_gradient,
     input_gradient), False through BLAS (for tests); returns the previous
     setting."""
     global fl_blocked_product_enabled
     previous = bool(fl_blocked_product_enabled)
     fl_blocked_product_enabled = 1 if enabled else 0
+    _cells.set_compiled_products(fl_blocked_product_enabled, fl_step_matrix_enabled)
+    return previous
+
+
+def set_step_products(enabled):
+    """float32 recurrent products of the BLAS time loops (GRU, RNN, a padded LSTM
+    batch): True (the default) on W_hh packed once per call where the CPU has
+    AVX-512 (_blas.step_matrix), False one sgemm per step (for tests); returns
+    the previous setting."""
+    global fl_step_matrix_enabled
+    previous = bool(fl_step_matrix_enabled)
+    fl_step_matrix_enabled = 1 if enabled else 0
+    _cells.set_compiled_products(fl_blocked_product_enabled, fl_step_matrix_enabled)
     return previous
 
 
@@ -569,6 +586,7 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
     cdef bint has_h0
     cdef int nt = 1
     cdef bint packed = False
+    cdef fl_step_matrix *w_steps
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
         packed = _use_packed(N, len_ptr != NULL)
@@ -581,7 +599,8 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
                     &weight_ih[0, 0], w_hh,
                     &bias_ih[0], &bias_hh[0], &h0[0, 0] if has_h0 else NULL, &c0[0, 0],
                     g_ptr, c_ptr, tc_ptr, h_ptr, nt) == 0
-        if not packed:   # the time loop through BLAS, one gemm per step
+        if not packed:   # the time loop through BLAS, one product per step
+            w_steps = step_matrix(True, N, G, H, w_hh)
             if Tg == T:  # gates = x @ W_ih.T + (b_ih + b_hh), all T*N rows at once
                 input_projection(T, N, D, G, &x[0, 0, 0] if D > 0 else NULL, D,
                                  &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_ptr)
@@ -591,18 +610,19 @@ def _layer_forward(const floating[:, :, :] x,            # (T, N, D), see _rows_
                 if Tg != T:  # one step's rows at a time
                     input_projection(1, N, D, G, &x[t, 0, 0] if D > 0 else NULL, x_row,
                                      &weight_ih[0, 0], &bias_ih[0], &bias_hh[0], g_t)
-                if t > 0:
-                    gemm(False, True, N, G, H, <floating>1, h_ptr + (t - 1) * NH, H,
-                         w_hh, H, <floating>1, g_t, G)      # gates[t] += h[t-1] @ W_hh.T
+                if t > 0:   # gates[t] += h[t-1] @ W_hh.T
+                    step_product(w_steps, True, N, G, H, h_ptr + (t - 1) * NH, H, w_hh, H,
+                                 True, g_t, G)
                     c_prev = c_ptr + (t - 1) * NH
                 else:
-                    if has_h0:
-                        gemm(False, True, N, G, H, <floating>1, &h0[0, 0], H,
-                             w_hh, H, <floating>1, g_t, G)  # gates[0] += h0 @ W_hh.T
+                    if has_h0:   # gates[0] += h0 @ W_hh.T
+                        step_product(w_steps, True, N, G, H, &h0[0, 0], H, w_hh, H, True,
+                                     g_t, G)
                     c_prev = &c0[0, 0]
                 cell_forward(N, H, g_t, c_prev, c_ptr + t * NH, tc_t, h_ptr + t * NH)
                 if len_ptr != NULL and t > 0:
                     carry_padded_state(N, H, t, len_ptr, c_ptr, tc_ptr, h_ptr)
+            fl_step_matrix_free(w_steps)
 
 
 # ---- one LSTM layer, backward through time -----------------------------------
@@ -747,6 +767,7 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef const floating *c_prev
     cdef int nt = 1
     cdef bint packed = False
+    cdef fl_step_matrix *w_steps
     if floating is float:
         nt = recurrent_threads() if n_threads is None else n_threads
         packed = _use_packed(N, len_ptr != NULL)
@@ -770,7 +791,8 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 packed = fl_recurrent_backward_f32(
                     T, N, H, w_hh, &c0[0, 0], g_ptr, c_ptr, tc_ptr, dh_ptr, &dc[0, 0],
                     dh0_ptr, dg_ptr, ring, chunk, nt, gradients_part_f32, &grads) == 0
-        if not packed:   # the time loop through BLAS, one gemm per step
+        if not packed:   # the time loop through BLAS, one product per step
+            w_steps = step_matrix(False, N, G, H, w_hh)
             for t in range(T - 1, -1, -1):
                 c_prev = c_ptr + (t - 1) * NH if t > 0 else &c0[0, 0]
                 # dgates[t] and dc <- dc_{t-1}, through the cell
@@ -781,14 +803,14 @@ def lstm_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                               dh_ptr + t * NH, &dc[0, 0], dg_t)
                 if len_ptr != NULL and t > 0:
                     pass_padded_gradients(N, H, t, len_ptr, stash_ptr, &dc[0, 0], dg_t, dh_ptr)
-                if t > 0:
-                    gemm(False, False, N, H, G, <floating>1, dg_t, G,
-                         w_hh, H, <floating>1, dh_ptr + (t - 1) * NH, H)  # dh[t-1] += dgates[t] @ W_hh
-                elif dh0_ptr != NULL:
-                    gemm(False, False, N, H, G, <floating>1, dg_t, G,
-                         w_hh, H, <floating>0, dh0_ptr, H)                # dh0 = dgates[0] @ W_hh
+                if t > 0:   # dh[t-1] += dgates[t] @ W_hh
+                    step_product(w_steps, False, N, H, G, dg_t, G, w_hh, H, True,
+                                 dh_ptr + (t - 1) * NH, H)
+                elif dh0_ptr != NULL:   # dh0 = dgates[0] @ W_hh
+                    step_product(w_steps, False, N, H, G, dg_t, G, w_hh, H, False, dh0_ptr, H)
                 if t % chunk == 0:   # the weight gradients of steps [t, t + chunk)
                     gradients_part(&grads, 0, 1, t, min(t + chunk, T), <floating *>NULL)
+            fl_step_matrix_free(w_steps)
 
 
 # ---- the activations on their own (tests, dense heads) -----------------------

@@ -154,34 +154,15 @@ FL_INLINE_AVX512 void fl_transpose_16(float *out, int64_t out_stride, const floa
     }
 }
 
-/* Forward slice of a (4H, K) matrix w (W_hh: K = H; W_ih: K = D): the 4 gate
- * rows of units [j0, j1), vectors gate by gate; all units (one thread) as one
- * run of 4H rows, padded only at its end (H = 50: 13 vectors, not 4 x 4).
- * packed[panel][k][lane] = w[q * H + j, k] for the (q, j) of that lane. */
-FL_AVX512 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, int64_t H,
-                            int64_t j0, int64_t j1)
+/* The vectors of s (their col and mask set) packed from the rows of a (., K)
+ * matrix w: packed[panel][k][lane] = w[col + lane, k], the product's right
+ * operand w.T. 16 rows by 16 k at a time, transposed in registers (a gather
+ * of the 16 rows per k took 139 us at H = 300 on Zen 4, where gathers are
+ * slow; a scalar loop with a lane test per element 172 us). */
+FL_AVX512 static void fl_pack_transposed(fl_slice *s, const float *w, int64_t K)
 {
-    s->K = K;
-    if (j0 == 0 && j1 == H) {
-        s->n_vec = fl_vectors(4 * H);
-        for (int64_t v = 0; v < s->n_vec; v++) {
-            s->col[v] = v * FL_LANES;
-            s->mask[v] = fl_lane_mask(4 * H - v * FL_LANES);
-        }
-    } else {
-        int64_t per_gate = fl_vectors(j1 - j0);
-        s->n_vec = 4 * per_gate;
-        for (int64_t q = 0; q < 4; q++)
-            for (int64_t b = 0; b < per_gate; b++) {
-                int64_t v = q * per_gate + b, j = j0 + b * FL_LANES;
-                s->col[v] = q * H + j;
-                s->mask[v] = fl_lane_mask(j1 - j);
-            }
-    }
-    /* 16 rows by 16 k at a time, transposed in registers (a gather of the 16 rows
-     * per k took 139 us at H = 300 on Zen 4, where gathers are slow; a scalar
-     * loop with a lane test per element 172 us) */
     int64_t stride = FL_NV * FL_LANES;
+    s->K = K;
     for (int64_t v = 0; v < s->n_vec; v++) {
         float *panel = s->packed + (v / FL_NV) * K * stride + (v % FL_NV) * FL_LANES;
         const float *first = w + s->col[v] * K;
@@ -189,6 +170,40 @@ FL_AVX512 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, in
             fl_transpose_16(panel + k * stride, stride, first + k, K, s->mask[v],
                             K - k < FL_LANES ? (int)(K - k) : FL_LANES);
     }
+}
+
+/* All rows of a row-major (cols, K) matrix w, as the columns of w.T, one run
+ * padded only at its end. */
+FL_AVX512 static void fl_pack_columns(fl_slice *s, const float *w, int64_t K, int64_t cols)
+{
+    s->n_vec = fl_vectors(cols);
+    for (int64_t v = 0; v < s->n_vec; v++) {
+        s->col[v] = v * FL_LANES;
+        s->mask[v] = fl_lane_mask(cols - v * FL_LANES);
+    }
+    fl_pack_transposed(s, w, K);
+}
+
+/* Forward slice of a (4H, K) matrix w (W_hh: K = H; W_ih: K = D): the 4 gate
+ * rows of units [j0, j1), vectors gate by gate; all units (one thread) as one
+ * run of 4H rows, padded only at its end (H = 50: 13 vectors, not 4 x 4).
+ * packed[panel][k][lane] = w[q * H + j, k] for the (q, j) of that lane. */
+FL_AVX512 static void fl_pack_forward(fl_slice *s, const float *w, int64_t K, int64_t H,
+                            int64_t j0, int64_t j1)
+{
+    if (j0 == 0 && j1 == H) {
+        fl_pack_columns(s, w, K, 4 * H);
+        return;
+    }
+    int64_t per_gate = fl_vectors(j1 - j0);
+    s->n_vec = 4 * per_gate;
+    for (int64_t q = 0; q < 4; q++)
+        for (int64_t b = 0; b < per_gate; b++) {
+            int64_t v = q * per_gate + b, j = j0 + b * FL_LANES;
+            s->col[v] = q * H + j;
+            s->mask[v] = fl_lane_mask(j1 - j);
+        }
+    fl_pack_transposed(s, w, K);
 }
 
 /* All columns of a row-major (K, cols) matrix w, rows ldw apart, over K = the
@@ -941,6 +956,74 @@ static int fl_blocked_product_f32(int64_t K, int64_t M, int64_t cols, const floa
     (void)K; (void)M; (void)cols; (void)A; (void)lda; (void)a_down; (void)B; (void)ldb;
     (void)C; (void)ldc; (void)accumulate; (void)row_sums;
     return -1;
+#endif
+}
+
+/*
+ * A recurrent weight matrix packed once for all the steps of a BLAS loop (the
+ * GRU's and the plain RNN's time loops, and the LSTM's over a padded batch),
+ * whose products per step then run on the register tiles, where each sgemm
+ * call packed W_hh again (OpenBLAS's copy routines took 26% of a GRU charlm
+ * epoch, perf, both cores). transposed: w is (cols, K) and the products take
+ * w.T, the forward's h[t-1] @ W_hh.T, with the rows outer (fl_rows_product);
+ * else w is (K, cols), the backward's dh[t-1] += dgates[t] @ W_hh, with the
+ * panels outer (fl_slice_product), each as the LSTM's packed loop runs them.
+ */
+typedef struct {
+    fl_slice slice;
+    int transposed;
+} fl_step_matrix;
+
+/* 0: fl_step_matrix_new_f32 declines every call (tests, A/B timing). */
+static int fl_step_matrix_enabled = 1;
+
+/* w packed (see fl_step_matrix), or NULL (nothing to free: the caller runs
+ * BLAS) without AVX-512 or memory, or beyond the descriptor arrays. */
+static fl_step_matrix *fl_step_matrix_new_f32(const float *w, int64_t K, int64_t cols,
+                                              int transposed)
+{
+#if FL_HAVE_AVX512_CODE
+    if (!fl_step_matrix_enabled || !fl_recurrent_available() || K <= 0 || cols <= 0
+        || fl_vectors(cols) > FL_MAX_VEC)
+        return NULL;
+    fl_step_matrix *m = malloc(sizeof(fl_step_matrix));
+    float *packed = fl_alloc_floats(fl_panel_floats(fl_vectors(cols), K));
+    if (!m || !packed) {
+        free(m);
+        free(packed);
+        return NULL;
+    }
+    m->slice.packed = packed;
+    m->transposed = transposed;
+    if (transposed)
+        fl_pack_columns(&m->slice, w, K, cols);
+    else
+        fl_pack_rows(&m->slice, w, K, cols, cols);
+    return m;
+#else
+    (void)w; (void)K; (void)cols; (void)transposed;
+    return NULL;
+#endif
+}
+
+static void fl_step_matrix_free(fl_step_matrix *m)
+{
+    if (m) free(m->slice.packed);
+    free(m);
+}
+
+/* C (N, cols) (+)= A (N, K) @ the packed matrix (w.T or w); rows of A lda
+ * apart, of C ldc. */
+static void fl_step_product_f32(const fl_step_matrix *m, int64_t N, const float *A,
+                                int64_t lda, float *C, int64_t ldc, int accumulate)
+{
+#if FL_HAVE_AVX512_CODE
+    if (m->transposed)
+        fl_rows_product(&m->slice, N, A, lda, NULL, NULL, 0, C, ldc, accumulate, NULL);
+    else
+        fl_slice_product(&m->slice, N, A, lda, C, ldc, accumulate, NULL);
+#else
+    (void)m; (void)N; (void)A; (void)lda; (void)C; (void)ldc; (void)accumulate;
 #endif
 }
 

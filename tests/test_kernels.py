@@ -25,11 +25,18 @@ SHAPES = [  # (T, N, D, H)
     (3, 20, 0, 24),   # no input: the gates start from the bias alone
 ]
 # Forward and backward run through the packed, thread-split float32 time loop
-# (when the CPU has it) with 1 and 2 threads, and through the BLAS loop; the
-# float32 cell forward through its AVX-512 loop, and its portable one on the last.
-PATHS = [("packed", 1), ("packed", 2), ("blas", 1), ("blas-portable-cell", 1)]
+# (when the CPU has it) with 1 and 2 threads, and through the BLAS loop (its
+# float32 products per step on a packed W_hh where H >= 128: _blas.step_matrix);
+# the last as a CPU without AVX-512 runs them: one sgemm per step, the weight
+# gradients through BLAS, the float32 cells' portable loops.
+PATHS = [("packed", 1), ("packed", 2), ("blas", 1), ("no-avx512", 1)]
 # float32 against a float64 reference: a few ulp per operation, grown over T steps
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+# What a CPU without AVX-512 runs instead (each switch returns its previous setting)
+AVX512_SWITCHES = (_kernels.set_avx512_cell, _kernels.set_gradient_tiles,
+                   _kernels.set_step_products)
 
 
 def random_layer(T, N, D, H, dtype, seed=0, zero_state=False):
@@ -42,10 +49,11 @@ def path(request):
     """(kind, n_threads) of the time loop; the setting in force before is restored after."""
     kind, n_threads = request.param
     previous = _kernels.set_packed_recurrence(kind == "packed")
-    previous_cell = _kernels.set_avx512_cell(kind != "blas-portable-cell")
+    previous_avx512 = [set_avx512(kind != "no-avx512") for set_avx512 in AVX512_SWITCHES]
     yield kind, n_threads
     _kernels.set_packed_recurrence(previous)
-    _kernels.set_avx512_cell(previous_cell)
+    for set_avx512, was in zip(AVX512_SWITCHES, previous_avx512):
+        set_avx512(was)
 
 
 def run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None, packed_weights=None):
