@@ -111,7 +111,7 @@ def rnn_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
             if t > 0:
                 step_product(w_steps, True, N, H, H, h_ptr + (t - 1) * NH, H, w_hh, H, True,
                              h_ptr + t * NH, H)                # h[t] += h[t-1] @ W_hh.T
-            elif has_h0:
+            elif has_h0:   # h[0] += h0 @ W_hh.T
                 step_product(w_steps, True, N, H, H, &h0[0, 0], H, w_hh, H, True, h_ptr, H)
             if floating is float:
                 fl_rnn_fwd_f32(NH, sigmoid, h_ptr + t * NH)      # h[t] = act(h[t])

@@ -29,8 +29,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from ._blas cimport (any_nonzero, fl_step_matrix, fl_step_matrix_free, input_gradient,
-                     input_projection, step_matrix, step_product,
-                        weight_gradients)
+                     input_projection, step_matrix, step_product, weight_gradients)
 from ._checks cimport _check, _dims, _lengths_ptr, _plain, _plain_data
 cimport numpy as cnp
 
