@@ -356,6 +356,36 @@ def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_leng
         LSTMRegressor(4, bidirectional=True, tbptt_steps=2).fit(np.zeros((4, 6, 1)), np.zeros(4))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_torch_reproduces_a_float32_estimator_on_tiles_per_step(cell):
+    """A float32 model of 128 units fitted on sequences of several lengths: its
+    time loops (BLAS loops, the LSTM's for a padded batch) run their products per
+    step on a packed W_hh (_blas.step_matrix), in fit and in predict, and torch's
+    packed sequences give its predictions to float32's rounding."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 12, 48)
+    X = [rng.standard_normal((L, 3)).astype(np.float32) for L in lengths]
+    y = np.array([x[0, 0] - x[-1, 1] for x in X])
+    model = LSTMRegressor(128, cell=cell, max_iter=2, batch_size=16, random_state=0,
+                          dtype="float32").fit(X, y)
+    w = model.weights_
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        3, 128, batch_first=True)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            param.copy_(torch.from_numpy(w[name].copy()))
+        padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(x) for x in X],
+                                                 batch_first=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(padded, torch.from_numpy(lengths),
+                                                         batch_first=True, enforce_sorted=False)
+        _, h_n = module(packed)
+        h_n = h_n[0] if cell == "lstm" else h_n                 # (1, N, 128)
+        pred = h_n[0] @ torch.from_numpy(w["head.weight"].copy()).T + torch.from_numpy(
+            w["head.bias"].copy())
+    np.testing.assert_allclose(model.predict(X), pred[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 def test_kernels_release_the_gil(cell):
     """Another thread runs while the forward and backward kernels do (see the Ticker
