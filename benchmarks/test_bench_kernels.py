@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from fastlstm import LSTMRegressor, _kernels
+from fastlstm import LSTMRegressor, _cells, _kernels
 
 # (T, N, D, H) of one layer: sine's layer and medium's layer (see BENCHMARKS.md)
 SHAPES = {"sine": (10, 32, 1, 50), "medium": (50, 128, 32, 128)}
@@ -81,6 +81,43 @@ def test_lstm_layer_backward(benchmark, shape):
 
     benchmark.pedantic(backward, setup=reset, rounds=20, iterations=1, warmup_rounds=1)
     assert np.isfinite(dweight_hh).all() and np.isfinite(dx).all()
+
+
+def test_gru_layer_forward_and_backward(benchmark):
+    """medium's layer as a GRU: the BLAS time loop, whose products per step run on
+    W_hh packed once per call (_blas.step_matrix) at 128 units."""
+    T, N, D, H = SHAPES["medium"]
+    G = 3 * H
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    x = rng.standard_normal((T, N, D), dtype=f32)                          # (T, N, D)
+    w_ih = rng.uniform(-0.1, 0.1, (G, D)).astype(f32)                      # (G, D)
+    w_hh = rng.uniform(-0.1, 0.1, (G, H)).astype(f32)                      # (G, H)
+    b_ih, b_hh = np.zeros(G, f32), np.zeros(G, f32)                        # (G,)
+    h0 = np.zeros((N, H), f32)                                             # (N, H)
+    gates, hproj = np.empty((T, N, G), f32), np.empty((T, N, G), f32)      # (T, N, G)
+    h = np.empty((T, N, H), f32)                                           # (T, N, H)
+    dh_from_above = rng.standard_normal((T, N, H), dtype=f32)              # (T, N, H)
+    dh = np.empty_like(dh_from_above)                # clobbered by the kernel: reset each round
+    dgates_i, dgates_h = np.empty_like(gates), np.empty_like(gates)        # (T, N, G)
+    dx = np.empty_like(x)                                                  # (T, N, D)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)               # accumulated
+    db_ih, db_hh = np.zeros(G, f32), np.zeros(G, f32)                      # accumulated
+
+    def reset():  # not timed
+        dh[...] = dh_from_above
+        for acc in (dw_ih, dw_hh, db_ih, db_hh):
+            acc[...] = 0
+        return (), {}
+
+    def forward_and_backward():
+        _cells.gru_layer_forward(x, w_ih, w_hh, b_ih, b_hh, h0, gates, hproj, h)
+        _cells.gru_layer_backward(x, w_ih, w_hh, h0, gates, hproj, h, dh, None, dgates_i,
+                                  dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+    benchmark.pedantic(forward_and_backward, setup=reset, rounds=20, iterations=1,
+                       warmup_rounds=1)
+    assert np.isfinite(h).all() and np.isfinite(dw_hh).all() and np.isfinite(dx).all()
 
 
 @pytest.fixture(scope="module")
