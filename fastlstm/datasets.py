@@ -1,4 +1,6 @@
 """Built-in data for examples, the demo and the tests: nothing is downloaded."""
+from collections import Counter
+
 import numpy as np
 
 
@@ -118,7 +120,12 @@ class CharVocabulary:
         if len(chars) == 0:
             raise ValueError("a vocabulary needs at least one character")
         if len(set(chars)) != len(chars):
-            raise ValueError(f"the characters of a vocabulary must be distinct, got {chars!r}")
+            # the repeats by name, not all of chars (a whole text passed by mistake)
+            repeated = "".join(sorted(ch for ch, n in Counter(chars).items() if n > 1))
+            raise ValueError(f"the characters of a vocabulary must be distinct: {repeated[:20]!r}"
+                             f"{' and more' if len(repeated) > 20 else ''} repeat in the "
+                             f"{len(chars)} given (CharVocabulary.from_text(text) makes a "
+                             "vocabulary of a text's characters)")
         self.chars = chars
         self._code = {ch: k for k, ch in enumerate(chars)}
         self._table = np.array(list(chars))                     # (V,) code -> char

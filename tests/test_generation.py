@@ -55,8 +55,11 @@ def test_vocabulary_rejects_bad_input():
     vocab = CharVocabulary("abc")
     with pytest.raises(ValueError, match="outside the vocabulary: 'xz'"):
         vocab.encode("axbz")
-    with pytest.raises(ValueError, match="distinct"):
+    with pytest.raises(ValueError, match="distinct: 'a' repeat"):
         CharVocabulary("aba")
+    with pytest.raises(ValueError, match="distinct") as error:   # a whole text by mistake
+        CharVocabulary("the quick brown fox jumps over the lazy dog. " * 200)
+    assert len(str(error.value)) < 300 and "from_text" in str(error.value)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         vocab.decode([0, 3])
     with pytest.raises(TypeError, match="str"):
