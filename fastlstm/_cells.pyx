@@ -48,6 +48,7 @@ cdef extern from "_cells.h" nogil:
 cdef extern from "_recurrent.h" nogil:
     int fl_blocked_product_enabled
     int fl_step_matrix_enabled
+    int64_t fl_gradient_steps(int64_t T, int64_t N, int64_t G, int64_t float_bytes)
 
 
 def set_compiled_products(bint gradient_tiles, bint step_products):
@@ -265,6 +266,20 @@ def gru_layer_forward(const floating[:, :, ::1] x,          # (T, N, D)
 
 # ---- GRU, backward through time ------------------------------------------------------
 
+cdef Py_ssize_t _gru_chunk_steps(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+                                 Py_ssize_t float_bytes) noexcept nogil:
+    """Steps per chunk of a GRU layer's gradients (fl_gradient_steps over both of
+    its gate gradients, 2 x 3H columns)."""
+    return fl_gradient_steps(T, N, 6 * H, float_bytes)
+
+
+def gru_gradient_chunk_steps(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, dtype):
+    """Steps per chunk in which a GRU layer's backward computes its weight
+    gradients and dx as it goes (T: one chunk): the steps its dgates_i and
+    dgates_h may hold (gru_layer_backward)."""
+    return _gru_chunk_steps(T, N, H, np.dtype(dtype).itemsize)
+
+
 def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                        const floating[:, ::1] weight_ih,     # (3H, D)
                        const floating[:, ::1] weight_hh,     # (3H, H)
@@ -274,8 +289,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                        const floating[:, :, ::1] h,          # (T, N, H) from forward
                        floating[:, :, ::1] dh,               # (T, N, H) in: dL/dh_t from above; clobbered
                        floating[:, ::1] dh0,                 # (N, H) out: dL/dh0, or None to skip
-                       floating[:, :, ::1] dgates_i,         # (T, N, 3H) out: input side
-                       floating[:, :, ::1] dgates_h,         # (T, N, 3H) out: hidden side
+                       floating[:, :, ::1] dgates_i,         # (T or chunk, N, 3H) out: input side
+                       floating[:, :, ::1] dgates_h,         # (T or chunk, N, 3H) out: hidden side
                        floating[:, :, ::1] dx,               # (T, N, D) out, or None to skip
                        floating[:, ::1] dweight_ih,          # (3H, D) accumulated into
                        floating[:, ::1] dweight_hh,          # (3H, H) accumulated into
@@ -283,9 +298,16 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                        floating[::1] dbias_hh,               # (3H,) accumulated into
                        const int64_t[::1] lengths=None):
     """Backprop through all T steps of one GRU layer. dh is the running gradient
-    on h_t. Padded steps pass dh[t] on to dh[t-1] and get zero gate gradients."""
+    on h_t. Padded steps pass dh[t] on to dh[t-1] and get zero gate gradients.
+    The weight gradients and dx of each chunk of steps are taken as soon as the
+    loop is done with it (gru_gradient_chunk_steps; all T steps where the gate
+    gradients fit in L2), so dgates_i and dgates_h may instead hold one chunk's
+    steps, scratch that each chunk reuses (step t at t % those steps; contents
+    unspecified after)."""
     cdef Py_ssize_t T = x.shape[0], N = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], G = 3 * H
+    cdef Py_ssize_t chunk = _gru_chunk_steps(T, N, H, sizeof(floating))
+    cdef Py_ssize_t ring = chunk if dgates_i.shape[0] == chunk else T   # steps the buffers hold
     _check("weight_ih", weight_ih.shape, 2, G, D)
     _check("weight_hh", weight_hh.shape, 2, G, H)
     _check("h0", h0.shape, 2, N, H)
@@ -293,8 +315,8 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
         _check("dh0", dh0.shape, 2, N, H)
     _check("gates", gates.shape, 3, T, N, G)
     _check("hproj", hproj.shape, 3, T, N, G)
-    _check("dgates_i", dgates_i.shape, 3, T, N, G)
-    _check("dgates_h", dgates_h.shape, 3, T, N, G)
+    _check("dgates_i", dgates_i.shape, 3, ring, N, G)
+    _check("dgates_h", dgates_h.shape, 3, ring, N, G)
     _check("h", h.shape, 3, T, N, H)
     _check("dh", dh.shape, 3, T, N, H)
     if dx is not None:
@@ -327,6 +349,10 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
     cdef floating *dh0_ptr = &dh0[0, 0] if dh0 is not None else NULL
     cdef floating[:, ::1] direct = np.empty_like(h0)         # (N, H) dh[t] * z, the skip path
     cdef floating *dd = &direct[0, 0]
+    cdef const floating *h0_ptr = &h0[0, 0] if any_nonzero(&h0[0, 0], NH) else NULL
+    cdef floating *di_t
+    cdef floating *dhg_t
+    cdef Py_ssize_t t1
     cdef fl_step_matrix *w_steps
     with nogil:
         w_steps = step_matrix(False, N, G, H, w_hh)
@@ -335,20 +361,21 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 h_prev, dh_prev = h_ptr + (t - 1) * NH, dh_ptr + (t - 1) * NH
             else:
                 h_prev, dh_prev = &h0[0, 0], dh0_ptr
+            di_t, dhg_t = di_ptr + t % ring * NG, dhg_ptr + t % ring * NG  # step t's rows
             if floating is float:
                 fl_gru_cell_bwd_f32(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
-                                    dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)
+                                    dh_ptr + t * NH, di_t, dhg_t, dd)
             else:
                 fl_gru_cell_bwd_f64(N, H, g_ptr + t * NG, hp_ptr + t * NG, h_prev,
-                                    dh_ptr + t * NH, di_ptr + t * NG, dhg_ptr + t * NG, dd)
+                                    dh_ptr + t * NH, di_t, dhg_t, dd)
             if len_ptr != NULL and t > 0:
                 for n in range(N):  # padded: h[t] = h[t-1], all of dh[t] goes straight on
                     if t >= len_ptr[n]:
                         for j in range(H):
                             dd[n * H + j] = dh_ptr[t * NH + n * H + j]
                         for k in range(G):
-                            di_ptr[t * NG + n * G + k] = 0
-                            dhg_ptr[t * NG + n * G + k] = 0
+                            di_t[n * G + k] = 0
+                            dhg_t[n * G + k] = 0
             # dh_prev (+)= dh[t] * z + dgates_h[t] @ W_hh (no dh_prev: t = 0 without dh0)
             if dh_prev != NULL:
                 if t > 0:
@@ -357,17 +384,19 @@ def gru_layer_backward(const floating[:, :, ::1] x,          # (T, N, D)
                 else:
                     for k in range(NH):
                         dh_prev[k] = dd[k]
-                step_product(w_steps, False, N, H, G, dhg_ptr + t * NG, G, w_hh, H, True,
-                             dh_prev, H)
+                step_product(w_steps, False, N, H, G, dhg_t, G, w_hh, H, True, dh_prev, H)
+            if t % chunk == 0:   # steps [t, t1), while their gate gradients are in cache
+                t1 = min(t + chunk, T)
+                weight_gradients(t1 - t, N, G, G, D, H, di_t, dhg_t,
+                                 &x[t, 0, 0] if D > 0 else NULL,
+                                 h_ptr + (t - 1) * NH if t > 0 else h_ptr, t == 0, h0_ptr,
+                                 &dweight_ih[0, 0], &dweight_hh[0, 0],
+                                 &dbias_ih[0])                  # db_ih = dgates_i.sum(rows)
+                sum_rows((t1 - t) * N, G, G, dhg_t, &dbias_hh[0])  # db_hh = dgates_h.sum(rows)
+                if dx_ptr != NULL:   # dx = dgates_i @ W_ih
+                    input_gradient((t1 - t) * N, G, D, di_t, G, &weight_ih[0, 0],
+                                   dx_ptr + t * N * D)
         fl_step_matrix_free(w_steps)
-
-        weight_gradients(T, N, G, G, D, H, di_ptr, dhg_ptr, &x[0, 0, 0] if D > 0 else NULL,
-                         h_ptr, True, &h0[0, 0] if any_nonzero(&h0[0, 0], N * H) else NULL,
-                         &dweight_ih[0, 0], &dweight_hh[0, 0],
-                         &dbias_ih[0])                          # db_ih = dgates_i.sum(rows)
-        sum_rows(T * N, G, G, dhg_ptr, &dbias_hh[0])            # db_hh = dgates_h.sum(rows)
-        if dx_ptr != NULL:
-            input_gradient(T * N, G, D, di_ptr, G, &weight_ih[0, 0], dx_ptr)  # dx = dgates_i @ W_ih
 
 
 # ---- the dense head: forward and backward ------------------------------------------

@@ -544,8 +544,9 @@ class LSTMNetwork:
                                          n_threads)
             db_hh[...] = db_ih                                    # b_ih and b_hh enter alike
         elif self.cell == "gru":
-            dgates_i = arena.get(key("dgates"), (T, N, 3 * H))
-            dgates_h = arena.get(key("dgates_h"), (T, N, 3 * H))
+            steps = _cells.gru_gradient_chunk_steps(T, N, H, self.dtype)  # scratch: a chunk's
+            dgates_i = arena.get(key("dgates"), (steps, N, 3 * H))
+            dgates_h = arena.get(key("dgates_h"), (steps, N, 3 * H))
             _cells.gru_layer_backward(layer_in, w_ih, w_hh, h0, gates, c, h, dh, dh0, dgates_i,
                                       dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh, lengths)
         else:

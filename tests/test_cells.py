@@ -114,9 +114,11 @@ def kernel_forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None):
     return h, ()
 
 
-def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None, with_dh0=True):
+def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None, with_dh0=True,
+                    dgates_steps=None):
     """dx, dW_ih, dW_hh, db_ih, db_hh, dh0; weight gradients accumulate onto ones.
-    with_dh0=False asks for no dh0 (returned as None)."""
+    with_dh0=False asks for no dh0 (returned as None); dgates_steps: steps of the
+    GRU's gate gradient buffers (default T)."""
     T, N, D = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
@@ -126,7 +128,7 @@ def kernel_backward(cell, x, w_ih, w_hh, h0, h, saved, dh, lengths=None, with_dh
     dw_ih, dw_hh = np.ones((G, D), dtype), np.ones((G, H), dtype)
     db_ih, db_hh = np.ones(G, dtype), np.ones(G, dtype)
     if cell == "gru":
-        dgi, dgh = (np.full((T, N, G), np.nan, dtype) for _ in range(2))
+        dgi, dgh = (np.full((dgates_steps or T, N, G), np.nan, dtype) for _ in range(2))
         _cells.gru_layer_backward(x, w_ih, w_hh, h0, *saved, h, dh.copy(), dh0, dgi, dgh, dx,
                                   dw_ih, dw_hh, db_ih, db_hh, lengths)
     else:
@@ -163,6 +165,35 @@ def test_kernels_match_reference(cell, shape, dtype, zero_state, step_products):
     names = ("dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dh0")
     for name, a, b in zip(names, got, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype] * 10, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padded", [False, True])
+def test_gru_backward_in_chunks_of_steps(dtype, padded, step_products):
+    """Where the GRU's two gate gradients outgrow L2, its weight gradients and dx
+    come chunk by chunk as the loop goes (here 4 steps a chunk, the first of 1),
+    and its gate gradient buffers may hold one chunk's steps, reused: the same
+    bits as buffers of every step, and the reference's values."""
+    T, N, D, H = 17, 64, 3, 64
+    assert _cells.gru_gradient_chunk_steps(T, N, H, dtype) == 4
+    assert _cells.gru_gradient_chunk_steps(T, N // 4, H, dtype) == T   # under 1 MB: one chunk
+    x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer("gru", T, N, D, H, dtype)
+    w_ih, w_hh = w_ih * 0.25, w_hh * 0.25                     # keep the gates off saturation
+    lengths = np.random.default_rng(3).integers(1, T + 1, N).astype(np.int64) if padded else None
+    dh = np.random.default_rng(1).standard_normal((T, N, H)).astype(dtype)
+    h, saved = kernel_forward("gru", x, w_ih, w_hh, b_ih, b_hh, h0, lengths)
+    whole = kernel_backward("gru", x, w_ih, w_hh, h0, h, saved, dh, lengths)
+    in_chunk = kernel_backward("gru", x, w_ih, w_hh, h0, h, saved, dh, lengths, dgates_steps=4)
+    for got, want in zip(in_chunk, whole):
+        np.testing.assert_array_equal(got, want)
+    if not padded:
+        _, cache = ref_forward("gru", *as64(x, w_ih, w_hh, b_ih, b_hh, h0))
+        expected = ref_backward("gru", *as64(dh, w_ih, w_hh), cache)
+        for name, a, b in zip(("dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dh0"), whole, expected):
+            np.testing.assert_allclose(a, b, rtol=TOL[dtype] * 5, atol=TOL[dtype] * 10,
+                                       err_msg=name)
+    with pytest.raises(ValueError, match="dgates_i"):
+        kernel_backward("gru", x, w_ih, w_hh, h0, h, saved, dh, lengths, dgates_steps=5)
 
 
 @pytest.mark.parametrize("dtype, H", [(np.float64, 5), (np.float32, 128)])
