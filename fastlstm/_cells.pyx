@@ -6,7 +6,8 @@ The same design as the LSTM kernels' BLAS loop in _kernels.pyx: time-major
 buffers (T, N, .), one gemm for the input projection of all T*N rows, then per
 step one recurrent product and one fused elementwise loop (_cells.h), the whole
 time loop with the GIL released; backward ends with one product each for dW_ih,
-dW_hh and dx. In float32 on AVX-512 CPUs the products per step run on W_hh
+dW_hh and dx (the GRU's: one per chunk of steps, as the loop finishes each, see
+gru_layer_backward). In float32 on AVX-512 CPUs the products per step run on W_hh
 packed once per call (_blas.step_matrix) where it is 128 x 128 or more, and the
 gradient products on the register tiles (_blas.weight_gradient).
 
