@@ -169,7 +169,7 @@ def test_kernels_match_reference(cell, shape, dtype, zero_state, step_products):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("padded", [False, True])
-def test_gru_backward_in_chunks_of_steps(dtype, padded, step_products):
+def test_gru_backward_in_chunks_of_steps(dtype, padded):
     """Where the GRU's two gate gradients outgrow L2, its weight gradients and dx
     come chunk by chunk as the loop goes (here 4 steps a chunk, the first of 1),
     and its gate gradient buffers may hold one chunk's steps, reused: the same
