@@ -300,7 +300,7 @@ def test_torch_reproduces_a_fitted_estimator(cell, dtype):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 6, 3)).astype(dtype)
     y = (X[:, :, 0].sum(axis=1) > 0).astype(int)
-    model = LSTMClassifier((5, 5), cell=cell, max_iter=3, random_state=0).fit(X, y)
+    model = LSTMClassifier((5, 5), cell=cell, max_iter=3, dtype=dtype, random_state=0).fit(X, y)
     w = model.weights_
     module = (torch.nn.GRU if cell == "gru" else torch.nn.RNN)(
         3, 5, num_layers=2, batch_first=True, dtype={np.float32: torch.float32,
@@ -354,7 +354,7 @@ def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_leng
     lengths = rng.integers(2, 9, 30)
     X = [rng.standard_normal((L, 3)) for L in lengths]
     y = np.array([x[0, 0] - x[-1, 1] for x in X])
-    model = LSTMRegressor((5, 4), cell=cell, bidirectional=True, max_iter=3,
+    model = LSTMRegressor((5, 4), cell=cell, bidirectional=True, max_iter=3, dtype="float64",
                           random_state=0).fit(X, y)
     w = model.weights_
     assert w["weight_ih_l1_reverse"].shape == (w["weight_hh_l1"].shape[0], 2 * 5)

@@ -107,16 +107,34 @@ def test_same_seed_same_weights_and_predictions():
     assert not np.array_equal(other.network_.params, fits[0].network_.params)
 
 
-def test_dtype_follows_input_or_parameter():
+def test_float32_by_default_float64_on_request():
     X, y = small_regression()
-    assert LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit(X, y).network_.dtype == np.float32
     X64 = X.astype(np.float64)
     model = LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit(X64, y)
-    assert model.network_.dtype == np.float64 and model.predict(X64).dtype == np.float64
-    forced = LSTMRegressor(max_iter=1, hidden_layer_sizes=2, dtype="float32").fit(X64, y)
-    assert forced.network_.dtype == np.float32
-    ints = LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit((X * 10).astype(int), y)
+    assert model.network_.dtype == np.float32
+    # predictions in the wider of the two types: float64 for a float64 X, the same
+    # values as for the float32 X it rounds to
+    assert model.predict(X).dtype == np.float32
+    np.testing.assert_array_equal(model.predict(X64), model.predict(X).astype(np.float64))
+    outputs, state = model.step(X64)
+    assert outputs.dtype == np.float64 and state[0][0].dtype == np.float32
+    assert model.step(X)[0].dtype == np.float32
+    univariate = LSTMRegressor(max_iter=1, hidden_layer_sizes=2).fit(X64[:, :, 0], y)
+    assert univariate.forecast(X64[:, :, 0], 2).dtype == np.float64
+    assert univariate.forecast(X[:, :, 0], 2).dtype == np.float32
+    requested = LSTMRegressor(max_iter=1, hidden_layer_sizes=2, dtype="float64").fit(X, y)
+    assert requested.network_.dtype == np.float64 and requested.predict(X).dtype == np.float64
+    follows = LSTMRegressor(max_iter=1, hidden_layer_sizes=2, dtype=None)
+    assert follows.fit(X64, y).network_.dtype == np.float64
+    assert follows.fit(X, y).network_.dtype == np.float32
+    ints = LSTMRegressor(max_iter=1, hidden_layer_sizes=2, dtype=None).fit((X * 10).astype(int), y)
     assert ints.network_.dtype == np.float32
+    classifier = LSTMClassifier(max_iter=1, hidden_layer_sizes=2).fit(X64, y > 0)
+    proba = classifier.predict_proba(X64)
+    assert classifier.network_.dtype == np.float32 and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-14)   # softmax in float64
+    np.testing.assert_allclose(proba, classifier.predict_proba(X), rtol=1e-6)
+    assert classifier.step(X64)[0].dtype == np.float64
 
 
 def test_dropout_is_off_at_predict():

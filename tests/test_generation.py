@@ -95,7 +95,7 @@ def test_char_windows_next_and_sequence_labels():
 @pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
 def test_step_in_chunks_equals_whole_sequence(estimator, output, dtype):
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((20, 9, 3))
+    X = rng.standard_normal((20, 9, 3)).astype(dtype)
     if output == "last":
         y = X[:, :, 0].sum(axis=1)
     else:

@@ -340,7 +340,7 @@ def test_small_networks_run_on_one_thread_and_wide_single_sequences_on_more():
 
 
 def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
-    """A single sequence through a 512-unit layer runs its gemv on the BLAS threads
+    """A single float64 sequence through a 512-unit layer runs its gemv on the BLAS threads
     in force (two here), a 64-unit one on one thread; neither is cut into slices. A
     16-unit one leaves the limit alone (BLAS threads no product that small) and
     predicts the same as on one thread."""
@@ -357,7 +357,7 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
     monkeypatch.setattr(LSTMNetwork, "forward", spy)
     X = np.random.default_rng(0).standard_normal((1, 3, 2))
     for H, threads in ((512, 2), (64, 1), (16, 2)):
-        model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1).fit(X, [0.5])
+        model = LSTMRegressor(hidden_layer_sizes=(H,), max_iter=1, dtype="float64").fit(X, [0.5])
         seen.clear()
         with threadpool_limits(2, user_api="blas"):
             got = model.predict(X)
@@ -447,7 +447,9 @@ def test_a_small_network_is_not_cut_into_slices(monkeypatch):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((256, 10, 1))
     seen = spy_slices(monkeypatch)
-    model = LSTMRegressor(hidden_layer_sizes=(50,), batch_size=32, max_iter=1, n_jobs=2)
+    # float64: float32 LSTM predictions run whole, split by the layers' own loops
+    model = LSTMRegressor(hidden_layer_sizes=(50,), batch_size=32, max_iter=1, n_jobs=2,
+                          dtype="float64")
     model.fit(X[:64], X[:64, -1, 0]).predict(X[:64])
     assert seen == []
     model.predict(X)

@@ -55,7 +55,7 @@ def test_gradient_clipping_tames_exploding_gradients_of_a_plain_rnn():
                               clip_grad_norm=clip).fit(X, y)
         model.weights_["weight_hh_l0"][...] *= 3.0
         net = model.network_
-        out, tape = net.forward(np.ascontiguousarray(X.transpose(1, 0, 2)))
+        out, tape = net.forward(np.ascontiguousarray(X.transpose(1, 0, 2), dtype=net.dtype))
         assert np.linalg.norm(net.backward(tape, out - y[:, None])) / len(X) > 1e4
         curves[clip] = model.set_params(max_iter=10, n_iter_no_change=10).fit(X, y).loss_curve_
     start = curves[1.0][0]

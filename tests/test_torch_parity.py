@@ -91,7 +91,8 @@ def test_stacked_torch_lstm_reproduces_fitted_estimator(dtype, rng):
 
     X = rng.standard_normal((40, 6, 3)).astype(dtype)
     y = X.sum(axis=(1, 2))
-    model = LSTMRegressor(hidden_layer_sizes=(5, 5), max_iter=3, random_state=0).fit(X, y)
+    model = LSTMRegressor(hidden_layer_sizes=(5, 5), max_iter=3, dtype=dtype,
+                          random_state=0).fit(X, y)
     w = model.weights_
     lstm = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True, dtype=TORCH_DTYPE[dtype])
     with torch.no_grad():
