@@ -569,8 +569,8 @@ class _BaseLSTM(BaseEstimator):
         estimators give for float64 input; a float32 X gets float32 ones."""
         dtype = self.network_.dtype
         x_dtype = getattr(X, "dtype", None)
-        if x_dtype is not None and x_dtype == dtype:  # a single-sequence predict sees this
-            return dtype
+        if x_dtype is not None and x_dtype == dtype:  # the common case, kept cheap: the
+            return dtype                              # rule costs a sine predict 1.5 of 14 us
         return np.result_type(dtype, resolve_dtype(X, None))
 
     def _forward_checked(self, X3, lengths=None, parts=1, n_threads=None):
@@ -952,17 +952,22 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         """Forecast n_steps ahead autoregressively from a history.
 
         The model predicts the next value from the history, that prediction is
-        fed back as the next input, and so on; the (h, c) state is carried
-        from step to step (each new step is one T=1 run of the compiled
-        kernels, the history is not re-run). The model must predict as many
-        values as it takes per step, e.g. a univariate next-value model trained
-        on `fastlstm.datasets.make_windows`.
+        fed back as the next input, and so on. A many-to-one model fitted on
+        windows of one length (output="last", e.g. a next-value model trained
+        on `fastlstm.datasets.make_windows`) slides a window of that length:
+        each prediction runs the last n_timesteps_in_ values, as in training.
+        A model with output="sequence" (or fitted on sequences of several
+        lengths) carries its state instead: the history runs once, then each
+        new value is one T=1 run of the compiled kernels. The model must
+        predict as many values as it takes per step.
 
         Parameters
         ----------
         X : array-like of shape (n_sequences, n_timesteps, n_features)
-            The history of each sequence, any length; a 2-D X is
-            (n_sequences, n_timesteps) of a univariate series.
+            The history of each sequence: any length for a model that carries
+            its state, at least n_timesteps_in_ steps (the last ones are used)
+            for one that slides a window; a 2-D X is (n_sequences,
+            n_timesteps) of a univariate series.
         n_steps : int
             How many steps to forecast.
 

@@ -24,8 +24,9 @@ def make_windows(series, time_step, horizon=1, *, targets="next"):
     (m,) or (m, n_features), for a many-to-one model (output="last").
     targets="sequence": y is the window shifted by `horizon`, the value
     `horizon` steps ahead of every step, (m, time_step) or (m, time_step,
-    n_features), for output="sequence"; such a model keeps forecasting well
-    when `LSTMRegressor.forecast` carries its state past time_step.
+    n_features), for output="sequence"; `LSTMRegressor.forecast` carries such
+    a model's state past time_step, and it keeps forecasting well there (a
+    many-to-one model's forecast slides a window of time_step instead).
     """
     series = np.asarray(series)
     if series.ndim not in (1, 2):

@@ -231,11 +231,31 @@ def test_step_rejects_bad_state_and_input():
 
 # ---- forecasting --------------------------------------------------------------
 
-def test_forecast_equals_feeding_predictions_back_step_by_step():
+def test_forecast_of_a_window_model_slides_its_window():
     X, y = make_windows(noisy_sine(300), time_step=10)
     model = LSTMRegressor(hidden_layer_sizes=(12,), max_iter=10, dtype="float64",
                           random_state=0).fit(X, y)
-    history = X[:3]                                             # (3, 10, 1)
+    history = X[:3, :, 0]                                       # (3, 10)
+    longer = np.concatenate([X[3:6, :4, 0], history], axis=1)   # 4 older steps before them
+    fc = model.forecast(history, 6)
+    assert fc.shape == (3, 6)
+    # by hand: predict from the last 10 values, append the prediction, slide on
+    values = history
+    for k in range(6):
+        np.testing.assert_array_equal(fc[:, k], model.predict(values[:, -10:, None]))
+        values = np.concatenate([values, fc[:, k:k + 1]], axis=1)
+    # the older steps of a longer history are not used
+    np.testing.assert_array_equal(model.forecast(longer, 6), fc)
+    assert model.forecast(history, 0).shape == (3, 0)
+    with pytest.raises(ValueError, match="10 steps it was fitted on"):
+        model.forecast(history[:, :9], 2)
+
+
+def test_forecast_of_a_per_step_model_carries_its_state():
+    X, y = make_windows(noisy_sine(300), time_step=10, targets="sequence")
+    model = LSTMRegressor(hidden_layer_sizes=(12,), output="sequence", max_iter=10,
+                          dtype="float64", random_state=0).fit(X, y)
+    history = X[:3, :7]                                         # (3, 7, 1): any length
     fc = model.forecast(history, 6)
     assert fc.shape == (3, 6)
     # by hand: predict the next value, feed it back as one step
@@ -247,9 +267,7 @@ def test_forecast_equals_feeding_predictions_back_step_by_step():
     np.testing.assert_array_equal(fc, np.stack(expected, axis=1))
     # and as one sequence: history + forecast, the output after each step
     whole, _ = model.step(np.concatenate([history[:, :, 0], fc[:, :-1]], axis=1)[:, :, None])
-    np.testing.assert_array_equal(whole[:, 9:], fc)
-    # the first forecast step is the ordinary prediction
-    np.testing.assert_array_equal(fc[:, 0], model.predict(history))
+    np.testing.assert_array_equal(whole[:, 6:], fc)
     assert model.forecast(history, 0).shape == (3, 0)
 
 
