@@ -258,6 +258,20 @@ class _BaseLSTM(BaseEstimator):
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         sizes = check_params(self)
         reset = not hasattr(self, "network_") or not (incremental or self.warm_start)
+        if not reset:
+            return self._fit_checked(X, y, sample_weight, incremental, classes, sizes, reset)
+        # a new fit replaces the fitted attributes before it can check everything
+        # (sample weights, the validation split): one that raises puts them back, so
+        # a fitted model survives a failed refit
+        fitted = dict(vars(self))
+        try:
+            return self._fit_checked(X, y, sample_weight, incremental, classes, sizes, reset)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(fitted)
+            raise
+
+    def _fit_checked(self, X, y, sample_weight, incremental, classes, sizes, reset):
         if reset:
             dtype = resolve_dtype(X, self.dtype)
             X3, x_ndim, lengths = self._validate_X(X, dtype)
@@ -286,26 +300,33 @@ class _BaseLSTM(BaseEstimator):
             self.n_iter_ = 0
             self.best_loss_ = np.inf
             self._no_improvement = 0
-            if self.early_stopping and not incremental:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
+            self._output = self.output
+            # a fit without early stopping has no validation scores (none left from before)
+            vars(self).pop("validation_scores_", None)
+            vars(self).pop("best_validation_score_", None)
         else:
             if self.network_.hidden_sizes != sizes:
                 raise ValueError(
                     f"hidden_layer_sizes changed from {self.network_.hidden_sizes} to {sizes} "
                     "since the last fit; warm_start and partial_fit need the same network")
-            for name in ("cell", "nonlinearity", "bidirectional"):
-                if getattr(self.network_, name) != getattr(self, name):
+            changed = [(name, getattr(self.network_, name), getattr(self, name))
+                       for name in ("cell", "nonlinearity", "bidirectional")]
+            # files written before _output was kept: their output parameter is the fitted one
+            changed.append(("output", getattr(self, "_output", self.output), self.output))
+            if self.dtype is not None:
+                changed.append(("dtype", self.network_.dtype.name, np.dtype(self.dtype).name))
+            for name, was, now in changed:
+                if was != now:
                     raise ValueError(
-                        f"{name} changed from {getattr(self.network_, name)!r} to "
-                        f"{getattr(self, name)!r} since the last fit; warm_start and "
-                        "partial_fit need the same network")
+                        f"{name} changed from {was!r} to {now!r} since the last fit; "
+                        "warm_start and partial_fit need the same network")
             X3, lengths = self._check_X_predict(X)
             targets, _ = self._encode_targets(y, X3, reset=False, classes=classes,
                                               lengths=lengths)
             if not hasattr(self, "_optimizer"):  # loaded from a model file: fresh solver state
                 self._rng = _generator(self.random_state)
                 self._optimizer = _Optimizer(self.network_.params)
+            self.network_.dropout = float(self.dropout)   # a training setting: the new one
         if self.bidirectional and self.tbptt_steps is not None:
             raise ValueError("tbptt_steps does not work with bidirectional=True: the reverse "
                              "pass needs each whole sequence")
@@ -346,6 +367,9 @@ class _BaseLSTM(BaseEstimator):
         if early_stopping:
             X3, targets, weights, lengths, validation = self._split_validation(
                 X3, targets, weights, lengths)
+            if not hasattr(self, "validation_scores_"):  # a warm fit may turn it on
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
         N, T, D = X3.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
@@ -412,10 +436,14 @@ class _BaseLSTM(BaseEstimator):
         many-to-one classification), as MLP does."""
         N = X3.shape[0]
         n_val = int(np.ceil(self.validation_fraction * N))
-        if n_val < 1 or N - n_val < 1:
+        # R^2 of one sample is undefined (NaN): no epoch would ever score better
+        fewest = 1 if is_classifier(self) else 2
+        if n_val < fewest or N - n_val < 1:
             raise ValueError(
                 f"early_stopping with validation_fraction={self.validation_fraction} leaves "
-                f"no training or no validation samples out of {N}")
+                f"{n_val} validation and {N - n_val} training samples out of {N}; it needs "
+                f"{fewest} validation sample{'s' if fewest > 1 else ''} at least and 1 "
+                "training sample")
         stratify = targets if (is_classifier(self) and self.output == "last") else None
         seed = int(self._rng.integers(np.iinfo(np.int32).max))
         try:
@@ -803,7 +831,9 @@ _PARAMETERS_DOC = """
         Share of the training data held out for early stopping.
     warm_start : bool, default=False
         fit continues from the fitted weights and solver state instead of
-        starting anew.
+        starting anew. The network's shape (hidden_layer_sizes, cell,
+        nonlinearity, bidirectional), output and dtype must stay as fitted;
+        dropout, the solver settings and early_stopping may change.
     step_features : int or None, default=None
         Read a 2-D X as flattened steps, (n_samples, n_timesteps * step_features),
         each row [x_0 features, x_1 features, ...], so scalers and tools that
@@ -902,6 +932,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         elif y.shape[-1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[-1]} outputs, but the model was fitted with "
                              f"{self.n_outputs_}")
+        elif y_ndim != self._y_ndim:  # predictions take the fitted y's shape
+            raise ValueError(f"y is {y_ndim}-D, but the model was fitted on {self._y_ndim}-D y")
         return y.astype(X3.dtype), self.n_outputs_
 
     def __sklearn_tags__(self):

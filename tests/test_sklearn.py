@@ -302,3 +302,64 @@ def test_list_of_sequences_per_step_classifier():
         np.testing.assert_array_equal(model.predict(seq[None])[0], p)
     with pytest.raises(ValueError, match="steps"):
         model.fit(X, [t[:-1] if len(t) > 1 else t[:0] for t in y])
+
+
+def test_a_refit_that_raises_leaves_the_fitted_model_as_it_was():
+    X, y = sequences(40)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    before, n_iter = model.predict(X), model.n_iter_
+    with pytest.raises(ValueError, match="shape"):            # found after the new network
+        model.fit(X, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="tbptt_steps"):
+        model.set_params(bidirectional=True, tbptt_steps=2).fit(X, y)
+    model.set_params(bidirectional=False, tbptt_steps=None)
+    np.testing.assert_array_equal(model.predict(X), before)
+    assert model.n_iter_ == n_iter and not model.network_.bidirectional
+    X, labels = sequences(40, classes=True)
+    classifier = LSTMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    classes = classifier.fit(X, labels).classes_.copy()
+    with pytest.raises(ValueError, match="shape"):
+        classifier.fit(X, np.arange(40) % 3 + 7, sample_weight=np.ones(3))
+    np.testing.assert_array_equal(classifier.classes_, classes)
+
+
+def test_early_stopping_turned_on_in_a_warm_fit_and_off_in_a_new_one():
+    X, y = sequences(60)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=2, warm_start=True,
+                          random_state=0).fit(X, y)
+    assert not hasattr(model, "validation_scores_")
+    model.set_params(early_stopping=True).fit(X, y)
+    assert len(model.validation_scores_) == 2 and model.n_iter_ == 4
+    model.partial_fit(X, y)                                   # no validation in partial_fit
+    model.fit(X, y)
+    assert len(model.validation_scores_) == 4
+    model.set_params(warm_start=False, early_stopping=False).fit(X, y)
+    assert not hasattr(model, "validation_scores_") and not hasattr(model,
+                                                                    "best_validation_score_")
+
+
+def test_early_stopping_needs_two_validation_samples_for_r2():
+    X, y = sequences(60)
+    # ceil(0.01 * 60) = 1 sample: its R^2 is NaN, so no epoch could score best
+    with pytest.raises(ValueError, match="1 validation and 59 training"):
+        LSTMRegressor(early_stopping=True, validation_fraction=0.01, max_iter=2).fit(X, y)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), early_stopping=True, validation_fraction=0.03,
+                          max_iter=2, random_state=0).fit(X, y)      # 2 samples
+    assert np.isfinite(model.validation_scores_).all()
+
+
+def test_a_warm_fit_refuses_a_new_dtype_output_or_y_shape_and_takes_a_new_dropout():
+    X, y = sequences(40)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1, warm_start=True, random_state=0)
+    model.fit(X, y)
+    for change in ({"dtype": "float64"}, {"output": "sequence"}):
+        name = next(iter(change))
+        with pytest.raises(ValueError, match=f"{name} changed from"):
+            model.set_params(**change).fit(X, y)
+        model.set_params(**{name: LSTMRegressor().get_params()[name]})
+    with pytest.raises(ValueError, match="2-D, but the model was fitted on 1-D y"):
+        model.fit(X, y[:, None])
+    model.set_params(dtype=None).fit(X.astype(np.float64), y)      # follows the network
+    assert model.network_.dtype == np.float32
+    model.set_params(dropout=0.5).fit(X, y)
+    assert model.network_.dropout == 0.5
