@@ -3,7 +3,8 @@ allow_pickle=False, holding
 
     metadata        uint8 bytes of a UTF-8 JSON document: format name and version,
                     the estimator's class, constructor parameters and the fitted
-                    attributes that are plain numbers, strings or lists
+                    attributes that are plain numbers, strings, lists or dicts
+                    (a dict with keys other than strings as [key, value] pairs)
     params          (P,) the flat parameter buffer, float32 or float64
     array:<name>    each fitted attribute that is a numeric or string array
                     (classes_, for one); object arrays of str are stored as str
@@ -28,20 +29,47 @@ FORMAT_VERSION = 1
 _JSON_SCALARS = (bool, int, float, str, type(None))
 
 
+# JSON keys are strings: a dict with other keys (class_weight's int or bool labels)
+# is written as {_PAIRS: [[key, value], ...]}
+_PAIRS = "__pairs__"
+
+
 def _jsonable(value):
-    """value as plain JSON types, or raise TypeError. Tuples become lists, numpy
-    scalars Python scalars (float repr round-trips exactly)."""
+    """value as plain JSON types, or raise TypeError. Tuples and numeric arrays
+    become lists, numpy scalars Python scalars (float repr round-trips exactly),
+    dtypes and scalar types their names ("float64")."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, _JSON_SCALARS):
         return value
-    if isinstance(value, np.dtype):
-        return value.str
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(
+            value, (np.generic, float, int, bool))):
+        return np.dtype(value).name
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufU":
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and _PAIRS not in value:
+            return {k: _jsonable(v) for k, v in value.items()}
+        return {_PAIRS: [[_jsonable(k), _jsonable(v)] for k, v in value.items()]}
     raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+def _from_json(value):
+    """What _jsonable wrote, with its dicts of other keys rebuilt."""
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if list(value) == [_PAIRS]:
+            return {_key(k): _from_json(v) for k, v in value[_PAIRS]}
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def _key(key):
+    """A dict key read back: JSON gives lists for what were tuples."""
+    return tuple(_key(k) for k in key) if isinstance(key, list) else key
 
 
 def _storable_array(value):
@@ -147,6 +175,11 @@ def read(path):
     for key in ("class", "network", "params", "fitted"):
         if key not in meta:
             raise ValueError(f"{path!r} is a damaged fastlstm model file: metadata lacks {key!r}")
+    for key in ("params", "fitted"):
+        try:
+            meta[key] = _from_json(meta[key])
+        except (TypeError, ValueError) as err:  # malformed pairs, unhashable keys
+            raise ValueError(f"{path!r} is a damaged fastlstm model file: {key}: {err}") from None
 
     flat = contents.pop("params")
     if flat.ndim != 1 or flat.dtype not in (np.float32, np.float64):

@@ -25,7 +25,7 @@ def models():
     return X, X64, {
         "regressor": LSTMRegressor(hidden_layer_sizes=(5, 4), max_iter=2, random_state=0).fit(X, s),
         "regressor64-2out": LSTMRegressor(hidden_layer_sizes=3, max_iter=2, random_state=0,
-                                          dropout=0.1).fit(X64, np.c_[s, -s]),
+                                          dropout=0.1, dtype="float64").fit(X64, np.c_[s, -s]),
         "sequence": LSTMRegressor(hidden_layer_sizes=3, output="sequence", max_iter=2,
                                   random_state=0).fit(X, X[:, :, 1]),
         "clf-str": LSTMClassifier(hidden_layer_sizes=(4,), max_iter=2,
@@ -90,6 +90,33 @@ def test_random_state_object_is_not_needed_after_fit(tmp_path):
     restored = fastlstm.load(tmp_path / "m.npz")
     assert restored.random_state is None
     np.testing.assert_array_equal(restored.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("params, labels", [
+    (dict(class_weight={0: 1.0, 1: 2.5}), np.arange(40) % 2),
+    (dict(class_weight={np.int64(-5): 2.0, np.int64(2): 1.0, np.int64(9): 0.5}),
+     np.arange(40) % 3 * 7 - 5),
+    (dict(class_weight={True: 3.0, False: 1.0}), np.arange(40) % 2 == 0),
+    (dict(class_weight={"up": 2.0, "down": 1.0}), np.where(np.arange(40) % 2, "up", "down")),
+    (dict(dtype=np.float64, hidden_layer_sizes=np.array([4, 3])), np.arange(40) % 2),
+    (dict(dtype=np.dtype("float32"), hidden_layer_sizes=[np.int64(3)]), np.arange(40) % 2),
+])
+def test_parameters_fit_accepts_are_saved(params, labels, tmp_path):
+    X, _ = data()
+    model = LSTMClassifier(max_iter=1, random_state=0, **params).fit(X, labels)
+    model.save(tmp_path / "m.npz")
+    restored = fastlstm.load(tmp_path / "m.npz")
+    for name, value in params.items():
+        back = restored.get_params()[name]
+        if name == "class_weight":                    # the same labels, the same weights
+            plain = [k.item() if isinstance(k, np.generic) else k for k in value]
+            assert back == value and [type(k) for k in back] == [type(k) for k in plain]
+        elif name == "dtype":
+            assert np.dtype(back) == np.dtype(value)
+        else:
+            assert tuple(back) == tuple(int(v) for v in value)
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+    restored.set_params(warm_start=True).fit(X, labels)   # the restored parameters fit
 
 
 # ---- refusing bad files --------------------------------------------------------
@@ -177,6 +204,9 @@ def test_foreign_npz_is_refused(tmp_path):
     (lambda m: m.update({"class": "Evil"}), None, "unknown estimator class 'Evil'"),
     (lambda m: m["params"].update(evil=1), None, r"unknown parameters \['evil'\]"),
     (lambda m: m["params"].update(dropout=3), None, "dropout"),
+    (lambda m: m["params"].update(class_weight={"__pairs__": [[1]]}), None, "damaged.*params"),
+    (lambda m: m["params"].update(class_weight={"__pairs__": [[{}, 1]]}), None,
+     "damaged.*params"),
     (lambda m: m["fitted"].update(predict=1), None, "bad attribute name 'predict'"),
     (lambda m: m["fitted"].update(_loss=1), None, "bad attribute name '_loss'"),
     (lambda m: m["fitted"].update(__class__=1), None, "bad attribute name '__class__'"),
