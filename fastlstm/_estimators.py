@@ -1,6 +1,7 @@
 """LSTMRegressor and LSTMClassifier: validation, the training loop, the sklearn
 protocol. The math lives in _network (layers, head) and _ops (losses, optimisers).
 """
+import collections.abc
 import functools
 import math
 import numbers
@@ -121,6 +122,44 @@ class _thread_limit:
     def __exit__(self, *exc_info):
         if self._limit is not None:
             self._limit.__exit__(*exc_info)
+
+
+class _Weights(collections.abc.Mapping):
+    """weights_: {torch name: array view} of the network's flat parameters.
+
+    `weights_[name] = value` copies value into the view (same shape, finite), so
+    predict, save and further training all see it; writing through the view
+    (`weights_[name][...] = value`) does the same. A plain dict would rebind
+    the name to a new array that the network never reads."""
+
+    def __init__(self, views):
+        self._views = views
+
+    def __getitem__(self, name):
+        return self._views[name]
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self):
+        return len(self._views)
+
+    def __setitem__(self, name, value):
+        if name not in self._views:
+            raise KeyError(f"{name!r} is not a parameter of this network; its parameters "
+                           f"are {list(self._views)}")
+        view = self._views[name]
+        value = np.asarray(value)
+        if value.shape != view.shape:
+            raise ValueError(f"{name} has shape {view.shape}, got an array of shape "
+                             f"{value.shape}")
+        if value.dtype.kind not in "biuf" or not np.isfinite(value).all():
+            raise ValueError(f"{name} takes finite numbers, got {value.dtype} values"
+                             + (" with NaN or inf" if value.dtype.kind in "f" else ""))
+        view[...] = value
+
+    def __repr__(self):
+        return "{" + ", ".join(f"{name!r}: array{v.shape}" for name, v in self.items()) + "}"
 
 
 class _Progress:
@@ -712,9 +751,10 @@ class _BaseLSTM(BaseEstimator):
 
     @property
     def weights_(self):
-        """{torch name: array} views of the fitted parameters (writable)."""
+        """{torch name: array} views of the fitted parameters; assigning to a
+        name copies into its view (see _Weights)."""
         check_is_fitted(self, "network_")
-        return self.network_.p
+        return _Weights(self.network_.p)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -875,9 +915,11 @@ _ATTRIBUTES_DOC = """
         features per time step for 3-D X.
     n_timesteps_in_ : int
         Time steps of each sequence.
-    weights_ : dict of str to ndarray
+    weights_ : mapping of str to ndarray
         The parameters under torch's names (weight_ih_l0, weight_hh_l0,
-        bias_ih_l0, bias_hh_l0, ..., head.weight, head.bias), writable views.
+        bias_ih_l0, bias_hh_l0, ..., head.weight, head.bias), as views of the
+        network's weights; ``weights_[name] = array`` copies into the view
+        (same shape), e.g. to load weights from a torch model.
     network_ : the fitted network.
 """
 

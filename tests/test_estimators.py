@@ -326,3 +326,21 @@ def test_recurrent_weights_start_orthonormal_as_the_qr_of_a_gaussian(cell, H):
     rng.uniform(size=net.p["weight_ih_l0"].shape)         # the draw before it
     q, r = np.linalg.qr(rng.standard_normal((GATES[cell] * H, H)))
     np.testing.assert_allclose(w_hh, q * np.sign(np.diag(r)), rtol=0, atol=1e-12)
+
+
+def test_assigning_to_weights_changes_the_network():
+    X, y = small_regression()
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(X, y)
+    other = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=3, random_state=1).fit(X, y)
+    for name in model.weights_:                     # torch's names, as loaded from torch
+        model.weights_[name] = other.weights_[name].astype(np.float64)
+    np.testing.assert_array_equal(model.network_.params, other.network_.params)
+    np.testing.assert_array_equal(model.predict(X), other.predict(X))
+    assert dict(model.weights_).keys() == set(model.network_.p) and len(model.weights_) == 6
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(16, 4\)"):
+        model.weights_["weight_hh_l0"] = np.zeros((4, 16))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.weights_["head.bias"] = [np.nan]
+    with pytest.raises(KeyError, match="not a parameter"):
+        model.weights_["weight_hh_l1"] = np.zeros((16, 4))
+    np.testing.assert_array_equal(model.network_.params, other.network_.params)
