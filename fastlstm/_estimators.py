@@ -566,13 +566,16 @@ class _BaseLSTM(BaseEstimator):
 
     # ---- prediction -----------------------------------------------------------
 
-    def _validate_X(self, X, dtype):
+    def _validate_X(self, X, dtype, fitted_on_lists=False):
         """X -> (X3 (N, T, D) checked, ndim of X as given, lengths).
 
         lengths is None, or (N,) int64 for a list of sequences of several
-        lengths, which are then zero-padded at the end to the longest.
+        lengths, which are then zero-padded at the end to the longest. A model
+        fitted on such a list (fitted_on_lists) reads any list of sequences so,
+        whatever their lengths: one (T,) sequence is a univariate one there,
+        not a row of a 2-D X.
         """
-        if is_sequence_list(X):
+        if is_sequence_list(X, same_lengths_too=fitted_on_lists):
             if self.step_features is not None:
                 raise ValueError("step_features reads a 2-D array, not a list of sequences")
             X3, lengths = pad_sequences(X, dtype)
@@ -594,7 +597,8 @@ class _BaseLSTM(BaseEstimator):
     def _check_X_predict(self, X):
         if not hasattr(self, "network_"):  # sklearn's check costs ~5 us even when fitted
             check_is_fitted(self, "network_")
-        X3, x_ndim, lengths = self._validate_X(X, self.network_.dtype)
+        X3, x_ndim, lengths = self._validate_X(X, self.network_.dtype,
+                                               fitted_on_lists=self.n_timesteps_in_ is None)
         if x_ndim != self._x_ndim:
             raise ValueError(
                 f"X has {x_ndim} dimensions, but {type(self).__name__} was fitted on "

@@ -107,8 +107,9 @@ def check_sequences(X, dtype, name="X"):
     return arr, given_ndim
 
 
-def is_sequence_list(X):
-    """True for a list/tuple of sequences that do not all have the same length."""
+def is_sequence_list(X, same_lengths_too=False):
+    """True for a list/tuple of sequences that do not all have the same length
+    (or, same_lengths_too, of any lengths)."""
     if not isinstance(X, (list, tuple)) or len(X) == 0:
         return False
     lengths = set()
@@ -120,7 +121,7 @@ def is_sequence_list(X):
         if len(shape) == 0:
             return False
         lengths.add(shape[0])
-    return len(lengths) > 1
+    return len(lengths) > 1 or same_lengths_too
 
 
 def pad_sequences(X, dtype, name="X"):

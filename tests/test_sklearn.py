@@ -363,3 +363,19 @@ def test_a_warm_fit_refuses_a_new_dtype_output_or_y_shape_and_takes_a_new_dropou
     assert model.network_.dtype == np.float32
     model.set_params(dropout=0.5).fit(X, y)
     assert model.network_.dropout == 0.5
+
+
+def test_a_model_fitted_on_a_list_reads_any_list_of_sequences_as_one():
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal(L) for L in (3, 5, 4, 6, 5, 2)]     # univariate, 1-D each
+    y = np.array([seq.sum() for seq in X])
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=2, dtype="float64",
+                          random_state=0).fit(X, y)
+    pred = model.predict(X)
+    # one sequence, or several of one length, are still univariate sequences
+    np.testing.assert_allclose(model.predict([X[0]]), pred[:1], rtol=1e-12)
+    np.testing.assert_allclose(model.predict([X[1], X[4]]), pred[[1, 4]], rtol=1e-12)
+    per_step = LSTMRegressor(hidden_layer_sizes=(4,), output="sequence", max_iter=2,
+                             random_state=0).fit(X, [np.cumsum(seq) for seq in X])
+    out = per_step.predict([X[1], X[4]])                       # a list, as for any lengths
+    assert isinstance(out, list) and [o.shape for o in out] == [(5,), (5,)]
