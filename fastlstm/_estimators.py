@@ -383,12 +383,17 @@ class _BaseLSTM(BaseEstimator):
         return self
 
     def _sample_weights(self, sample_weight, targets, n_samples, lengths):
-        """(N,) float64 weights: sample_weight times class weights; checked."""
+        """float64 weights, sample_weight times class weights, checked: (N,), or
+        (N, T) one per step for per-step labels with class weights."""
         if sample_weight is None:
             weights = np.ones(n_samples)
         else:
             weights = check_sample_weight(sample_weight, n_samples)
-        return self._weigh_classes(weights, targets, lengths)
+        weights = self._weigh_classes(weights, targets, lengths)
+        if not weights.sum() > 0:   # sample_weight alone is checked for this already
+            raise ValueError("class_weight gives every sample a weight of zero: nothing "
+                             "to learn from")
+        return weights
 
     def _weigh_classes(self, weights, targets, lengths):
         return weights
@@ -516,12 +521,15 @@ class _BaseLSTM(BaseEstimator):
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, N, batch_size):
                 idx = order[start:start + batch_size]
-                wb = weights[idx]                                  # (B,)
+                wb = weights[idx]          # (B,), or (B, T) per step: per-step class weights
+                lb = None if lengths is None else lengths[idx]     # (B,)
+                step_wb = None
+                if wb.ndim == 2:           # a sample weighs the mean over its real steps
+                    step_wb, wb = wb, wb.sum(axis=1) / (T if lb is None else lb)
                 batch_weight = wb.sum()
                 if batch_weight == 0:                              # nothing to learn from
                     continue
                 xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
-                lb = None if lengths is None else lengths[idx]     # (B,)
                 # (T, B[, K]) per-step targets, or (B[, K]) for the last step
                 tb = np.take(targets, idx, axis=1) if sequence else targets[idx]
                 # Truncated BPTT: windows of `window` steps; (h, c) flows forward from
@@ -538,11 +546,14 @@ class _BaseLSTM(BaseEstimator):
                             continue
                     if sequence:  # (W*B[, K]) time-major rows, weights in the same order
                         tw = tb[t0:t1].reshape(((t1 - t0) * len(idx),) + tb.shape[2:])
-                        ww = np.empty((t1 - t0, len(wb)))          # wb tiled, one per step
-                        ww[...] = wb                               # (not broadcast_to: 3x slower)
-                        ww = ww.reshape(-1)
-                        if lb is not None:                         # padded steps weigh 0
-                            ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
+                        if step_wb is not None:                    # padded steps hold 0
+                            ww = np.ascontiguousarray(step_wb[:, t0:t1].T).reshape(-1)
+                        else:
+                            ww = np.empty((t1 - t0, len(wb)))      # wb tiled, one per step
+                            ww[...] = wb                           # (not broadcast_to: 3x slower)
+                            ww = ww.reshape(-1)
+                            if lb is not None:                     # padded steps weigh 0
+                                ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
                     else:
                         tw, ww = tb, wb
                     dout = arena.get("dout", out.shape)
@@ -1069,7 +1080,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     n_timesteps), one label per step.
 """ + _PARAMETERS_DOC + """    class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss, multiplying sample_weight;
-        "balanced" weighs by n_samples / (n_classes * class count).
+        "balanced" weighs by n_samples / (n_classes * class count). With
+        output="sequence" each step weighs its own label's weight ("balanced"
+        counts steps), as torch's CrossEntropyLoss(weight=...) does.
 
     Attributes
     ----------
@@ -1162,13 +1175,17 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             unknown = set(self.class_weight) - set(self.classes_.tolist())
             if unknown:
                 raise ValueError(f"class_weight has labels not in the data: {sorted(unknown)!r}")
-        if self.output == "sequence":  # one weight per sample: the mean over its real steps
+            bad = {k: v for k, v in self.class_weight.items()
+                   if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)}
+            if bad:
+                raise ValueError(f"class_weight values must be finite numbers >= 0, got {bad!r}")
+        if self.output == "sequence":  # (N, T): each step weighs its own label's weight
             real = (np.ones(targets.shape, bool) if lengths is None
                     else np.arange(targets.shape[1])[None, :] < lengths[:, None])
             per_step = np.zeros(targets.shape)
             per_step[real] = compute_sample_weight(self.class_weight,
                                                    self.classes_[targets[real]])
-            return weights * per_step.sum(axis=1) / real.sum(axis=1)
+            return weights[:, None] * per_step
         return weights * compute_sample_weight(self.class_weight, self.classes_[targets])
 
     def _loss(self, out, targets, weight, dout):
@@ -1179,7 +1196,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if lengths is not None and self.output == "sequence":     # the real steps only
             real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
             return float(accuracy_score(targets[real], pred[real], sample_weight=np.broadcast_to(
-                weights[:, None], real.shape)[real]))
+                weights if weights.ndim == 2 else weights[:, None], real.shape)[real]))
         return _accuracy(targets, pred, weights)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -1276,8 +1293,10 @@ def _accuracy(y_true, y_pred, sample_weight=None):
     """Accuracy over samples, or over every step of every sample for (N, T) labels."""
     if y_true.ndim == 2:
         T = y_true.shape[1]
-        if sample_weight is not None:
-            sample_weight = np.repeat(np.asarray(sample_weight, dtype=float), T)
+        if sample_weight is not None:   # one per sample, or one per step already
+            sample_weight = np.asarray(sample_weight, dtype=float)
+            sample_weight = (sample_weight.ravel() if sample_weight.ndim == 2
+                             else np.repeat(sample_weight, T))
         y_true, y_pred = y_true.ravel(), y_pred.ravel()
     return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
 

@@ -189,6 +189,36 @@ def test_class_weight_equals_its_sample_weight():
         LSTMClassifier(class_weight={7: 1.0}, max_iter=1).fit(X, y)
 
 
+@pytest.mark.parametrize("ragged_lengths", [False, True])
+def test_per_step_labels_weigh_each_step_by_its_class(ragged_lengths):
+    """With output="sequence" the loss is torch's CrossEntropyLoss(weight=...): the
+    mean of each real step's loss, weighted by its own label's class weight. Checked
+    on the first epoch's loss, one full batch at the initial weights."""
+    X, _ = sequences(30, T=6)
+    y = (np.cumsum(X[:, :, 0], axis=1) > 1).astype(int)           # (30, 6), mostly 0
+    lengths = np.random.default_rng(1).integers(2, 7, 30) if ragged_lengths else np.full(30, 6)
+    if ragged_lengths:
+        X, y = [x[:n] for x, n in zip(X, lengths)], [t[:n] for t, n in zip(y, lengths)]
+    weights = {0: 1.0, 1: 4.0}
+    model = LSTMClassifier(output="sequence", class_weight=weights, alpha=0.0, dtype="float64",
+                           **{**FULL_BATCH, "max_iter": 1}).fit(X, y)
+    initial = LSTMClassifier(output="sequence", alpha=0.0, dtype="float64",
+                             learning_rate_init=1e-300, **{**FULL_BATCH, "max_iter": 1}).fit(X, y)
+    proba = initial.predict_proba(X)                               # the initial weights'
+    step_loss = np.concatenate([-np.log(p[np.arange(len(t)), t]) for p, t in zip(proba, y)])
+    step_weight = np.concatenate([np.vectorize(weights.get)(t) for t in y])
+    expected = np.sum(step_weight * step_loss) / step_weight.sum()
+    assert model.loss_curve_[0] == pytest.approx(expected, rel=1e-9)
+    # the mean weight of each sample's steps, the rule before, gives another loss
+    per_sample = np.concatenate([np.full(len(t), np.vectorize(weights.get)(t).mean())
+                                 for t in y])
+    assert abs(np.sum(per_sample * step_loss) / per_sample.sum() - expected) > 1e-3 * expected
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        LSTMClassifier(output="sequence", class_weight={0: 1.0, 1: -1.0}, max_iter=1).fit(X, y)
+    with pytest.raises(ValueError, match="weight of zero"):
+        LSTMClassifier(output="sequence", class_weight={0: 0.0, 1: 0.0}, max_iter=1).fit(X, y)
+
+
 def test_sequence_output_scores_per_step():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 4, 1))
