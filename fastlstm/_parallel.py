@@ -125,7 +125,7 @@ class DataParallel:
             return self.replicas[p].forward(
                 np.ascontiguousarray(x[:, rows]), sequence_output, training=training,
                 rng=rngs[p], arena=self.arenas[p], initial_state=state,
-                lengths=None if lengths is None else lengths[rows], keep=keep)
+                lengths=None if lengths is None else lengths[rows], n_threads=1, keep=keep)
 
         results = _threads.run_parallel(run, range(len(slices)))
         outs = [out for out, _ in results]
@@ -150,7 +150,7 @@ class DataParallel:
             rows = tape.slices[p]
             part = (np.ascontiguousarray(dout.reshape(T, N, K)[:, rows]).reshape(-1, K)
                     if sequence else dout[rows])
-            return self.replicas[p].backward(tape.tapes[p], part)
+            return self.replicas[p].backward(tape.tapes[p], part, n_threads=1)
 
         grads = _threads.run_parallel(run, range(len(tape.tapes)))
         total = self.net.grads                            # is grads[0]

@@ -36,6 +36,7 @@ _libs = None
 _lock = threading.Lock()
 _active = 0          # blocks running with one thread, across Python threads
 _saved = []          # the limits to restore when the last one ends
+_own = threading.local()   # .depth: the blocks this Python thread is in
 
 
 def _blas_libs():
@@ -80,11 +81,13 @@ class one_blas_thread:
                     if n != 1:  # setting OpenBLAS's thread count is not free, even to itself
                         set_(1)
             _active += 1
+        _own.depth = getattr(_own, "depth", 0) + 1
 
     def __exit__(self, *exc_info):
         global _active
         if not self.enabled:
             return
+        _own.depth -= 1
         with _lock:
             _active -= 1
             if _active == 0:
@@ -110,12 +113,18 @@ def recurrent_threads():
     """Threads for one layer's compiled time loop: the smallest BLAS thread limit
     in force (users cap BLAS with threadpoolctl or OPENBLAS_NUM_THREADS, and the
     layer kernels mix BLAS calls with their own threaded loops, so one limit
-    governs both), at most the CPUs this process may run on; 1 at least."""
-    if _active:  # inside a one_blas_thread block: the limit is 1, no need to ask BLAS
+    governs both), at most the CPUs this process may run on; 1 at least.
+
+    Inside this thread's own one_blas_thread block: 1. While another Python
+    thread's block holds BLAS at one thread, the limits in force are those it
+    saved: a call's threads (and so its slices and its bits) do not depend on
+    what other threads run at the same time."""
+    if getattr(_own, "depth", 0):
         return 1
     threads = _cpus()
-    for get, _ in _blas_libs():   # a plain loop: a single-sequence predict asks every time
-        limit = get()
+    with _lock:   # blocks set and restore BLAS's limits under it too
+        limits = _saved if _active else [get() for get, _ in _blas_libs()]
+    for limit in limits:
         if 0 < limit < threads:
             threads = limit
     return max(1, threads)

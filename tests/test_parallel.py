@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import fastlstm._estimators as est_module
 import fastlstm._parallel
@@ -296,6 +297,32 @@ def test_whole_batch_predictions_from_four_threads_at_once_match_serial_calls():
         for got in results[k]:
             np.testing.assert_array_equal(got, serial[k])
     assert len(model.network_._spare_batch_arenas) <= 1
+
+
+@pytest.mark.parametrize("cell, dtype", [("lstm", "float64"), ("gru", "float32")])
+def test_concurrent_predictions_on_the_threads_in_force_match_serial_calls(cell, dtype):
+    """n_jobs=None reads the BLAS limit in force. While one call's block holds BLAS
+    at one thread (a small batch, a single sequence), another call must still read
+    the user's limit, or it cuts its batch into other slices and rounds apart."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 20, 3)).astype(dtype)
+    model = LSTMRegressor(hidden_layer_sizes=(64,), cell=cell, max_iter=1, dtype=dtype,
+                          random_state=0).fit(X[:64], X[:64, -1, 0])
+    batches = [X[:n] for n in (1, 17, 200, 256, 300)]
+    with threadpool_limits(2, user_api="blas"):
+        serial = [model.predict(b) for b in batches]
+        barrier = threading.Barrier(3)
+
+        def work(k):
+            barrier.wait()
+            return [(j, model.predict(batches[j])) for _ in range(4)
+                    for j in np.random.default_rng(k).permutation(len(batches))]
+
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(work, range(3)))
+    for got in results:
+        for j, pred in got:
+            np.testing.assert_array_equal(pred, serial[j])
 
 
 def test_sliced_training_is_reproducible_with_dropout():
