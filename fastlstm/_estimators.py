@@ -172,6 +172,7 @@ class _Progress:
         self.n_samples = n_samples
         self.width = width
         self.done = 0
+        self._drawn = 0   # length of the line last drawn in place
         self.tic = self.last_draw = time.perf_counter()
         # redraw in place only on a terminal: logs get one line per epoch
         self.live = verbose and getattr(sys.stderr, "isatty", lambda: False)()
@@ -183,14 +184,16 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last_draw > 0.1:                            # redraw at most 10x per second
             self.last_draw = now
-            self._draw(f"loss {loss:.5g}", end="\r")
+            self._draw(f"batch loss {loss:.5g}", end="\r")
 
     def _draw(self, tail, end):
         filled = int(self.width * self.done / max(self.n_samples, 1))
         rate = self.done / max(time.perf_counter() - self.tic, 1e-9)
         bar = "#" * filled + "-" * (self.width - filled)
-        print(f"Epoch {self.epoch} [{bar}] {tail}, {rate:,.0f} samples/s",
-              end=end, file=sys.stderr, flush=True)
+        line = f"Epoch {self.epoch} [{bar}] {tail}, {rate:,.0f} samples/s"
+        # padded to the last line drawn in place: a shorter one leaves no stale characters
+        print(line.ljust(self._drawn), end=end, file=sys.stderr, flush=True)
+        self._drawn = len(line) if end == "\r" else 0
 
     def close(self, loss, validation_score=None):
         if not self.verbose:
@@ -1065,10 +1068,10 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         ndarray of shape (n_sequences, n_steps), or (n_sequences, n_steps,
         n_features) if the model was fitted on y with an output axis.
         """
-        check_is_fitted(self, "network_")
-        limit = _thread_limit(self.n_jobs, len(X), self.network_)
+        X3 = _stepping.check_step_input(self, X)
+        limit = _thread_limit(self.n_jobs, len(X3), self.network_)
         with limit:
-            preds = _stepping.forecast(self, X, n_steps, limit.threads)  # (n_steps, N, K)
+            preds = _stepping.forecast(self, X3, n_steps, limit.threads)  # (n_steps, N, K)
         preds = preds.transpose(1, 0, 2).astype(self._output_dtype(X), order="C")
         return self._step_outputs(preds)
 

@@ -144,9 +144,10 @@ def read(path):
     """-> (metadata dict, flat params, {name: array}) from a model file, checked."""
     where = path if hasattr(path, "read") else os.fspath(path)
     try:
-        with np.load(where, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single array, not a model archive")
+        archive = np.load(where, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):   # a .npy file: one array
+            raise ValueError("it holds a single array, not a model archive")
+        with archive:
             contents = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise

@@ -262,7 +262,8 @@ def check_params(est):
         number("clip_grad_norm", 0, low_open=True)
     if est.tbptt_steps is not None:
         number("tbptt_steps", 1, integral=True)
-    for name in ("shuffle", "nesterovs_momentum", "bidirectional"):
+    for name in ("shuffle", "nesterovs_momentum", "bidirectional", "early_stopping",
+                 "warm_start"):
         if not isinstance(getattr(est, name), (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {getattr(est, name)!r}")
     if est.solver not in ("adam", "sgd"):

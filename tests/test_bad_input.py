@@ -208,6 +208,8 @@ def test_predict_accepts_other_float_types_and_lists(fitted):
     (dict(clip_grad_norm=-1.0), "clip_grad_norm"),
     (dict(shuffle="yes"), "shuffle must be True or False"),
     (dict(nesterovs_momentum=None), "nesterovs_momentum must be True or False"),
+    (dict(early_stopping="yes"), "early_stopping must be True or False"),
+    (dict(warm_start=None), "warm_start must be True or False"),
     (dict(dtype="float16"), "dtype"),
     (dict(dtype=object), "dtype"),
     (dict(dtype="blah"), "dtype"),

@@ -207,6 +207,25 @@ def test_verbose_prints_progress(capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_progress_redrawn_in_place_leaves_no_stale_characters(monkeypatch):
+    import io
+    import fastlstm._estimators as est_module
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(est_module.sys, "stderr", err)
+    progress = est_module._Progress(1, 1, 1000)
+    progress.last_draw = -1.0                                  # draw now
+    progress.update(10, 123456.789)                            # a long line in place
+    progress.close(0.5)
+    drawn, closed = err.getvalue().split("\r")
+    assert "batch loss 1.2346e+05" in drawn and closed.rstrip(" \n").endswith("samples/s")
+    assert len(closed.rstrip("\n")) >= len(drawn)             # covers what was there
+
+
 def test_max_iter_reached_warns():
     X, y = small_regression()
     with pytest.warns(ConvergenceWarning, match="maximum iterations"):

@@ -285,6 +285,8 @@ def test_forecast_multivariate_and_errors():
         one_output.forecast(X[:2], 3)
     with pytest.raises(ValueError, match="n_steps"):
         model.forecast(X[:2], -1)
+    with pytest.raises(TypeError, match="X is required, got None"):
+        model.forecast(None, 3)
 
 
 # ---- generation ---------------------------------------------------------------

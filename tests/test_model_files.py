@@ -193,6 +193,9 @@ def test_foreign_npz_is_refused(tmp_path):
     np.savez(tmp_path / "other.npz", weights=np.ones(3))
     with pytest.raises(ValueError, match="not a fastlstm model file"):
         fastlstm.load(tmp_path / "other.npz")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(ValueError, match="single array, not a model archive"):
+        fastlstm.load(tmp_path / "one.npy")
 
 
 @pytest.mark.parametrize("edit_meta, edit_arrays, message", [
