@@ -293,7 +293,7 @@ class _BaseLSTM(BaseEstimator):
 
         2-D X holds univariate sequences (or flattened steps, see
         step_features). Ctrl-C stops training and keeps the weights of the last
-        completed epoch.
+        completed epoch (with early_stopping, of the best epoch so far).
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
@@ -460,10 +460,13 @@ class _BaseLSTM(BaseEstimator):
                     stopped = "converged"
                     break
         except KeyboardInterrupt:
-            net.params[...] = last_good
+            # early stopping ends on its best epoch, interrupted or not
+            best = early_stopping and self.validation_scores_
+            net.params[...] = best_params if best else last_good
             warnings.warn(
                 f"Training interrupted during epoch {self.n_iter_ + 1}: the estimator keeps "
-                f"the weights of the last completed epoch ({self.n_iter_}).", RuntimeWarning)
+                + ("the weights of the best epoch so far (early_stopping)." if best else
+                   f"the weights of the last completed epoch ({self.n_iter_})."), RuntimeWarning)
             return
         if stopped == "diverged":
             net.params[...] = last_good
@@ -621,7 +624,9 @@ class _BaseLSTM(BaseEstimator):
         if n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input.")
+                f"{self.n_features_in_} features as input." + (
+                    f" A 2-D X holds {self.n_features_in_} time steps of one feature each"
+                    if x_ndim == 2 and self.step_features is None else ""))
         if self.n_timesteps_in_ is not None and lengths is not None and (
                 lengths != self.n_timesteps_in_).any():
             raise ValueError(
@@ -1156,9 +1161,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             if classes is not None and not np.isin(y, labels).all():
                 raise ValueError("y has labels that are not in classes: "
-                                 f"{sorted(set(np.unique(y)) - set(labels))!r}")
+                                 f"{sorted(set(np.unique(y).tolist()) - set(labels.tolist()))!r}")
             if len(labels) < 2:
-                raise ValueError(f"y has only one class ({labels[0]!r}): need at least two")
+                raise ValueError(f"y has only one class ({labels[0].item()!r}): need at least "
+                                 "two")
             self.classes_ = labels
         else:
             if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
@@ -1206,6 +1212,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         """One epoch over (X, y), continuing from the current weights and solver
         state; returns self. The first call needs `classes`, all the labels that
         will ever be seen (as in MLPClassifier), unless y already has them all."""
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            raise ValueError("class_weight='balanced' weighs by the class counts of all the "
+                             "data, which partial_fit does not see; pass a dict of weights "
+                             "(as scikit-learn's SGDClassifier asks)")
         first = not hasattr(self, "network_")
         return self._fit(X, y, sample_weight, incremental=True,
                          classes=classes if first or classes is not None else None)
@@ -1223,6 +1233,12 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         with output="sequence", (n_samples, n_timesteps, n_classes)."""
         proba, lengths = self._proba(X)
         return _unpad(proba, lengths) if self.output == "sequence" else proba
+
+    def predict_log_proba(self, X):
+        """Log of predict_proba (as MLPClassifier gives it)."""
+        proba = self.predict_proba(X)
+        with np.errstate(divide="ignore"):   # a probability rounded to 0: -inf, as MLP
+            return [np.log(p) for p in proba] if isinstance(proba, list) else np.log(proba)
 
     def predict(self, X):
         """Most probable class of each sample (or of each step): the argmax of

@@ -176,6 +176,23 @@ def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch, estimator, n_updates
         model.network_.params, estimator(**params).fit(X, y).network_.params)
 
 
+def test_ctrl_c_with_early_stopping_keeps_the_best_epoch_so_far(monkeypatch):
+    X, y = exploding_task()
+    params = dict(hidden_layer_sizes=(5,), batch_size=16, max_iter=10, early_stopping=True,
+                  validation_fraction=0.25, learning_rate_init=0.1, random_state=0)
+    reference = LSTMRegressor(**{**params, "max_iter": 4}).fit(X, y)   # ends on its best
+    assert np.argmax(reference.validation_scores_) < 3   # the best is not the last epoch
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    interrupt_after(monkeypatch, 4 * 3 + 1, ctrl_c)      # 48 / 16 = 3 updates: in epoch 5
+    with pytest.warns(RuntimeWarning, match="best epoch so far"):
+        model = LSTMRegressor(**params).fit(X, y)
+    assert model.validation_scores_ == reference.validation_scores_
+    np.testing.assert_array_equal(model.network_.params, reference.network_.params)
+
+
 def test_a_real_sigint_during_fit_is_caught_the_same_way(monkeypatch, sigint_raises):
     """The signal arrives from another thread while the kernels run; Python raises
     KeyboardInterrupt in the fitting thread at its next check."""

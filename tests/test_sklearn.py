@@ -409,3 +409,24 @@ def test_a_model_fitted_on_a_list_reads_any_list_of_sequences_as_one():
                              random_state=0).fit(X, [np.cumsum(seq) for seq in X])
     out = per_step.predict([X[1], X[4]])                       # a list, as for any lengths
     assert isinstance(out, list) and [o.shape for o in out] == [(5,), (5,)]
+
+
+def test_predict_log_proba_and_partial_fit_refusing_balanced_weights():
+    X, y = sequences(40, classes=True)
+    model = LSTMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
+    np.testing.assert_allclose(np.exp(model.predict_log_proba(X)), model.predict_proba(X),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="partial_fit does not see"):
+        LSTMClassifier(class_weight="balanced").partial_fit(X, y, classes=np.unique(y))
+
+
+def test_messages_name_values_plainly_and_explain_2d_steps():
+    X, y = sequences(40)
+    with pytest.raises(ValueError, match=r"only one class \(0\.0\): need"):
+        LSTMClassifier(max_iter=1).fit(X, np.zeros(40))
+    with pytest.raises(ValueError, match=r"not in classes: \[9\]"):
+        LSTMClassifier(max_iter=1).partial_fit(X, np.arange(40) % 2 * 9, classes=[0, 1])
+    model = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1).fit(X[:, :, 0], y)
+    with pytest.raises(ValueError, match="expecting 6 features as input. A 2-D X holds 6 time "
+                                         "steps of one feature each"):
+        model.predict(X[:, :4, 0])
