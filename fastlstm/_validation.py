@@ -16,8 +16,8 @@ def resolve_dtype(X, dtype):
     x_dtype = getattr(X, "dtype", None)
     if x_dtype is None and isinstance(X, (list, tuple)) and len(X):  # a list of sequences
         x_dtype = getattr(X[0], "dtype", None)
-    elif x_dtype is None and hasattr(X, "__array__"):  # array-likes: what they convert to
-        x_dtype = np.asarray(X).dtype
+    elif not isinstance(x_dtype, np.dtype) and hasattr(X, "__array__"):
+        x_dtype = np.asarray(X).dtype   # array-likes (a torch tensor's dtype is its own type)
     if x_dtype in (np.float32, np.float64):
         return np.dtype(x_dtype)
     return np.dtype(np.float32)

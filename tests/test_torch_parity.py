@@ -102,3 +102,19 @@ def test_stacked_torch_lstm_reproduces_fitted_estimator(dtype, rng):
         pred = h[:, -1] @ torch.from_numpy(w["head.weight"].copy()).T + torch.from_numpy(
             w["head.bias"].copy())
     np.testing.assert_allclose(model.predict(X), pred[:, 0].numpy(), rtol=0, atol=OUT_TOL[dtype])
+
+
+def test_torch_tensors_are_read_as_arrays_of_their_dtype(rng):
+    """A tensor's dtype is torch's own type: it is read from the array it converts to,
+    so a float64 tensor gets float64 predictions as a float64 array does."""
+    from fastlstm import LSTMRegressor
+
+    X = rng.standard_normal((20, 4, 2))
+    model = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1, random_state=0)
+    model.fit(torch.from_numpy(X), torch.from_numpy(X[:, -1, 0]))
+    assert model.network_.dtype == np.float32
+    assert model.predict(torch.from_numpy(X)).dtype == np.float64
+    assert model.predict(torch.from_numpy(X.astype(np.float32))).dtype == np.float32
+    np.testing.assert_array_equal(model.predict(torch.from_numpy(X)), model.predict(X))
+    follows = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1, dtype=None, random_state=0)
+    assert follows.fit(torch.from_numpy(X), X[:, -1, 0]).network_.dtype == np.float64
