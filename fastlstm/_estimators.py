@@ -907,7 +907,8 @@ _PARAMETERS_DOC = """
         runs 2-2.5x faster than float64 (README); "float64" on request, for
         full precision. None follows X: float64 for a float64 X, float32 for
         anything else (ints, lists). Predictions come in the wider of this
-        type and X's: float64 for a float64 X.
+        type and X's: float64 for a float64 X. Regression targets are held in
+        this type too: scale a y far from zero against its spread first.
     n_jobs : int or None, default=None
         Threads for fit and predict (-1: all cores); None takes the BLAS
         thread limit in force (OpenBLAS's default, or a threadpoolctl limit).

@@ -430,3 +430,22 @@ def test_messages_name_values_plainly_and_explain_2d_steps():
     with pytest.raises(ValueError, match="expecting 6 features as input. A 2-D X holds 6 time "
                                          "steps of one feature each"):
         model.predict(X[:, :4, 0])
+
+
+def test_targets_far_from_zero_train_through_a_target_scaler():
+    """float32 holds y to ~7 digits: y = 1e6 + a signal of spread 0.1 keeps only a
+    few levels of it; centred and scaled by TransformedTargetRegressor (as the README
+    advises) it trains as well as the signal alone."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.metrics import r2_score
+
+    X, signal = sequences(120)
+    signal = 0.1 * signal / np.abs(signal).max()
+    y = 1e6 + signal
+    assert len(np.unique(y.astype(np.float32))) < 40           # what float32 keeps of y
+    params = dict(hidden_layer_sizes=(8,), learning_rate_init=0.02, max_iter=60, random_state=0)
+    scaled = TransformedTargetRegressor(LSTMRegressor(**params), transformer=StandardScaler())
+    pred = scaled.fit(X, y).predict(X)
+    alone = LSTMRegressor(**params).fit(X, signal / signal.std()).score(X, signal / signal.std())
+    assert pred.dtype == np.float64
+    assert r2_score(y, pred) > 0.9 * alone > 0.5
