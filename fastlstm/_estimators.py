@@ -803,7 +803,8 @@ class _BaseLSTM(BaseEstimator):
             X is (n_sequences, n_steps) of a model with one feature per step.
         state : list of (h, c) or None, default=None
             The state returned by the previous call, one (h, c) pair per LSTM
-            layer, each of shape (n_sequences, hidden units of that layer).
+            layer, each of shape (n_sequences, hidden units of that layer); a
+            GRU or RNN layer has no cell state, and its c is zeros.
             None starts every sequence from zeros, as `fit` and `predict` do.
 
         Returns

@@ -57,6 +57,9 @@ def check_state(net, state, n_sequences):
                                  f"({n_sequences}, {H}) for {n_sequences} sequences")
             if not np.isfinite(s).all():
                 raise ValueError(f"state[{k}] {name} contains NaN or infinity")
+        if net.cell != "lstm" and c.any():   # an LSTM's state passed to another model
+            raise ValueError(f"state[{k}] c must be zeros: a {net.cell.upper()} layer has no "
+                             "cell state (pass the state step() returned)")
         checked.append((h, c))
     return checked
 

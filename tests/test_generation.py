@@ -227,6 +227,12 @@ def test_step_rejects_bad_state_and_input():
         model.step(np.zeros((4, 3, 2)))
     out, _ = model.step(X[:4, :, 0])             # 2-D: univariate (n_sequences, n_steps)
     np.testing.assert_array_equal(out, model.step(X[:4])[0])
+    gru = LSTMRegressor(hidden_layer_sizes=(8, 4), cell="gru", max_iter=2, random_state=0)
+    _, gru_state = gru.fit(X, y).step(X[:4, :3])
+    assert not any(c.any() for _, c in gru_state)              # no cell state: zeros
+    gru.step(X[:4, 3:], gru_state)                             # taken back as it came
+    with pytest.raises(ValueError, match="c must be zeros: a GRU layer has no cell state"):
+        gru.step(X[:4, 3:], state)                             # the LSTM's (h, c)
 
 
 # ---- forecasting --------------------------------------------------------------
