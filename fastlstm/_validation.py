@@ -46,6 +46,8 @@ def _as_number_array(value, name):
                 f"and features") from None
         raise ValueError(f"{name} must hold numbers only ({err})") from None
     except TypeError as err:
+        if "NAType" in str(err):  # pandas' missing value, in nullable columns
+            raise ValueError(f"{name} contains NaN (pandas' NA)") from None
         raise TypeError(f"{name} must hold numbers only ({err})") from None
     kind = arr.dtype.kind
     if kind == "c":  # sklearn's wording, which its own estimator checks look for

@@ -61,6 +61,16 @@ def test_sparse_X_is_refused_by_name():
         fit_reg(sparse.csr_matrix(np.ones((10, 4))))
 
 
+def test_pandas_na_is_named_as_a_missing_value():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame({"a": pd.array([1.0, None, 3.0, 4.0], dtype="Float64"), "b": [1.0] * 4})
+    with pytest.raises(ValueError, match="X contains NaN"):
+        LSTMRegressor(max_iter=1).fit(X, np.zeros(4))
+    with pytest.raises(ValueError, match="y contains NaN"):
+        LSTMRegressor(max_iter=1).fit(np.ones((4, 3)), pd.array([1.0, None, 2.0, 3.0],
+                                                                  dtype="Float64"))
+
+
 def test_float64_values_fine_in_float64():
     model = fit_reg(np.full((2, 3, 1), 1e300), np.zeros(2), dtype="float64")  # finite in float64
     assert model.network_.dtype == np.float64
