@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
@@ -315,6 +315,9 @@ class _BaseLSTM(BaseEstimator):
 
     def _fit_checked(self, X, y, sample_weight, incremental, classes, sizes, reset):
         if reset:
+            # feature_names_in_: a DataFrame's columns, checked in _check_X_predict
+            # (the array itself is checked here, where 3-D X and lists are known)
+            validate_data(self, X, skip_check_array=True, reset=True, ensure_2d=False)
             dtype = resolve_dtype(X, self.dtype)
             X3, x_ndim, lengths = self._validate_X(X, dtype)
             targets, n_outputs = self._encode_targets(y, X3, reset=True, classes=classes,
@@ -614,6 +617,8 @@ class _BaseLSTM(BaseEstimator):
     def _check_X_predict(self, X):
         if not hasattr(self, "network_"):  # sklearn's check costs ~5 us even when fitted
             check_is_fitted(self, "network_")
+        if hasattr(self, "feature_names_in_") or hasattr(X, "columns"):  # skip its ~1 us
+            validate_data(self, X, skip_check_array=True, reset=False, ensure_2d=False)
         X3, x_ndim, lengths = self._validate_X(X, self.network_.dtype,
                                                fitted_on_lists=self.n_timesteps_in_ is None)
         if x_ndim != self._x_ndim:
@@ -938,8 +943,12 @@ _ATTRIBUTES_DOC = """
     n_features_in_ : int
         X.shape[1] for 2-D X (time steps, or time steps x step_features);
         features per time step for 3-D X.
-    n_timesteps_in_ : int
-        Time steps of each sequence.
+    feature_names_in_ : ndarray of str
+        The columns of a DataFrame X (2-D: time steps, or flattened steps);
+        set only when X had string column names. predict checks them.
+    n_timesteps_in_ : int or None
+        Time steps of each sequence; None for a model fitted on a list of
+        sequences of several lengths, which takes any length.
     weights_ : mapping of str to ndarray
         The parameters under torch's names (weight_ih_l0, weight_hh_l0,
         bias_ih_l0, bias_hh_l0, ..., head.weight, head.bias), as views of the

@@ -2,7 +2,7 @@
 warm_start, sample and class weights, flattened steps, threads."""
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -449,3 +449,20 @@ def test_targets_far_from_zero_train_through_a_target_scaler():
     alone = LSTMRegressor(**params).fit(X, signal / signal.std()).score(X, signal / signal.std())
     assert pred.dtype == np.float64
     assert r2_score(y, pred) > 0.9 * alone > 0.5
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+def test_dataframe_columns_are_kept_and_checked(variant):
+    pd = pytest.importorskip("pandas")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    check_dataframe_column_names_consistency(type(variant).__name__, clone(variant))
+    X, y = sequences(40, T=4, D=1, classes=is_classifier(variant))
+    frame = pd.DataFrame(X[:, :, 0], columns=[f"t{i}" for i in range(4)])
+    model = clone(variant).set_params(max_iter=2).fit(frame, y)
+    np.testing.assert_array_equal(model.feature_names_in_, ["t0", "t1", "t2", "t3"])
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        model.predict(X[:, :, 0])
+    with pytest.raises(ValueError, match="same order"):
+        model.predict(frame[frame.columns[::-1]])
+    assert not hasattr(model.fit(X, y), "feature_names_in_")   # a new fit on arrays
