@@ -1417,5 +1417,26 @@ def load(path):
         raise damaged(f"missing fitted attributes {sorted(required - set(fitted))}")
     if cls is LSTMClassifier and np.shape(est.classes_) != (net.n_outputs,):
         raise damaged(f"{np.size(est.classes_)} classes for a head of {net.n_outputs} outputs")
+    _check_fitted_shapes(est, net, damaged)
     est.network_ = net
     return est
+
+
+def _check_fitted_shapes(est, net, damaged):
+    """The fitted attributes predict reads agree with the network (a file edited by
+    hand would otherwise load and fail at predict with a puzzling message)."""
+    def whole(value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    T = est.n_timesteps_in_
+    if est._x_ndim not in (2, 3) or not (T is None or whole(T) and T >= 1):
+        raise damaged(f"_x_ndim={est._x_ndim!r}, n_timesteps_in_={T!r}")
+    # 3-D X: features per step; 2-D X: its columns, steps x features per step
+    expected = net.n_features if est._x_ndim == 3 else (None if T is None else T * net.n_features)
+    if not whole(est.n_features_in_) or expected is not None and est.n_features_in_ != expected:
+        raise damaged(f"n_features_in_={est.n_features_in_!r} does not fit a network of "
+                      f"{net.n_features} features per step on {est._x_ndim}-D X")
+    if isinstance(est, LSTMRegressor) and (est.n_outputs_ != net.n_outputs
+                                           or est._y_ndim not in (1, 2, 3)):
+        raise damaged(f"n_outputs_={est.n_outputs_!r}, _y_ndim={est._y_ndim!r} for a head of "
+                      f"{net.n_outputs} outputs")
