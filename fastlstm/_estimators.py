@@ -1291,7 +1291,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             Characters to generate.
         vocabulary : fastlstm.datasets.CharVocabulary
             The vocabulary the training windows were encoded with (one-hot rows
-            of len(vocabulary) features, or integer codes as 1 feature).
+            of len(vocabulary) features, or integer codes as 1 feature); the
+            labels may be its characters or their integer codes.
         temperature : float >= 0, default=1.0
             Divides the logits before the softmax: below 1 the text is more
             conservative, above 1 more surprising; 0 always takes the most

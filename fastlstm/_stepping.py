@@ -143,16 +143,24 @@ def forecast(est, X, n_steps, n_threads=None):
 
 
 def _class_codes(est, vocabulary):
-    """codes (C,) in vocabulary of the classifier's classes_ (single characters)."""
+    """codes (C,) in vocabulary of the classifier's classes_: single characters, or
+    the vocabulary's integer codes themselves (labels made with vocabulary.encode)."""
     for attr in ("chars", "encode", "one_hot"):
         if not hasattr(vocabulary, attr):
             raise TypeError("vocabulary must be a fastlstm.datasets.CharVocabulary, got "
                             f"{type(vocabulary).__name__}")
     classes = est.classes_
+    if classes.dtype.kind in "iu":
+        if classes.min() < 0 or classes.max() >= len(vocabulary):
+            raise ValueError(f"the classifier's integer classes run from {classes.min()} to "
+                             f"{classes.max()}, not codes of a vocabulary of "
+                             f"{len(vocabulary)} characters")
+        return classes.astype(np.int64)
     if not all(isinstance(c, str) and len(c) == 1 for c in classes):
         raise ValueError(
             "generate needs a classifier trained on next-character labels (single-character "
-            f"strings, e.g. from fastlstm.datasets.char_windows); its classes_ are "
+            "strings, e.g. from fastlstm.datasets.char_windows, or their codes from "
+            f"vocabulary.encode); its classes_ are "
             f"{classes[:5].tolist()}{'...' if len(classes) > 5 else ''}")
     unknown = [c for c in classes if c not in vocabulary]
     if unknown:
@@ -208,4 +216,4 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_thread
             if k + 1 < n_chars:
                 logits, state = run(net, rows[j][None, None], state, arena, n_threads)
                 logits = logits[:, -1]
-    return "".join(est.classes_[picked])
+    return "".join(vocabulary.chars[code] for code in class_codes[picked])

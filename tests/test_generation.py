@@ -307,6 +307,22 @@ def test_generate_is_reproducible_with_a_seed(char_model):
     assert model.generate("the ", 0, vocabulary=vocab) == ""
 
 
+def test_generate_from_a_model_of_integer_codes():
+    """Labels as the vocabulary's codes (vocabulary.encode, as Keras examples make
+    them): the classes are codes, and generate reads them as such."""
+    vocab = CharVocabulary.from_text(TEXT)
+    X, y = char_windows(TEXT, 16, vocab, step=3)
+    model = LSTMClassifier(hidden_layer_sizes=(32,), max_iter=3, dtype="float64",
+                           random_state=0).fit(X, vocab.encode("".join(y)))
+    assert model.classes_.dtype.kind == "i"
+    seed = "the cat "
+    text = model.generate(seed, 20, vocabulary=vocab, temperature=0)
+    # by hand: each next character is the argmax over the codes after the text so far
+    for k in range(20):
+        proba, _ = model.step(vocab.one_hot(vocab.encode(seed + text[:k]))[None])
+        assert text[k] == vocab.chars[model.classes_[proba[0, -1].argmax()]]
+
+
 def test_generate_greedy_equals_whole_sequence_prediction(char_model):
     model, vocab = char_model
     seed = "the cat "
@@ -365,8 +381,11 @@ def test_generate_rejects_bad_input(char_model):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((30, 4, len(vocab))).astype(np.float32)
     numbers = LSTMClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0)
-    numbers.fit(X, rng.integers(0, 3, 30))
+    numbers.fit(X, np.array(["ab", "cd", "ef"])[rng.integers(0, 3, 30)])
     with pytest.raises(ValueError, match="next-character labels"):
+        numbers.generate("the", 5, vocabulary=vocab)
+    numbers.fit(X, rng.integers(0, 3, 30) + len(vocab) - 1)
+    with pytest.raises(ValueError, match="not codes of a vocabulary"):
         numbers.generate("the", 5, vocabulary=vocab)
     with pytest.raises(NotFittedError):
         LSTMClassifier().generate("the", 5, vocabulary=vocab)
