@@ -655,18 +655,17 @@ class _BaseLSTM(BaseEstimator):
                               min_work=math.inf if whole else MIN_SLICED_PREDICT_WORK)
         with limit as parts:
             out = self._forward_checked(X3, lengths, parts, limit.threads)
-        dtype = self._output_dtype(X)
-        return (out if out.dtype == dtype else out.astype(dtype)), lengths
+        return self._as_output(out, X), lengths
 
-    def _output_dtype(self, X):
-        """Outputs come in the wider of the computation's float type and X's: a
-        float64 X computed in float32 gets float64 predictions, as scikit-learn's
-        estimators give for float64 input; a float32 X gets float32 ones."""
+    def _as_output(self, out, X):
+        """out (the network's dtype) in the wider of the computation's float type
+        and X's: a float64 X computed in float32 gets float64 predictions, as
+        scikit-learn's estimators give for float64 input; a float32 X gets float32."""
         dtype = self.network_.dtype
         x_dtype = getattr(X, "dtype", None)
         if x_dtype is not None and x_dtype == dtype:  # the common case, kept cheap: the
-            return dtype                              # rule costs a sine predict 1.5 of 14 us
-        return np.result_type(dtype, resolve_dtype(X, None))
+            return out                                # rule costs a sine predict 1.5 of 14 us
+        return out.astype(np.result_type(dtype, resolve_dtype(X, None)), copy=False)
 
     def _forward_checked(self, X3, lengths=None, parts=1, n_threads=None):
         """Head outputs for checked X3 (N, T, D), in batches of samples and, for
@@ -829,7 +828,7 @@ class _BaseLSTM(BaseEstimator):
         limit = _thread_limit(self.n_jobs, len(X3), self.network_)
         with limit:
             raw, state = _stepping.run(self.network_, X3, state, n_threads=limit.threads)
-        return self._step_outputs(raw.astype(self._output_dtype(X), copy=False)), state
+        return self._step_outputs(self._as_output(raw, X)), state
 
 _PARAMETERS_DOC = """
     Parameters
@@ -1088,8 +1087,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         limit = _thread_limit(self.n_jobs, len(X3), self.network_)
         with limit:
             preds = _stepping.forecast(self, X3, n_steps, limit.threads)  # (n_steps, N, K)
-        preds = preds.transpose(1, 0, 2).astype(self._output_dtype(X), order="C")
-        return self._step_outputs(preds)
+        preds = np.ascontiguousarray(preds.transpose(1, 0, 2))           # (N, n_steps, K)
+        return self._step_outputs(self._as_output(preds, X))
 
 class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     __doc__ = """LSTM network classifier: a stack of LSTM layers and a softmax head

@@ -93,10 +93,11 @@ def _check_count(value, name):
     return int(value)
 
 
-def forecast(est, X, n_steps, n_threads=None):
+def forecast(est, X3, n_steps, n_threads=None):
     """Autoregressive forecast: each prediction is fed back as the next input.
 
-    X (N, T, D) history -> (n_steps, N, D) predictions, time-major.
+    X3 (N, T, D) history, from check_step_input -> (n_steps, N, D) predictions,
+    time-major.
     A many-to-one model fitted on windows of one length (output="last",
     est.n_timesteps_in_ set) slides a window of that length: each prediction
     runs the last n_timesteps_in_ values from a zero state, as in training.
@@ -107,7 +108,6 @@ def forecast(est, X, n_steps, n_threads=None):
     the history runs once, then each new value is one T=1 step.
     n_threads: as in net.forward.
     """
-    X3 = check_step_input(est, X)
     n_steps = _check_count(n_steps, "n_steps")
     net = est.network_
     if net.n_outputs != net.n_features:
