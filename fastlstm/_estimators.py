@@ -207,9 +207,11 @@ class _Progress:
 
 class _Optimizer:
     """The solver's update rule over one flat parameter buffer, with its state
-    (moments, step count), which partial_fit and warm_start continue."""
+    (moments, step count), which partial_fit and warm_start continue while the
+    solver stays the one it was made for."""
 
-    def __init__(self, params):
+    def __init__(self, params, solver):
+        self.solver = solver                                      # "adam" or "sgd"
         self.first_moment = np.zeros_like(params)                 # Adam m, or SGD velocity
         self.second_moment = np.zeros_like(params)                # Adam v
         self.n_steps = 0
@@ -221,7 +223,7 @@ class _Optimizer:
             _ops.clip_grad_norm(grads, est.clip_grad_norm)
         self.n_steps += 1
         m, v = self.first_moment, self.second_moment
-        if est.solver == "adam":
+        if self.solver == "adam":
             as_params = params.dtype.type            # the update runs in the parameters' dtype
             beta1, beta2, t = est.beta_1, est.beta_2, self.n_steps
             scalars = (as_params(beta1), as_params(1.0 - beta1), as_params(beta2),
@@ -318,6 +320,9 @@ class _BaseLSTM(BaseEstimator):
             # feature_names_in_: a DataFrame's columns, checked in _check_X_predict
             # (the array itself is checked here, where 3-D X and lists are known)
             validate_data(self, X, skip_check_array=True, reset=True, ensure_2d=False)
+            # what predict, step and forecast read: the parameters as fitted, whatever
+            # set_params does later (a warm fit refuses their change)
+            self._output, self._step_features = self.output, self.step_features
             dtype = resolve_dtype(X, self.dtype)
             X3, x_ndim, lengths = self._validate_X(X, dtype)
             targets, n_outputs = self._encode_targets(y, X3, reset=True, classes=classes,
@@ -340,12 +345,11 @@ class _BaseLSTM(BaseEstimator):
             with _threads.one_blas_thread():
                 net.initialize(self._rng)
             self.network_ = net
-            self._optimizer = _Optimizer(net.params)
+            self._optimizer = _Optimizer(net.params, self.solver)
             self.loss_curve_ = []
             self.n_iter_ = 0
             self.best_loss_ = np.inf
             self._no_improvement = 0
-            self._output = self.output
             # a fit without early stopping has no validation scores (none left from before)
             vars(self).pop("validation_scores_", None)
             vars(self).pop("best_validation_score_", None)
@@ -356,8 +360,8 @@ class _BaseLSTM(BaseEstimator):
                     "since the last fit; warm_start and partial_fit need the same network")
             changed = [(name, getattr(self.network_, name), getattr(self, name))
                        for name in ("cell", "nonlinearity", "bidirectional")]
-            # files written before _output was kept: their output parameter is the fitted one
-            changed.append(("output", getattr(self, "_output", self.output), self.output))
+            changed += [("output", self._output, self.output),
+                        ("step_features", self._step_features, self.step_features)]
             if self.dtype is not None:
                 changed.append(("dtype", self.network_.dtype.name, np.dtype(self.dtype).name))
             for name, was, now in changed:
@@ -370,7 +374,10 @@ class _BaseLSTM(BaseEstimator):
                                               lengths=lengths)
             if not hasattr(self, "_optimizer"):  # loaded from a model file: fresh solver state
                 self._rng = _generator(self.random_state)
-                self._optimizer = _Optimizer(self.network_.params)
+            if not hasattr(self, "_optimizer") or self._optimizer.solver != self.solver:
+                # Adam's moments are no SGD velocity (nor the reverse): a new solver starts
+                # afresh, as MLP's does on every fit
+                self._optimizer = _Optimizer(self.network_.params, self.solver)
             self.network_.dropout = float(self.dropout)   # a training setting: the new one
         if self.bidirectional and self.tbptt_steps is not None:
             raise ValueError("tbptt_steps does not work with bidirectional=True: the reverse "
@@ -423,7 +430,7 @@ class _BaseLSTM(BaseEstimator):
         N, T, D = X3.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
-        if self.output == "sequence":  # time-major targets, to match the head's row order
+        if self._output == "sequence":  # time-major targets, to match the head's row order
             targets = np.ascontiguousarray(np.swapaxes(targets, 0, 1))   # (T, N[, K])
         arena = _Arena(net.dtype)
         last_good = net.params.copy()
@@ -497,7 +504,7 @@ class _BaseLSTM(BaseEstimator):
                 f"{n_val} validation and {N - n_val} training samples out of {N}; it needs "
                 f"{fewest} validation sample{'s' if fewest > 1 else ''} at least and 1 "
                 "training sample")
-        stratify = targets if (is_classifier(self) and self.output == "last") else None
+        stratify = targets if (is_classifier(self) and self._output == "last") else None
         seed = int(self._rng.integers(np.iinfo(np.int32).max))
         try:
             train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed,
@@ -520,7 +527,7 @@ class _BaseLSTM(BaseEstimator):
         """
         net = self.network_
         T, N = x_tm.shape[:2]
-        sequence = self.output == "sequence"
+        sequence = self._output == "sequence"
         n_weights = net.n_weights
         parts = len(runner.replicas) if isinstance(runner, DataParallel) else 1
         order = self._rng.permutation(N) if self.shuffle else np.arange(N)
@@ -596,22 +603,22 @@ class _BaseLSTM(BaseEstimator):
         not a row of a 2-D X.
         """
         if is_sequence_list(X, same_lengths_too=fitted_on_lists):
-            if self.step_features is not None:
+            if self._step_features is not None:
                 raise ValueError("step_features reads a 2-D array, not a list of sequences")
             X3, lengths = pad_sequences(X, dtype)
             return X3, 3, lengths
         X3, x_ndim = check_sequences(X, dtype)
-        if self.step_features is not None:
+        if self._step_features is not None:
             if x_ndim != 2:
-                raise ValueError(f"step_features={self.step_features} reads a 2-D X of "
+                raise ValueError(f"step_features={self._step_features} reads a 2-D X of "
                                  f"flattened steps, but X is {x_ndim}-D")
             n_columns = X3.shape[1]
-            if n_columns % self.step_features:
+            if n_columns % self._step_features:
                 raise ValueError(
                     f"X has {n_columns} columns, not a multiple of step_features="
-                    f"{self.step_features}: expected (n_samples, n_timesteps * step_features)")
+                    f"{self._step_features}: expected (n_samples, n_timesteps * step_features)")
             # row-major: [x_0 features..., x_1 features..., ...]
-            X3 = X3.reshape(X3.shape[0], n_columns // self.step_features, self.step_features)
+            X3 = X3.reshape(X3.shape[0], n_columns // self._step_features, self._step_features)
         return X3, x_ndim, None
 
     def _check_X_predict(self, X):
@@ -631,7 +638,7 @@ class _BaseLSTM(BaseEstimator):
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input." + (
                     f" A 2-D X holds {self.n_features_in_} time steps of one feature each"
-                    if x_ndim == 2 and self.step_features is None else ""))
+                    if x_ndim == 2 and self._step_features is None else ""))
         if self.n_timesteps_in_ is not None and lengths is not None and (
                 lengths != self.n_timesteps_in_).any():
             raise ValueError(
@@ -678,7 +685,7 @@ class _BaseLSTM(BaseEstimator):
         runner = (net.borrow_runner(parts, lambda: DataParallel(net, parts, training=False))
                   if parts > 1 else net)
         N, T, D = X3.shape
-        sequence = self.output == "sequence"
+        sequence = self._output == "sequence"
         # scratch per sample and step: the input, and per layer c, h (where LSTM layers
         # keep their gates and tanh_c for one step only), else gates (4H) + c, tanh_c, h
         per_layer = 2 if net.keeps_one_step(N, lengths) else 7
@@ -900,8 +907,10 @@ _PARAMETERS_DOC = """
     warm_start : bool, default=False
         fit continues from the fitted weights and solver state instead of
         starting anew. The network's shape (hidden_layer_sizes, cell,
-        nonlinearity, bidirectional), output and dtype must stay as fitted;
-        dropout, the solver settings and early_stopping may change.
+        nonlinearity, bidirectional), output, step_features and dtype must stay
+        as fitted (predict, step and forecast read output and step_features as
+        fitted, whatever set_params says later); dropout, the solver settings
+        and early_stopping may change (another solver starts its state afresh).
     step_features : int or None, default=None
         Read a 2-D X as flattened steps, (n_samples, n_timesteps * step_features),
         each row [x_0 features, x_1 features, ...], so scalers and tools that
@@ -985,12 +994,12 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         N, T = X3.shape[:2]
         if y is None:
             raise ValueError("requires y to be passed, but the target y is None")
-        if lengths is not None and self.output == "sequence":
+        if lengths is not None and self._output == "sequence":
             y = _pad_targets(y, lengths, T, fill=0.0)
         y = check_targets(y, X3.dtype)
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
-        if self.output == "sequence":
+        if self._output == "sequence":
             if y.ndim not in (2, 3) or y.shape[1] != T:
                 raise ValueError(
                     f"with output='sequence', y must be (n_samples, n_timesteps) or "
@@ -1021,7 +1030,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
 
     def _validation_score(self, X3, targets, weights, lengths, parts=1):
         pred = self._forward_checked(X3, lengths, parts)          # (N[, T], K)
-        if lengths is not None and self.output == "sequence":     # the real steps only
+        if lengths is not None and self._output == "sequence":     # the real steps only
             real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
             return float(r2_score(targets[real], pred[real],
                                   sample_weight=np.broadcast_to(weights[:, None], real.shape)[real]))
@@ -1037,9 +1046,9 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         """Predicted values: (n_samples,) or (n_samples, n_outputs) as y was at fit;
         with output="sequence", (n_samples, n_timesteps[, n_outputs])."""
         out, lengths = self._forward(X)
-        if self._y_ndim == (2 if self.output == "sequence" else 1):
+        if self._y_ndim == (2 if self._output == "sequence" else 1):
             out = out[..., 0]
-        return _unpad(out, lengths) if self.output == "sequence" else out
+        return _unpad(out, lengths) if self._output == "sequence" else out
 
     def score(self, X, y, sample_weight=None):
         """R^2 of predict(X) against y (uniform average over outputs and steps)."""
@@ -1053,7 +1062,7 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
 
     def _step_outputs(self, raw):
         """(N, T, K) head outputs -> predictions, K dropped if y had no output axis."""
-        return raw[..., 0] if self._y_ndim == (2 if self.output == "sequence" else 1) else raw
+        return raw[..., 0] if self._y_ndim == (2 if self._output == "sequence" else 1) else raw
 
     def forecast(self, X, n_steps):
         """Forecast n_steps ahead autoregressively from a history.
@@ -1147,11 +1156,11 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if y is None:
             raise ValueError("requires y to be passed, but the target y is None")
         N, T = X3.shape[:2]
-        if lengths is not None and self.output == "sequence":
+        if lengths is not None and self._output == "sequence":
             # pad with a label of the sequence itself: the padded steps weigh 0
             y = _pad_targets(y, lengths, T, fill=None)
         y = check_labels(y)
-        if self.output == "sequence":
+        if self._output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
                 raise ValueError(f"with output='sequence', y must be (n_samples, n_timesteps) "
                                  f"with n_timesteps={T}, got shape {y.shape}")
@@ -1198,7 +1207,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                    if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)}
             if bad:
                 raise ValueError(f"class_weight values must be finite numbers >= 0, got {bad!r}")
-        if self.output == "sequence":  # (N, T): each step weighs its own label's weight
+        if self._output == "sequence":  # (N, T): each step weighs its own label's weight
             real = (np.ones(targets.shape, bool) if lengths is None
                     else np.arange(targets.shape[1])[None, :] < lengths[:, None])
             per_step = np.zeros(targets.shape)
@@ -1212,7 +1221,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
 
     def _validation_score(self, X3, targets, weights, lengths, parts=1):
         pred = np.argmax(self._forward_checked(X3, lengths, parts), axis=-1)  # (N[, T])
-        if lengths is not None and self.output == "sequence":     # the real steps only
+        if lengths is not None and self._output == "sequence":     # the real steps only
             real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
             return float(accuracy_score(targets[real], pred[real], sample_weight=np.broadcast_to(
                 weights if weights.ndim == 2 else weights[:, None], real.shape)[real]))
@@ -1242,7 +1251,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         """Class probabilities (n_samples, n_classes), in the order of classes_;
         with output="sequence", (n_samples, n_timesteps, n_classes)."""
         proba, lengths = self._proba(X)
-        return _unpad(proba, lengths) if self.output == "sequence" else proba
+        return _unpad(proba, lengths) if self._output == "sequence" else proba
 
     def predict_log_proba(self, X):
         """Log of predict_proba (as MLPClassifier gives it)."""
@@ -1256,7 +1265,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         even where rounding makes two classes' probabilities equal)."""
         proba, lengths = self._proba(X)
         labels = self.classes_[proba.argmax(axis=-1)]
-        return _unpad(labels, lengths) if self.output == "sequence" else labels
+        return _unpad(labels, lengths) if self._output == "sequence" else labels
 
     def score(self, X, y, sample_weight=None):
         """Accuracy of predict(X) (per step, with output="sequence")."""
@@ -1411,6 +1420,9 @@ def load(path):
         if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
             raise damaged(f"bad attribute name {name!r}")
         setattr(est, name, value)
+    # files written before these were kept: their parameters are the fitted ones
+    vars(est).setdefault("_output", est.output)
+    vars(est).setdefault("_step_features", est.step_features)
     required = {"n_features_in_", "n_timesteps_in_", "_x_ndim"}
     required |= {"classes_"} if cls is LSTMClassifier else {"_y_ndim", "n_outputs_"}
     if not required <= set(fitted):
@@ -1428,6 +1440,9 @@ def _check_fitted_shapes(est, net, damaged):
     def whole(value):
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
+    if est._output not in ("last", "sequence") or est._step_features is not None and (
+            est._x_ndim != 2 or est._step_features != net.n_features):
+        raise damaged(f"_output={est._output!r}, _step_features={est._step_features!r}")
     T = est.n_timesteps_in_
     if est._x_ndim not in (2, 3) or not (T is None or whole(T) and T >= 1):
         raise damaged(f"_x_ndim={est._x_ndim!r}, n_timesteps_in_={T!r}")

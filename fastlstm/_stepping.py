@@ -116,7 +116,7 @@ def forecast(est, X3, n_steps, n_threads=None):
             f"predict as many values ({net.n_outputs}) as it takes per step "
             f"({net.n_features})")
     N, T, D = X3.shape
-    window = est.n_timesteps_in_ if est.output == "last" else None
+    window = est.n_timesteps_in_ if est._output == "last" else None
     if window is not None and T < window:
         raise ValueError(
             f"X has {T} time steps of history, but the model forecasts from windows of the "

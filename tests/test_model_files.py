@@ -218,6 +218,8 @@ def test_foreign_npz_is_refused(tmp_path):
     (lambda m: m["fitted"].update(_x_ndim="3"), None, "_x_ndim='3'"),
     (lambda m: m["fitted"].update(n_timesteps_in_=0), None, "n_timesteps_in_=0"),
     (lambda m: m["fitted"].update(n_outputs_=2), None, "n_outputs_=2"),
+    (lambda m: m["fitted"].update(_output="both"), None, "_output='both'"),
+    (lambda m: m["fitted"].update(_step_features=3), None, "_step_features=3"),
     (lambda m: m["network"].__setitem__(1, [7]), None, "do not fit the network"),
     (None, lambda a: a.update(params=a["params"][:-1]), "do not fit the network"),
     (None, lambda a: a.update(params=a["params"].astype(np.int32)), "params are int32"),
@@ -232,6 +234,14 @@ def test_inconsistent_files_are_refused(models, edit_meta, edit_arrays, message)
     buffer = rewrite(models[2]["regressor"], edit_meta, edit_arrays)
     with pytest.raises(ValueError, match=message):
         fastlstm.load(buffer)
+
+
+def test_files_from_before_the_fitted_output_was_kept_read_their_parameters(models):
+    model = models[2]["regressor"]
+    buffer = rewrite(model, lambda m: [m["fitted"].pop(name) for name in
+                                       ("_output", "_step_features")])
+    loaded = fastlstm.load(buffer)
+    assert (loaded._output, loaded._step_features) == (model.output, model.step_features)
 
 
 def test_classes_must_fit_the_head(models):

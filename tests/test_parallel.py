@@ -130,7 +130,7 @@ def test_an_update_split_in_ranges_gives_the_same_numbers(solver):
     results = []
     for parts in (1, 2):
         params = start.copy()
-        optimizer = est_module._Optimizer(params)
+        optimizer = est_module._Optimizer(params, solver)
         for step in range(3):
             grads = np.random.default_rng(step).standard_normal(n).astype(np.float32)
             optimizer.step(est, params, grads, parts)

@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 from threadpoolctl import threadpool_info
 
 import fastlstm._network
-from fastlstm import LSTMClassifier, LSTMRegressor
+from fastlstm import LSTMClassifier, LSTMRegressor, load
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -393,6 +393,44 @@ def test_a_warm_fit_refuses_a_new_dtype_output_or_y_shape_and_takes_a_new_dropou
     assert model.network_.dtype == np.float32
     model.set_params(dropout=0.5).fit(X, y)
     assert model.network_.dropout == 0.5
+
+
+def test_predict_step_and_forecast_read_output_and_step_features_as_fitted(tmp_path):
+    X, y = sequences(30)                                          # (30, 6, 2), (30,)
+    X1 = X[:, :, :1]                                              # (30, 6, 1)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), output="sequence", max_iter=2,
+                          random_state=0).fit(X1, X1.cumsum(axis=1))
+    pred, (stepped, _) = model.predict(X1), model.step(X1)
+    carried = model.forecast(X1[:2], 3)          # (2, 3, 1): state carried, as fitted
+    model.set_params(output="last")                               # not refitted
+    np.testing.assert_array_equal(model.predict(X1), pred)
+    np.testing.assert_array_equal(model.step(X1)[0], stepped)
+    np.testing.assert_array_equal(model.forecast(X1[:2], 3), carried)
+    with pytest.raises(ValueError, match="output changed from 'sequence' to 'last'"):
+        model.set_params(warm_start=True).fit(X1, X1.cumsum(axis=1))
+    model.save(tmp_path / "m.fastlstm")
+    np.testing.assert_array_equal(load(tmp_path / "m.fastlstm").predict(X1), pred)
+    flat = X.reshape(30, -1)                                      # 6 steps x 2 features
+    steps = LSTMRegressor(hidden_layer_sizes=(4,), step_features=2, max_iter=2,
+                          random_state=0).fit(flat, y)
+    before = steps.predict(flat)
+    steps.set_params(step_features=None)
+    np.testing.assert_array_equal(steps.predict(flat), before)
+    with pytest.raises(ValueError, match="step_features changed from 2 to None"):
+        steps.set_params(warm_start=True).fit(flat, y)
+
+
+@pytest.mark.parametrize("first, then", [("adam", "sgd"), ("sgd", "adam")])
+def test_a_warm_fit_with_another_solver_starts_its_state_afresh(tmp_path, first, then):
+    X, y = sequences(60)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), solver=first, max_iter=2, warm_start=True,
+                          dtype="float64", random_state=0).fit(X, y)
+    model.save(tmp_path / "m.fastlstm")                        # no solver state in the file
+    fresh = load(tmp_path / "m.fastlstm")
+    for est in (model, fresh):
+        est.set_params(solver=then, learning_rate_init=1e-4, shuffle=False, max_iter=1)
+        est.fit(X, y)
+    np.testing.assert_allclose(model.network_.params, fresh.network_.params, rtol=1e-12)
 
 
 def test_a_model_fitted_on_a_list_reads_any_list_of_sequences_as_one():
