@@ -312,13 +312,28 @@ class LSTMNetwork:
 
     # ---- forward and backward -------------------------------------------------
 
+    def dropout_masks(self, rng, T, N, sequence_output):
+        """The random words of every layer's dropout mask over a batch of N
+        sequences of T steps: [(T or 1, N, width) uint32] (see _ops.dropout_bits),
+        drawn from rng in layer order. DataParallel cuts them by rows, so a
+        batch gets the same masks run whole or in slices on any thread count."""
+        masks = []
+        for k, H in enumerate(self.hidden_sizes):
+            # a many-to-one head reads the top layer's last step only: the mask
+            # covers that step alone there (charlm: half its random words)
+            last_only = (k == len(self.hidden_sizes) - 1 and not sequence_output
+                         and not self.bidirectional)
+            width = 2 * H if self.bidirectional else H
+            masks.append(_ops.dropout_bits(rng, (1 if last_only else T, N, width)))
+        return masks
+
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None, lengths=None, n_threads=None, keep=True):
+                initial_state=None, lengths=None, n_threads=None, keep=True, masks=None):
         """x (T, N, D) -> (output, tape).
 
         output is (N, K), or (T*N, K) in time-major row order if sequence_output.
         tape holds what `backward` needs (and `final_state`); training=True also
-        applies dropout (drawn from rng). arena is the scratch memory (a fresh one
+        applies dropout (masks from dropout_masks, drawn from rng when None). arena is the scratch memory (a fresh one
         when None, so concurrent predictions never share buffers). initial_state
         is [(h0, c0)] per layer, each (N, H); None starts every layer from zeros.
         Gradients do not flow back into initial_state (truncated BPTT).
@@ -345,6 +360,8 @@ class LSTMNetwork:
             raise ValueError("a bidirectional network always starts from zeros: it cannot "
                              "continue from a carried state")
         arena = arena if arena is not None else _Arena(self.dtype)
+        if training and self.dropout > 0 and masks is None:
+            masks = self.dropout_masks(rng, T, N, sequence_output)
         dropping = training and self.dropout > 0
         order = reverse_order(T, N, lengths) if self.bidirectional else None
         layers, reverse = [], []
@@ -368,12 +385,8 @@ class LSTMNetwork:
                 layer_out[..., H:] = rev[3][order, np.arange(N)]                # back in time order
             bits = None
             if dropping:  # on every layer's output, before the next layer or the head
-                # a many-to-one head reads the top layer's last step only: the mask
-                # covers that step alone there (charlm: half its random words)
-                last_only = (k == len(self.hidden_sizes) - 1 and not sequence_output
-                             and not self.bidirectional)
-                kept_out = layer_out[T - 1:] if last_only else layer_out    # (T or 1, N, width)
-                bits = _ops.dropout_bits(rng, kept_out.shape)
+                bits = masks[k]                                         # (T or 1, N, width)
+                kept_out = layer_out[T - len(bits):]                    # the steps it covers
                 dropped = arena.get(("dropped", k), kept_out.shape)
                 _ops.apply_dropout_mask(kept_out.reshape(-1), bits.reshape(-1), self.dropout,
                                         dropped.reshape(-1))

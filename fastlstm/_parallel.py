@@ -109,14 +109,16 @@ class DataParallel:
         self.arenas = [_Arena(net.dtype) for _ in range(parts)]
 
     def forward(self, x, sequence_output=False, training=False, rng=None, arena=None,
-                initial_state=None, lengths=None, n_threads=None, keep=True):
+                initial_state=None, lengths=None, n_threads=None, keep=True, masks=None):
         """As LSTMNetwork.forward (arena and n_threads are ignored: each slice has
         its own arena and runs on one thread)."""
         T, N, _ = x.shape
         slices = row_slices(N, min(len(self.replicas), max(N, 1)))
-        # dropout: one random stream per slice, all drawn from rng, so fixed by it
-        rngs = (rng.spawn(len(slices)) if training and self.net.dropout > 0
-                else [rng] * len(slices))
+        # dropout: the whole batch's masks, each slice its rows of them, so that the
+        # masks do not depend on the number of slices (charlm: +0.2 ms a batch of
+        # ~50, drawn here on one thread rather than each slice its own)
+        if training and self.net.dropout > 0 and masks is None:
+            masks = self.net.dropout_masks(rng, T, N, sequence_output)
 
         def run(p):                                       # slice p: (T, n_p, D) -> (out, tape)
             rows = slices[p]
@@ -124,8 +126,10 @@ class DataParallel:
                      else [(h[rows], c[rows]) for h, c in initial_state])
             return self.replicas[p].forward(
                 np.ascontiguousarray(x[:, rows]), sequence_output, training=training,
-                rng=rngs[p], arena=self.arenas[p], initial_state=state,
-                lengths=None if lengths is None else lengths[rows], n_threads=1, keep=keep)
+                arena=self.arenas[p], initial_state=state,
+                lengths=None if lengths is None else lengths[rows], n_threads=1, keep=keep,
+                masks=None if masks is None else [np.ascontiguousarray(m[:, rows])
+                                                  for m in masks])
 
         results = _threads.run_parallel(run, range(len(slices)))
         outs = [out for out, _ in results]

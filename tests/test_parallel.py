@@ -216,15 +216,25 @@ def spy_slices(monkeypatch):
     return seen
 
 
-def test_fit_and_predict_on_two_threads_cut_batches_into_slices(monkeypatch):
+@pytest.mark.parametrize("layers", [
+    {},
+    # the same dropout masks, whole or in slices: the first layer's over every
+    # step, the top one's over the last step (many-to-one) or every step
+    dict(hidden_layer_sizes=(128, 128), dropout=0.3),
+    dict(hidden_layer_sizes=(128, 128), dropout=0.3, output="sequence"),
+])
+def test_fit_and_predict_on_two_threads_cut_batches_into_slices(monkeypatch, layers):
     X, y = sequences()
+    if layers.get("output") == "sequence":
+        y = X[:, :, 0].cumsum(axis=1)
+    params = dict(BIG, **layers)
     seen = spy_slices(monkeypatch)
-    two = LSTMRegressor(n_jobs=2, **BIG).fit(X, y)
+    two = LSTMRegressor(n_jobs=2, **params).fit(X, y)
     assert seen == [(2, True, "MainThread")]
     pred_two = two.predict(X)
     assert seen[-1][:2] == (2, False)
     seen.clear()
-    one = LSTMRegressor(n_jobs=1, **BIG).fit(X, y)
+    one = LSTMRegressor(n_jobs=1, **params).fit(X, y)
     one.predict(X)
     assert seen == []                                      # one thread: no slices
     # the same training, summed in another order: equal to rounding
