@@ -570,6 +570,8 @@ class _BaseLSTM(BaseEstimator):
                             ww = ww.reshape(-1)
                             if lb is not None:                     # padded steps weigh 0
                                 ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
+                        if not ww.any():  # steps of weight-0 classes only: nothing to learn
+                            continue
                     else:
                         tw, ww = tb, wb
                     dout = arena.get("dout", out.shape)

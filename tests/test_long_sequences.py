@@ -2,9 +2,11 @@
 BPTT that bounds training memory by the window, and equals full BPTT when the
 window covers the sequence."""
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from fastlstm import LSTMClassifier, LSTMRegressor
 from fastlstm._estimators import _generator
@@ -171,6 +173,23 @@ def test_windows_carry_the_state_and_update_once_each():
         n_updates += 1
     assert n_updates == 3 and init.tbptt_steps == k
     np.testing.assert_allclose(model.network_.params, net.params, rtol=1e-5, atol=1e-6)
+
+
+def test_a_window_with_nothing_to_learn_is_skipped_not_taken_for_divergence():
+    """A window whose steps all weigh 0 (labels of weight-0 classes only) has no
+    loss: no update there, and the state goes on to the next window."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 10, 2))
+    y = np.zeros((40, 10), int)
+    y[:, 5:] = rng.integers(0, 2, (40, 5))                   # steps 0-4 hold class 0 only
+    params = dict(class_weight={0: 0.0, 1: 1.0})
+    model = LSTMClassifier(hidden_layer_sizes=(4,), output="sequence", tbptt_steps=5,
+                           max_iter=5, tol=0.0, random_state=0, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no "diverged" warning
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 5 epochs: not converged
+        model.fit(X, y)
+    assert model.n_iter_ == 5 and np.isfinite(model.loss_curve_).all()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "10", True])
