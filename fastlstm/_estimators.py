@@ -14,11 +14,10 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from threadpoolctl import threadpool_limits
@@ -301,6 +300,8 @@ class _BaseLSTM(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         sizes = check_params(self)
+        if incremental and self.early_stopping:   # one epoch: nothing to stop (as MLP's)
+            raise ValueError("partial_fit does not support early_stopping=True")
         reset = not hasattr(self, "network_") or not (incremental or self.warm_start)
         if not reset:
             return self._fit_checked(X, y, sample_weight, incremental, classes, sizes, reset)
@@ -903,7 +904,8 @@ _PARAMETERS_DOC = """
     early_stopping : bool, default=False
         Hold out validation_fraction of the training data (stratified for
         classifiers), score it after every epoch (R^2 or accuracy), stop when it
-        stops improving and keep the weights of the best epoch.
+        stops improving and keep the weights of the best epoch. fit only:
+        partial_fit refuses it, as MLP's does.
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
     warm_start : bool, default=False
@@ -1108,8 +1110,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     y is (n_samples,) of labels; with output="sequence", (n_samples,
     n_timesteps), one label per step.
 """ + _PARAMETERS_DOC + """    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes in the loss, multiplying sample_weight;
-        "balanced" weighs by n_samples / (n_classes * class count). With
+        Weights of the classes in the loss, multiplying sample_weight; a label
+        the dict lacks weighs 1, a key that is no label is ignored (as in
+        scikit-learn). "balanced" weighs by n_samples / (n_classes * class count). With
         output="sequence" each step weighs its own label's weight ("balanced"
         counts steps), as torch's CrossEntropyLoss(weight=...) does.
 
@@ -1202,21 +1205,24 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if self.class_weight is None:
             return weights
         if isinstance(self.class_weight, dict):
-            unknown = set(self.class_weight) - set(self.classes_.tolist())
-            if unknown:
-                raise ValueError(f"class_weight has labels not in the data: {sorted(unknown)!r}")
-            bad = {k: v for k, v in self.class_weight.items()
-                   if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)}
-            if bad:
-                raise ValueError(f"class_weight values must be finite numbers >= 0, got {bad!r}")
+            # scikit-learn's rule: a label the dict lacks weighs 1 and a key that is no
+            # label is ignored (a fold may lack a rare class), unless both happen
+            # (a mistyped key): (n_classes,)
+            per_class = compute_class_weight(self.class_weight, classes=self.classes_,
+                                             y=self.classes_)
+
+            def weigh(codes):
+                return per_class[codes]
+        else:                                         # "balanced": by these labels' counts
+            def weigh(codes):
+                return compute_sample_weight("balanced", codes)
         if self._output == "sequence":  # (N, T): each step weighs its own label's weight
             real = (np.ones(targets.shape, bool) if lengths is None
                     else np.arange(targets.shape[1])[None, :] < lengths[:, None])
             per_step = np.zeros(targets.shape)
-            per_step[real] = compute_sample_weight(self.class_weight,
-                                                   self.classes_[targets[real]])
+            per_step[real] = weigh(targets[real])
             return weights[:, None] * per_step
-        return weights * compute_sample_weight(self.class_weight, self.classes_[targets])
+        return weights * weigh(targets)
 
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)

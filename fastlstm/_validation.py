@@ -1,4 +1,5 @@
 """Input and parameter checks: every bad input gets an error that names it."""
+import math
 import numbers
 
 import numpy as np
@@ -276,6 +277,16 @@ def check_params(est):
         raise ValueError(f"nonlinearity must be 'tanh' or 'sigmoid', got {est.nonlinearity!r}")
     if est.output not in ("last", "sequence"):
         raise ValueError(f"output must be 'last' or 'sequence', got {est.output!r}")
+    class_weight = getattr(est, "class_weight", None)               # classifiers only
+    if isinstance(class_weight, dict):
+        bad = {k: v for k, v in class_weight.items()
+               if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"class_weight values must be finite numbers >= 0, got {bad!r}")
+    elif not (class_weight is None or isinstance(class_weight, str)
+              and class_weight == "balanced"):
+        raise ValueError("class_weight must be a dict {label: weight}, 'balanced' or None, "
+                         f"got {class_weight!r}")
     if est.dtype is not None:
         try:
             dtype = np.dtype(est.dtype)

@@ -185,8 +185,18 @@ def test_class_weight_equals_its_sample_weight():
     np.testing.assert_array_equal(balanced.network_.params, by_hand.network_.params)
     as_dict = LSTMClassifier(class_weight={0: 1.0, 1: 3.0}, **FULL_BATCH).fit(X, y)
     assert not np.array_equal(as_dict.network_.params, by_hand.network_.params)
-    with pytest.raises(ValueError, match="class_weight"):
-        LSTMClassifier(class_weight={7: 1.0}, max_iter=1).fit(X, y)
+    # scikit-learn's rule: a label the dict lacks weighs 1, a key that is no label is
+    # ignored (a cross-validation fold may lack a rare class)...
+    for same in ({1: 3.0}, {0: 1.0, 1: 3.0, 2: 5.0}):
+        np.testing.assert_array_equal(
+            LSTMClassifier(class_weight=same, **FULL_BATCH).fit(X, y).network_.params,
+            as_dict.network_.params)
+    # ... unless both happen: a mistyped key
+    with pytest.raises(ValueError, match=r"classes, \[0\], are not in class_weight"):
+        LSTMClassifier(class_weight={"1": 3.0, 1: 3.0}, max_iter=1).fit(X, y)
+    for bad in ("bal", [1.0, 3.0]):
+        with pytest.raises(ValueError, match="class_weight must be a dict"):
+            LSTMClassifier(class_weight=bad, max_iter=1).fit(X, y)
 
 
 @pytest.mark.parametrize("ragged_lengths", [False, True])
@@ -360,9 +370,10 @@ def test_early_stopping_turned_on_in_a_warm_fit_and_off_in_a_new_one():
     assert not hasattr(model, "validation_scores_")
     model.set_params(early_stopping=True).fit(X, y)
     assert len(model.validation_scores_) == 2 and model.n_iter_ == 4
-    model.partial_fit(X, y)                                   # no validation in partial_fit
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        model.partial_fit(X, y)                               # one epoch: nothing to stop
     model.fit(X, y)
-    assert len(model.validation_scores_) == 4
+    assert len(model.validation_scores_) == 4 and model.n_iter_ == 6
     model.set_params(warm_start=False, early_stopping=False).fit(X, y)
     assert not hasattr(model, "validation_scores_") and not hasattr(model,
                                                                     "best_validation_score_")
