@@ -42,14 +42,17 @@ def _n_features(X3, x_ndim):
     return X3.shape[2] if x_ndim == 3 else X3.shape[1] * X3.shape[2]
 
 
-def _generator(random_state):
+def _generator(random_state, stream=None):
     """The numpy Generator a fit draws from (initialisation, shuffling, dropout),
     seeded from scikit-learn's random_state (None, an int or a RandomState
     instance, drawn from as check_random_state gives it: None is numpy's global
-    one, so np.random.seed works as in scikit-learn)."""
+    one, so np.random.seed works as in scikit-learn). stream: another
+    independent Generator of the same seed (1: the validation split)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return np.random.default_rng(_seed_of_int(int(random_state)))
-    return np.random.default_rng(_seed_of(random_state))
+        seed = _seed_of_int(int(random_state))
+    else:
+        seed = _seed_of(random_state)
+    return np.random.default_rng(seed if stream is None else [seed, stream])
 
 
 def _seed_of(random_state):
@@ -506,7 +509,9 @@ class _BaseLSTM(BaseEstimator):
                 f"{fewest} validation sample{'s' if fewest > 1 else ''} at least and 1 "
                 "training sample")
         stratify = targets if (is_classifier(self) and self._output == "last") else None
-        seed = int(self._rng.integers(np.iinfo(np.int32).max))
+        # drawn afresh from random_state on every fit, as MLP's: an int's split is the
+        # same in a warm fit, whose best_validation_score_ so stays comparable
+        seed = int(_generator(self.random_state, stream=1).integers(np.iinfo(np.int32).max))
         try:
             train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed,
                                           stratify=stratify)

@@ -379,6 +379,28 @@ def test_early_stopping_turned_on_in_a_warm_fit_and_off_in_a_new_one():
                                                                     "best_validation_score_")
 
 
+def test_a_warm_fit_holds_out_the_same_validation_samples(monkeypatch):
+    """The split is drawn from random_state on every fit, as MLP's: with an int,
+    a warm fit scores the same samples as the fit before, so its
+    best_validation_score_ stays the bar to beat."""
+    X, y = sequences(60)
+    held_out = []
+    split = LSTMRegressor._split_validation
+
+    def spy(self, *args):
+        parts = split(self, *args)
+        held_out.append(parts[-1][0])                          # the validation X3
+        return parts
+
+    monkeypatch.setattr(LSTMRegressor, "_split_validation", spy)
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=2, early_stopping=True,
+                          warm_start=True, random_state=3).fit(X, y)
+    model.fit(X, y)
+    LSTMRegressor(**{**model.get_params(), "random_state": 4}).fit(X, y)
+    np.testing.assert_array_equal(held_out[1], held_out[0])
+    assert not np.array_equal(held_out[2], held_out[0])
+
+
 def test_early_stopping_needs_two_validation_samples_for_r2():
     X, y = sequences(60)
     # ceil(0.01 * 60) = 1 sample: its R^2 is NaN, so no epoch could score best
