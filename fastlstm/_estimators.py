@@ -155,9 +155,13 @@ class _Weights(collections.abc.Mapping):
         if value.shape != view.shape:
             raise ValueError(f"{name} has shape {view.shape}, got an array of shape "
                              f"{value.shape}")
-        if value.dtype.kind not in "biuf" or not np.isfinite(value).all():
-            raise ValueError(f"{name} takes finite numbers, got {value.dtype} values"
-                             + (" with NaN or inf" if value.dtype.kind in "f" else ""))
+        if value.dtype.kind not in "biuf":
+            raise ValueError(f"{name} takes finite numbers, got {value.dtype} values")
+        with np.errstate(over="ignore"):              # checked as the network holds it:
+            value = value.astype(view.dtype)          # 1e40 is inf in float32
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} takes finite numbers, got values that are NaN or inf "
+                             f"in the network's {view.dtype}")
         view[...] = value
 
     def __repr__(self):
@@ -761,6 +765,9 @@ class _BaseLSTM(BaseEstimator):
             (warm_start, partial_fit) continues from a fresh solver state.
         """
         check_is_fitted(self, "network_")
+        if not np.isfinite(self.network_.params).all():   # load would refuse the file
+            raise ValueError("the model's parameters hold NaN or inf (written through "
+                             "weights_?): nothing was saved")
         params = self.get_params(deep=False)
         fitted = {name: value for name, value in vars(self).items()
                   if name not in params and name != "network_"

@@ -358,8 +358,18 @@ def test_assigning_to_weights_changes_the_network():
     assert dict(model.weights_).keys() == set(model.network_.p) and len(model.weights_) == 6
     with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(16, 4\)"):
         model.weights_["weight_hh_l0"] = np.zeros((4, 16))
-    with pytest.raises(ValueError, match="NaN or inf"):
-        model.weights_["head.bias"] = [np.nan]
+    for bad in ([np.nan], [1e40]):              # 1e40: inf in the network's float32
+        with pytest.raises(ValueError, match="NaN or inf in the network's float32"):
+            model.weights_["head.bias"] = bad
     with pytest.raises(KeyError, match="not a parameter"):
         model.weights_["weight_hh_l1"] = np.zeros((16, 4))
     np.testing.assert_array_equal(model.network_.params, other.network_.params)
+
+
+def test_save_refuses_parameters_load_would_refuse(tmp_path):
+    X, y = small_regression()
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(X, y)
+    model.weights_["head.bias"][...] = np.inf       # through the view: not checked
+    with pytest.raises(ValueError, match="NaN or inf.*nothing was saved"):
+        model.save(tmp_path / "m.fastlstm")
+    assert not list(tmp_path.iterdir())
