@@ -130,6 +130,8 @@ def write(path, class_name, params, fitted, network_args, flat_params):
         return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):   # else the error would name the temporary file
+        raise FileNotFoundError(f"cannot save to {path!r}: no folder {folder!r}")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastlstm-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -140,13 +142,29 @@ def write(path, class_name, params, fitted, network_args, flat_params):
         raise
 
 
+def _first_bytes(where, n):
+    """The first n bytes of a path or of a file object (left where it was)."""
+    if not hasattr(where, "read"):
+        with open(where, "rb") as f:
+            return f.read(n)
+    at = where.tell()
+    head = where.read(n)
+    where.seek(at)
+    return head
+
+
 def read(path):
     """-> (metadata dict, flat params, {name: array}) from a model file, checked."""
     where = path if hasattr(path, "read") else os.fspath(path)
     try:
-        archive = np.load(where, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):   # a .npy file: one array
+        # told apart here: on anything else np.load's message is about unpickling
+        head = _first_bytes(where, 6)
+        if head.startswith(b"\x93NUMPY"):
             raise ValueError("it holds a single array, not a model archive")
+        if not head.startswith(b"PK"):
+            raise ValueError("it is empty" if not head else
+                             "it is not a NumPy .npz archive, which a model file is")
+        archive = np.load(where, allow_pickle=False)
         with archive:
             contents = {key: archive[key] for key in archive.files}
     except FileNotFoundError:

@@ -152,10 +152,14 @@ def test_pickle_file_is_refused_without_running_it(tmp_path, models):
 
     path = tmp_path / "evil.npz"
     path.write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(ValueError, match="not a readable fastlstm model file"):
+    # and no advice to load it "unsafely" with allow_pickle, as numpy's message gives
+    with pytest.raises(ValueError, match="not a readable fastlstm model file: it is not a "
+                                         "NumPy .npz archive, which a model file is$"):
         fastlstm.load(path)
+    with pytest.raises(ValueError, match="not a NumPy .npz archive"):
+        fastlstm.load(io.BytesIO(path.read_bytes()))
     np.save(tmp_path / "evil_array.npy", np.array([Payload()], dtype=object))
-    with pytest.raises(ValueError, match="not a readable fastlstm model file"):
+    with pytest.raises(ValueError, match="not a readable fastlstm model file: it holds a single"):
         fastlstm.load(tmp_path / "evil_array.npy")
     # an .npz whose entry is an object array is refused too
     buffer = rewrite(models[2]["regressor"], edit_arrays=lambda a: a.update(
@@ -169,13 +173,19 @@ def test_pickle_file_is_refused_without_running_it(tmp_path, models):
     (lambda b: b[: len(b) // 2], "not a readable fastlstm model file"),              # truncated
     (lambda b: b"PK\x03\x04" + b"\x00" * 100, "not a readable fastlstm model file"),  # junk zip
     (lambda b: b"hello, world", "not a readable fastlstm model file"),               # foreign
-    (lambda b: b"", "not a readable fastlstm model file"),                           # empty
+    (lambda b: b"", "not a readable fastlstm model file: it is empty"),              # empty
 ])
 def test_corrupt_bytes_are_refused(models, damage, message, tmp_path):
     path = tmp_path / "bad.npz"
     path.write_bytes(damage(saved_bytes(models[2]["regressor"])))
     with pytest.raises(ValueError, match=message):
         fastlstm.load(path)
+
+
+def test_saving_into_a_missing_folder_names_the_path_asked_for(models, tmp_path):
+    path = tmp_path / "missing" / "m.fastlstm"
+    with pytest.raises(FileNotFoundError, match=f"cannot save to '{path}': no folder"):
+        models[2]["regressor"].save(path)
 
 
 def test_flipped_byte_fails_the_checksum(models, tmp_path):
