@@ -208,8 +208,10 @@ def generate(est, seed, n_chars, vocabulary, temperature, random_state, n_thread
             if temperature == 0:                                  # greedy
                 j = int(np.argmax(logits[0]))
             else:  # softmax(logits / temperature), sampled by inverse CDF with one uniform draw
-                z = logits[0].astype(np.float64) / temperature    # (C,)
-                cdf = np.cumsum(np.exp(z - z.max()))              # unnormalised, cdf[-1] >= 1
+                z = logits[0].astype(np.float64)                  # (C,)
+                # the max taken off before the division: a tiny temperature then sends
+                # the others to -inf, not every logit to +-inf (inf - inf: NaN)
+                cdf = np.cumsum(np.exp((z - z.max()) / temperature))   # unnormalised, >= 1
                 j = min(int(np.searchsorted(cdf, rs.random_sample() * cdf[-1], side="right")),
                         len(cdf) - 1)
             picked[k] = j

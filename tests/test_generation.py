@@ -307,6 +307,14 @@ def test_generate_is_reproducible_with_a_seed(char_model):
     assert model.generate("the ", 0, vocabulary=vocab) == ""
 
 
+@pytest.mark.parametrize("temperature", [1e-200, 1e-310, 5e-324])
+def test_a_vanishing_temperature_samples_the_greedy_text(char_model, temperature):
+    model, vocab = char_model
+    greedy = model.generate("the ", 30, vocabulary=vocab, temperature=0)
+    assert model.generate("the ", 30, vocabulary=vocab, temperature=temperature,
+                          random_state=0) == greedy
+
+
 def test_generate_from_a_model_of_integer_codes():
     """Labels as the vocabulary's codes (vocabulary.encode, as Keras examples make
     them): the classes are codes, and generate reads them as such."""
