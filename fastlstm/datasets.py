@@ -1,7 +1,16 @@
 """Built-in data for examples, the demo and the tests: nothing is downloaded."""
+import numbers
 from collections import Counter
 
 import numpy as np
+
+
+def _check_whole(name, value, low, high=None):
+    """value must be an int in [low, high]: else ValueError naming it."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and low <= value and (high is None or value <= high)):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
 
 
 def noisy_sine(n_points=1000, stop=50.0, noise=0.1, random_state=0):
@@ -31,8 +40,8 @@ def make_windows(series, time_step, horizon=1, *, targets="next"):
     series = np.asarray(series)
     if series.ndim not in (1, 2):
         raise ValueError(f"series must be 1-D or 2-D (n, n_features), got {series.ndim}-D")
-    if time_step < 1 or horizon < 1:
-        raise ValueError(f"time_step and horizon must be >= 1, got {time_step} and {horizon}")
+    _check_whole("time_step", time_step, 1)
+    _check_whole("horizon", horizon, 1)
     if targets not in ("next", "sequence"):
         raise ValueError(f"targets must be 'next' or 'sequence', got {targets!r}")
     m = len(series) - time_step - horizon + 1
@@ -54,7 +63,9 @@ def binary_addition(n_bits=8, random_state=0):
 
     Returns X (n, n_bits, 2) float32, the bits of a and b least significant
     first; y (n, n_bits) int, the bits of a + b; and a, b themselves.
+    n_bits is at most 12: 4**11 pairs, 4.2 million sequences (400 MB).
     """
+    _check_whole("n_bits", n_bits, 1, 12)
     half = np.arange(2 ** (n_bits - 1))
     a, b = (v.ravel() for v in np.meshgrid(half, half))
     order = np.random.default_rng(random_state).permutation(a.size)
@@ -73,8 +84,8 @@ def adding_problem(n_samples, n_timesteps=100, random_state=0):
 
     Returns X (n_samples, n_timesteps, 2) float32 and y (n_samples,) float32.
     """
-    if n_timesteps < 20:
-        raise ValueError(f"n_timesteps must be at least 20, got {n_timesteps}")
+    _check_whole("n_samples", n_samples, 1)
+    _check_whole("n_timesteps", n_timesteps, 20)
     rng = np.random.default_rng(random_state)
     X = np.zeros((n_samples, n_timesteps, 2), np.float32)
     X[:, :, 0] = rng.uniform(0, 1, (n_samples, n_timesteps))
@@ -86,8 +97,12 @@ def adding_problem(n_samples, n_timesteps=100, random_state=0):
 
 
 def bits_to_int(bits):
-    """(..., n_bits) least significant first -> integers (...)."""
+    """(..., n_bits) least significant first -> integers (...), int64: at most
+    63 bits."""
     bits = np.asarray(bits)
+    if bits.ndim == 0 or bits.shape[-1] > 63:
+        raise ValueError(f"bits must be (..., n_bits) with n_bits <= 63 (an int64), got "
+                         f"shape {bits.shape}")
     return (bits.astype(np.int64) << np.arange(bits.shape[-1])).sum(axis=-1)
 
 
@@ -221,8 +236,8 @@ def char_windows(text, seq_len, vocabulary, *, step=1, targets="next", one_hot=T
     label(s) fit inside the text.
     """
     _check_text(text)
-    if seq_len < 1 or step < 1:
-        raise ValueError(f"seq_len and step must be >= 1, got {seq_len} and {step}")
+    _check_whole("seq_len", seq_len, 1)
+    _check_whole("step", step, 1)
     if targets not in ("next", "sequence"):
         raise ValueError(f"targets must be 'next' or 'sequence', got {targets!r}")
     if len(text) < seq_len + 1:

@@ -10,8 +10,8 @@ import pytest
 
 from fastlstm._demo import _plot_sine, bits_per_char
 from fastlstm.__main__ import demo
-from fastlstm.datasets import (CharVocabulary, binary_addition, bits_to_int, make_windows,
-                               noisy_sine, pydoc_topics_text)
+from fastlstm.datasets import (CharVocabulary, adding_problem, binary_addition, bits_to_int,
+                               char_windows, make_windows, noisy_sine, pydoc_topics_text)
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -115,3 +115,23 @@ def test_windows_and_binary_addition_data():
     np.testing.assert_array_equal(bits_to_int(X[:, :, 0]), a)
     np.testing.assert_array_equal(bits_to_int(X[:, :, 1]), b)
     np.testing.assert_array_equal(bits_to_int(y), a + b)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: binary_addition(0), r"n_bits must be an int in \[1, 12\], got 0"),
+    (lambda: binary_addition(64), r"n_bits must be an int in \[1, 12\], got 64"),
+    (lambda: binary_addition(8.0), r"n_bits must be an int in \[1, 12\], got 8.0"),
+    (lambda: make_windows(np.arange(10.0), 5.0), "time_step must be an int >= 1, got 5.0"),
+    (lambda: make_windows(np.arange(10.0), 3, horizon=0), "horizon must be an int >= 1"),
+    (lambda: bits_to_int(np.ones((2, 64), int)), "n_bits <= 63"),
+    (lambda: adding_problem(10, 19), "n_timesteps must be an int >= 20, got 19"),
+    (lambda: adding_problem(2.5), "n_samples must be an int >= 1, got 2.5"),
+    (lambda: char_windows("abcdef", 2.0, CharVocabulary("abcdef")),
+     "seq_len must be an int >= 1, got 2.0"),
+    (lambda: char_windows("abcdef", 2, CharVocabulary("abcdef"), step=0),
+     "step must be an int >= 1, got 0"),
+])
+def test_the_data_helpers_name_a_bad_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert binary_addition(1)[0].shape == (1, 1, 2)              # 0 + 0: the smallest
