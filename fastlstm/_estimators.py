@@ -28,7 +28,8 @@ from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, MIN_SPLIT_LOOP
                         DataParallel,
                         forward_work, in_ranges, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
-                          check_targets, is_sequence_list, pad_sequences, resolve_dtype)
+                          check_targets, is_sequence_list, object_vector_as_list, pad_sequences,
+                          resolve_dtype)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes: enough
 # for a batch of 256 `charlm` or 90 `large` sequences, so that each thread's slice
@@ -614,6 +615,7 @@ class _BaseLSTM(BaseEstimator):
         whatever their lengths: one (T,) sequence is a univariate one there,
         not a row of a 2-D X.
         """
+        X = object_vector_as_list(X)
         if is_sequence_list(X, same_lengths_too=fitted_on_lists):
             if self._step_features is not None:
                 raise ValueError("step_features reads a 2-D array, not a list of sequences")
@@ -1363,6 +1365,7 @@ def _accuracy(y_true, y_pred, sample_weight=None):
 def _pad_targets(y, lengths, T, fill):
     """A list of per-step targets (T_i[, K]) -> (N, T[, K]) padded at the end with
     `fill` (None: the sequence's own first target, so labels stay valid)."""
+    y = object_vector_as_list(y)
     if not isinstance(y, (list, tuple)) or len(y) != len(lengths):
         raise ValueError("with sequences of several lengths and output='sequence', y must be a "
                          f"list of {len(lengths)} per-step target arrays")

@@ -110,6 +110,14 @@ def check_sequences(X, dtype, name="X"):
     return arr, given_ndim
 
 
+def object_vector_as_list(X):
+    """A 1-D object array or Series of sequences (np.array(seqs, dtype=object), a
+    DataFrame column of arrays) -> a list of them, read as a list is; else X."""
+    if getattr(X, "dtype", None) == object and getattr(X, "ndim", None) == 1:
+        return list(X)
+    return X
+
+
 def is_sequence_list(X, same_lengths_too=False):
     """True for a list/tuple of sequences that do not all have the same length
     (or, same_lengths_too, of any lengths)."""

@@ -32,7 +32,8 @@ def fit_clf(X_=X, y=LABELS, **params):
     # (lists of sequences of several lengths are valid input: see test_sklearn.py)
     ([[[1, 2], [3, 4]], [[1]]], ValueError, "different numbers of features"),
     ([[1, [2, 3]], [1, 2]], ValueError, "X is ragged"),
-    (np.array([[1.0, 2.0], [3.0]], dtype=object), ValueError, "X is ragged"),
+    # (a 1-D object array of sequences is a list of them: several lengths are fine)
+    (np.array([[1, [2, 3]], [1, 2]], dtype=object), ValueError, "X is ragged"),
     (np.array([["a", "b"], ["c", "d"]]), TypeError, "X holds strings"),
     (np.array([["1", "2"], ["3", "4"]]), TypeError, "X holds strings"),  # no silent parsing
     (np.array([[1, None], [3, 4]], dtype=object), ValueError, "X contains NaN"),

@@ -260,7 +260,7 @@ def test_predict_before_fit_raises_not_fitted():
     (np.zeros((0, 3, 1)), "0 sample"),
     (np.zeros((4, 0, 1)), "at least one time step"),
     (np.zeros((4, 3, 0)), "0 features"),
-    (np.array([[1.0, 2.0], [3.0]], dtype=object), "ragged|sequence"),
+    (np.array([[1, [2, 3]], [1, 2]], dtype=object), "ragged|sequence"),
     (np.zeros((4, 3), dtype=complex), "[Cc]omplex"),
     ("abc", "string"),
 ])

@@ -482,6 +482,25 @@ def test_a_model_fitted_on_a_list_reads_any_list_of_sequences_as_one():
     assert isinstance(out, list) and [o.shape for o in out] == [(5,), (5,)]
 
 
+def test_an_object_array_or_series_of_sequences_reads_as_a_list():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((L, 2)) for L in (3, 5, 4, 6)]
+    y = [np.cumsum(seq[:, 0]) for seq in X]
+    as_objects = np.empty(len(X), dtype=object)                # np.array(X, dtype=object)
+    as_objects[:] = X
+    y_objects = np.empty(len(y), dtype=object)
+    y_objects[:] = y
+    params = dict(hidden_layer_sizes=(4,), output="sequence", max_iter=2, dtype="float64",
+                  random_state=0)
+    from_list = LSTMRegressor(**params).fit(X, y)
+    from_objects = LSTMRegressor(**params).fit(as_objects, y_objects)
+    np.testing.assert_array_equal(from_objects.network_.params, from_list.network_.params)
+    for seqs in (as_objects, pd.Series(X)):                    # a DataFrame column of arrays
+        for got, expected in zip(from_objects.predict(seqs), from_list.predict(X)):
+            np.testing.assert_array_equal(got, expected)
+
+
 def test_predict_log_proba_and_partial_fit_refusing_balanced_weights():
     X, y = sequences(40, classes=True)
     model = LSTMClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, y)
