@@ -1182,11 +1182,12 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if self._output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
                 raise ValueError(f"with output='sequence', y must be (n_samples, n_timesteps) "
-                                 f"with n_timesteps={T}, got shape {y.shape}")
+                                 f"with n_timesteps={T}, got shape {y.shape}" + _one_hot_hint(y))
         else:
             if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
-                raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}; "
-                                 "for one label per time step use output='sequence'")
+                raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}"
+                                 + (_one_hot_hint(y) or "; for one label per time step use "
+                                    "output='sequence'"))
             y = column_or_1d(y, warn=True)
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
@@ -1202,7 +1203,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                                  f"{sorted(set(np.unique(y).tolist()) - set(labels.tolist()))!r}")
             if len(labels) < 2:
                 raise ValueError(f"y has only one class ({labels[0].item()!r}): need at least "
-                                 "two")
+                                 "two (a first partial_fit takes them all as classes=[...])")
             self.classes_ = labels
         else:
             if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
@@ -1360,6 +1361,16 @@ def _accuracy(y_true, y_pred, sample_weight=None):
                              else np.repeat(sample_weight, T))
         y_true, y_pred = y_true.ravel(), y_pred.ravel()
     return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+
+
+def _one_hot_hint(y):
+    """What to say of a y of labels whose last axis looks one-hot (Keras's
+    to_categorical), else ""."""
+    if y.ndim >= 2 and y.dtype.kind in "biuf" and y.size and np.isin(y, (0, 1)).all() and (
+            y.sum(axis=-1) == 1).all():
+        return ("; it looks one-hot (as to_categorical gives): pass the labels, "
+                "y.argmax(axis=-1)")
+    return ""
 
 
 def _pad_targets(y, lengths, T, fill):

@@ -107,8 +107,10 @@ def test_bad_regression_targets(bad_y, error, message):
     (np.array([1.0, np.nan] * 5, dtype=object), ValueError, "y contains None, NaN"),
     (np.array(["a", 1] * 5, dtype=object), TypeError, "y mixes strings and numbers"),
     (np.zeros(10, dtype=complex), ValueError, "y is complex"),
-    (np.zeros((10, 3)), ValueError, "y must be 1-D"),
-    (np.zeros(10), ValueError, "y has only one class"),
+    (np.zeros((10, 3)), ValueError, "y must be 1-D.*use output='sequence'$"),
+    (np.eye(3)[np.arange(10) % 3], ValueError,        # Keras's to_categorical labels
+     r"y must be 1-D.*looks one-hot .*: pass the labels, y.argmax\(axis=-1\)$"),
+    (np.zeros(10), ValueError, r"y has only one class .*classes=\[...\]"),
 ])
 def test_bad_class_labels(bad_y, error, message):
     with pytest.raises(error, match=message):
@@ -120,6 +122,8 @@ def test_sequence_targets_must_match_time_steps():
         fit_clf(y=np.zeros((10, 3)), output="sequence")
     with pytest.raises(ValueError, match="n_timesteps=4, got shape"):
         fit_reg(y=np.zeros((10, 3)), output="sequence")
+    with pytest.raises(ValueError, match=r"\(10, 4, 3\); it looks one-hot"):
+        fit_clf(y=np.eye(3)[np.arange(40).reshape(10, 4) % 3], output="sequence")
 
 
 @pytest.mark.parametrize("dtype, big", [(np.float32, 3e38), (np.float64, 1.7e308),
