@@ -828,7 +828,8 @@ class _BaseLSTM(BaseEstimator):
         ----------
         X : array-like of shape (n_sequences, n_steps, n_features)
             The next `n_steps` inputs of each sequence, any n_steps >= 1. A 2-D
-            X is (n_sequences, n_steps) of a model with one feature per step.
+            X is (n_sequences, n_steps) of a model with one feature per step, or,
+            of a model fitted with step_features, flattened steps as predict reads.
         state : list of (h, c) or None, default=None
             The state returned by the previous call, one (h, c) pair per LSTM
             layer, each of shape (n_sequences, hidden units of that layer); a
@@ -1101,7 +1102,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
             The history of each sequence: any length for a model that carries
             its state, at least n_timesteps_in_ steps (the last ones are used)
             for one that slides a window; a 2-D X is (n_sequences,
-            n_timesteps) of a univariate series.
+            n_timesteps) of a univariate series, or flattened steps of a model
+            fitted with step_features, as predict reads them.
         n_steps : int
             How many steps to forecast.
 

@@ -18,11 +18,19 @@ from ._validation import check_sequences
 
 
 def check_step_input(est, X):
-    """X (N, T, D), or (N, T) univariate, of any length T >= 1 -> float (N, T, D)."""
+    """X (N, T, D), or (N, T) univariate, of any length T >= 1 -> float (N, T, D).
+    A model fitted with step_features also reads a 2-D X as predict does, as
+    flattened steps (N, T * step_features)."""
     check_is_fitted(est, "network_")
     net = est.network_
     check_runs_forward(net)
     X3, x_ndim = check_sequences(X, net.dtype)
+    F = est._step_features
+    if x_ndim == 2 and F is not None:
+        if X3.shape[1] % F:
+            raise ValueError(f"X has {X3.shape[1]} columns, not a multiple of step_features="
+                             f"{F}: expected (n_sequences, n_steps * step_features)")
+        X3 = X3.reshape(X3.shape[0], X3.shape[1] // F, F)
     if X3.shape[2] != net.n_features:
         raise ValueError(
             f"X has {X3.shape[2]} features per time step, but {type(est).__name__} was fitted "

@@ -251,6 +251,18 @@ def test_step_features_reads_flattened_steps():
     assert model2.n_features_in_ == 15 and model2.n_timesteps_in_ == 5
     with pytest.raises(ValueError, match="multiple of step_features"):
         LSTMRegressor(step_features=4, max_iter=1).fit(flat, y)
+    # step reads the layout predict reads (and 3-D steps too), of any length
+    stepped, state = model3.step(X)
+    for steps in (flat, X):
+        np.testing.assert_array_equal(model2.step(steps)[0], stepped)
+    np.testing.assert_array_equal(model2.step(flat[:, 6:], model2.step(flat[:, :6])[1])[1][0][0],
+                                  state[0][0])                # 2 steps, then 3
+    with pytest.raises(ValueError, match="14 columns, not a multiple of step_features=3"):
+        model2.step(flat[:, :14])
+    per_step = LSTMRegressor(hidden_layer_sizes=(4,), output="sequence", max_iter=2,
+                             step_features=3, random_state=0).fit(flat, X[:, :, :])
+    np.testing.assert_array_equal(per_step.forecast(flat[:2], 4),
+                                  per_step.forecast(X[:2], 4))
     pipe = Pipeline([("scale", StandardScaler()),
                      ("lstm", LSTMRegressor(hidden_layer_sizes=(4,), step_features=3,
                                             max_iter=3, random_state=0))])
