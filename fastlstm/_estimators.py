@@ -456,6 +456,7 @@ class _BaseLSTM(BaseEstimator):
                     break
                 last_good[...] = net.params
                 self.loss_curve_.append(epoch_loss)
+                self.loss_ = epoch_loss
                 self.n_iter_ += 1
                 if early_stopping:
                     score = self._validation_score(*validation, parts=parts)
@@ -957,6 +958,8 @@ _PARAMETERS_DOC = """
 """
 
 _ATTRIBUTES_DOC = """
+    loss_ : float
+        Mean training loss of the last epoch (loss_curve_[-1]), as MLP's.
     loss_curve_ : list of float
         Mean training loss of each epoch.
     best_loss_ : float

@@ -110,9 +110,9 @@ def test_partial_fit_is_one_epoch_continuing_the_solver(estimator):
     step = estimator(hidden_layer_sizes=(5,), random_state=1)
     for k in range(3):
         step.partial_fit(X, y)
-        assert step.n_iter_ == k + 1
+        assert step.n_iter_ == k + 1 and step.loss_ == step.loss_curve_[-1]   # as MLP's
     np.testing.assert_array_equal(step.network_.params, full.network_.params)
-    assert step.loss_curve_ == full.loss_curve_
+    assert step.loss_curve_ == full.loss_curve_ and full.loss_ == full.loss_curve_[-1]
 
 
 def test_warm_start_continues_fit():
