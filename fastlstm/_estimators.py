@@ -576,14 +576,14 @@ class _BaseLSTM(BaseEstimator):
                         tw = tb[t0:t1].reshape(((t1 - t0) * len(idx),) + tb.shape[2:])
                         if step_wb is not None:                    # padded steps hold 0
                             ww = np.ascontiguousarray(step_wb[:, t0:t1].T).reshape(-1)
+                            if not ww.any():  # a window of weight-0 classes only (tbptt):
+                                continue      # nothing to learn
                         else:
                             ww = np.empty((t1 - t0, len(wb)))      # wb tiled, one per step
                             ww[...] = wb                           # (not broadcast_to: 3x slower)
                             ww = ww.reshape(-1)
                             if lb is not None:                     # padded steps weigh 0
                                 ww *= (np.arange(t0, t1)[:, None] < lb[None, :]).ravel()
-                        if not ww.any():  # steps of weight-0 classes only: nothing to learn
-                            continue
                     else:
                         tw, ww = tb, wb
                     dout = arena.get("dout", out.shape)
