@@ -14,6 +14,7 @@ def resolve_dtype(X, dtype):
     bools, lists of numbers)."""
     if dtype is not None:
         return np.dtype(dtype)
+    X = object_vector_as_list(X)
     x_dtype = getattr(X, "dtype", None)
     if x_dtype is None and isinstance(X, (list, tuple)) and len(X):  # a list of sequences
         x_dtype = getattr(X[0], "dtype", None)

@@ -510,7 +510,10 @@ def test_an_object_array_or_series_of_sequences_reads_as_a_list():
     np.testing.assert_array_equal(from_objects.network_.params, from_list.network_.params)
     for seqs in (as_objects, pd.Series(X)):                    # a DataFrame column of arrays
         for got, expected in zip(from_objects.predict(seqs), from_list.predict(X)):
+            assert got.dtype == np.float64                     # float64 sequences' type
             np.testing.assert_array_equal(got, expected)
+    follows = LSTMRegressor(**{**params, "dtype": None}).fit(pd.Series(X), y_objects)
+    assert follows.network_.dtype == np.float64
 
 
 def test_predict_log_proba_and_partial_fit_refusing_balanced_weights():
