@@ -1,4 +1,4 @@
-"""The demo behind `fastlstm demo`: three classic LSTM workloads on built-in data
+"""The demo behind `fastlstm demo`: four classic LSTM workloads on built-in data
 (nothing is downloaded), each next to a simple baseline, ending in one table.
 
 1. noisy sine forecasting: test MSE next to repeating the last value, and a PNG
@@ -180,8 +180,9 @@ def demo(quick=False, out=sys.stdout, progress=True, plot_path="fastlstm-demo-si
     plot_path: where the sine plot goes (None: no plot). progress: progress bars
     on stderr. blas_threads: a BLAS thread limit for the whole demo; None leaves
     the threads to fastlstm, which runs the small models on one thread and cuts
-    the text model's batches into one slice per core (the whole demo: 37 s
-    against 60 s with one thread, on 2 cores).
+    the text model's batches into one slice per core (the whole demo: 23 s
+    against 39 s with one thread, on 2 cores, and up to ~40 s while other work
+    shares the machine).
     """
     tic = time.perf_counter()
     limit = (threadpool_limits(blas_threads, user_api="blas") if blas_threads

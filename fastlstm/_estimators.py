@@ -918,8 +918,8 @@ _PARAMETERS_DOC = """
     n_iter_no_change : int, default=10
         Stop after this many epochs in a row without progress.
     early_stopping : bool, default=False
-        Hold out validation_fraction of the training data (stratified for
-        classifiers), score it after every epoch (R^2 or accuracy), stop when it
+        Hold out validation_fraction of the training data (stratified by class
+        for a many-to-one classifier, where every class can be), score it after every epoch (R^2 or accuracy), stop when it
         stops improving and keep the weights of the best epoch. fit only:
         partial_fit refuses it, as MLP's does.
     validation_fraction : float, default=0.1
@@ -1061,7 +1061,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights and solver
-        state (starting anew on the first call); returns self."""
+        state (starting anew on the first call); returns self. Refuses
+        early_stopping=True, as MLPRegressor does."""
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
@@ -1130,8 +1131,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     n_timesteps), one label per step.
 """ + _PARAMETERS_DOC + """    class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss, multiplying sample_weight; a label
-        the dict lacks weighs 1, a key that is no label is ignored (as in
-        scikit-learn). "balanced" weighs by n_samples / (n_classes * class count). With
+        the dict lacks weighs 1, a key that is no label is ignored, but both at
+        once is refused as a mistyped key (as in scikit-learn). "balanced" weighs by n_samples / (n_classes * class count). With
         output="sequence" each step weighs its own label's weight ("balanced"
         counts steps), as torch's CrossEntropyLoss(weight=...) does.
 
@@ -1258,7 +1259,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y), continuing from the current weights and solver
         state; returns self. The first call needs `classes`, all the labels that
-        will ever be seen (as in MLPClassifier), unless y already has them all."""
+        will ever be seen (as in MLPClassifier), unless y already has them all.
+        Refuses class_weight="balanced" (as SGDClassifier does) and
+        early_stopping=True (as MLPClassifier does)."""
         if isinstance(self.class_weight, str) and self.class_weight == "balanced":
             raise ValueError("class_weight='balanced' weighs by the class counts of all the "
                              "data, which partial_fit does not see; pass a dict of weights "
