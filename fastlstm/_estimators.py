@@ -359,9 +359,6 @@ class _BaseLSTM(BaseEstimator):
             self.n_iter_ = 0
             self.best_loss_ = np.inf
             self._no_improvement = 0
-            # a fit without early stopping has no validation scores (none left from before)
-            vars(self).pop("validation_scores_", None)
-            vars(self).pop("best_validation_score_", None)
         else:
             if self.network_.hidden_sizes != sizes:
                 raise ValueError(
@@ -436,6 +433,9 @@ class _BaseLSTM(BaseEstimator):
             if not hasattr(self, "validation_scores_"):  # a warm fit may turn it on
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
+        else:  # epochs without scores: those kept always score the last epochs
+            vars(self).pop("validation_scores_", None)
+            vars(self).pop("best_validation_score_", None)
         N, T, D = X3.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
@@ -959,13 +959,15 @@ _PARAMETERS_DOC = """
 
 _ATTRIBUTES_DOC = """
     loss_ : float
-        Mean training loss of the last epoch (loss_curve_[-1]), as MLP's.
+        Mean training loss of the last epoch (loss_curve_[-1]), as MLP's;
+        absent while no epoch has completed (a first epoch that diverged).
     loss_curve_ : list of float
         Mean training loss of each epoch.
     best_loss_ : float
         Lowest epoch loss.
     validation_scores_ : list of float
-        Validation score of each epoch (with early_stopping).
+        Validation score of each epoch (with early_stopping): of the last
+        len(validation_scores_) epochs, since a fit without it drops them.
     best_validation_score_ : float
         Best validation score (with early_stopping).
     n_iter_ : int
@@ -1409,6 +1411,9 @@ def _unpad(per_step, lengths):
 
 # Fitted attribute names a model file may set: public ones end in "_", private ones
 # start with one "_"; neither may shadow anything the class defines (methods).
+# the private attributes save writes (the others, such as the solver state and the
+# random generator, are rebuilt: a file holding one is not the estimator's own)
+_SAVED_PRIVATE = {"_x_ndim", "_y_ndim", "_output", "_step_features", "_no_improvement"}
 _ATTRIBUTE_NAME = re.compile(r"^(_[A-Za-z][A-Za-z0-9_]*|[A-Za-z][A-Za-z0-9_]*_)$")
 
 
@@ -1459,7 +1464,8 @@ def load(path):
     net.params[...] = flat
     fitted = {**meta["fitted"], **arrays}
     for name, value in fitted.items():
-        if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name):
+        if not _ATTRIBUTE_NAME.match(name) or hasattr(cls, name) or (
+                name.startswith("_") and name not in _SAVED_PRIVATE):
             raise damaged(f"bad attribute name {name!r}")
         setattr(est, name, value)
     # files written before these were kept: their parameters are the fitted ones
@@ -1477,10 +1483,25 @@ def load(path):
 
 
 def _check_fitted_shapes(est, net, damaged):
-    """The fitted attributes predict reads agree with the network (a file edited by
-    hand would otherwise load and fail at predict with a puzzling message)."""
+    """The fitted attributes predict reads agree with the network, and those
+    training continues from are of their types (a file edited by hand would
+    otherwise load and fail at predict or partial_fit with a puzzling message)."""
     def whole(value):
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    def number(value):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    state = vars(est)
+    for name, ok in (("n_iter_", lambda v: whole(v) and v >= 0),
+                     ("_no_improvement", lambda v: whole(v) and v >= 0),
+                     ("loss_", number), ("best_loss_", number),
+                     ("best_validation_score_", number),
+                     ("loss_curve_", lambda v: isinstance(v, list) and all(map(number, v))),
+                     ("validation_scores_",
+                      lambda v: isinstance(v, list) and all(map(number, v)))):
+        if name in state and not ok(state[name]):
+            raise damaged(f"{name}={state[name]!r}")
 
     if est._output not in ("last", "sequence") or est._step_features is not None and (
             est._x_ndim != 2 or est._step_features != net.n_features):

@@ -194,6 +194,12 @@ def read(path):
     for key in ("class", "network", "params", "fitted"):
         if key not in meta:
             raise ValueError(f"{path!r} is a damaged fastlstm model file: metadata lacks {key!r}")
+    shapes = {"class": str, "network": list, "params": dict, "fitted": dict,
+              "object_arrays": list}
+    for key, kind in shapes.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise ValueError(f"{path!r} is a damaged fastlstm model file: {key} is a "
+                             f"{type(meta[key]).__name__}, not a {kind.__name__}")
     for key in ("params", "fitted"):
         try:
             meta[key] = _from_json(meta[key])
@@ -212,7 +218,7 @@ def read(path):
             raise ValueError(f"{path!r} is not a fastlstm model file (unexpected entry {key!r})")
         arrays[key[len("array:"):]] = value
     for name in meta.get("object_arrays", []):
-        if name not in arrays or arrays[name].dtype.kind != "U":
+        if not isinstance(name, str) or name not in arrays or arrays[name].dtype.kind != "U":
             raise ValueError(f"{path!r} is a damaged fastlstm model file: no string array {name!r}")
         arrays[name] = arrays[name].astype(object)
     return meta, flat, arrays

@@ -63,7 +63,8 @@ def binary_addition(n_bits=8, random_state=0):
 
     Returns X (n, n_bits, 2) float32, the bits of a and b least significant
     first; y (n, n_bits) int, the bits of a + b; and a, b themselves.
-    n_bits is at most 12: 4**11 pairs, 4.2 million sequences (400 MB).
+    n_bits is at most 12: 4**11 pairs, 4.2 million sequences (X 400 MB, and y
+    as much again).
     """
     _check_whole("n_bits", n_bits, 1, 12)
     half = np.arange(2 ** (n_bits - 1))
@@ -132,6 +133,12 @@ class CharVocabulary:
     """
 
     def __init__(self, chars):
+        if not isinstance(chars, str):
+            chars = list(chars)
+            longer = [ch for ch in chars if not (isinstance(ch, str) and len(ch) == 1)]
+            if longer:           # "".join would split ["ab", "c"] into three codes
+                raise ValueError(f"a vocabulary's characters must be strings of one "
+                                 f"character each, got {longer[:5]!r}")
         chars = "".join(chars)
         if len(chars) == 0:
             raise ValueError("a vocabulary needs at least one character")
@@ -220,7 +227,8 @@ def char_windows(text, seq_len, vocabulary, *, step=1, targets="next", one_hot=T
         "next": y (m,) is the character after each window, for a many-to-one
         model (``output="last"``). "sequence": y (m, seq_len) is the next
         character at every step, the window shifted by one, for
-        ``output="sequence"``: every character of the text is a label once.
+        ``output="sequence"``: with ``step=seq_len`` every character of the
+        text but the first is a label once (with step=1, up to seq_len times).
     one_hot : bool, default=True
         X (m, seq_len, V) float32 one-hot rows, what the estimators take; False
         gives the integer codes (m, seq_len) instead.

@@ -3,7 +3,8 @@
 
 def plot_training(estimator, ax=None):
     """Plot a fitted estimator's loss_curve_ and, with early stopping, its
-    validation_scores_ (on a second y axis). Returns the matplotlib Axes.
+    validation_scores_ (on a second y axis, against the last epochs, which they
+    score: a warm fit may have turned early stopping on). Returns the matplotlib Axes.
     """
     try:
         import matplotlib.pyplot as plt
@@ -20,7 +21,9 @@ def plot_training(estimator, ax=None):
     scores = getattr(estimator, "validation_scores_", None)
     if scores:
         score_ax = ax.twinx()
-        score_ax.plot(range(1, len(scores) + 1), scores, label="validation score", color="C1")
+        n_epochs = len(estimator.loss_curve_)
+        score_ax.plot(range(n_epochs - len(scores) + 1, n_epochs + 1), scores,
+                      label="validation score", color="C1")
         score_ax.set_ylabel("validation score")
     ax.set_title(type(estimator).__name__)
     return ax

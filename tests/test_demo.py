@@ -130,6 +130,8 @@ def test_windows_and_binary_addition_data():
      "seq_len must be an int >= 1, got 2.0"),
     (lambda: char_windows("abcdef", 2, CharVocabulary("abcdef"), step=0),
      "step must be an int >= 1, got 0"),
+    (lambda: CharVocabulary(["ab", "c"]), "one character each, got \\['ab'\\]"),
+    (lambda: CharVocabulary(["a", 3]), "one character each, got \\[3\\]"),
 ])
 def test_the_data_helpers_name_a_bad_argument(call, message):
     with pytest.raises(ValueError, match=message):

@@ -314,6 +314,12 @@ def test_plot_training(tmp_path):
     ax.figure.savefig(tmp_path / "curve.png")
     with pytest.raises(ValueError, match="not fitted"):
         plot_training(LSTMRegressor())
+    # early stopping turned on in a warm fit: its scores are of the last epochs
+    model.set_params(early_stopping=False, warm_start=True, max_iter=2).fit(X, y)
+    model.set_params(early_stopping=True).fit(X, y)
+    scores = plot_training(model).figure.axes[1].lines[0]
+    n = model.n_iter_
+    np.testing.assert_array_equal(scores.get_xdata(), [n - 1, n])
 
 
 # ---- sequences of several lengths ----------------------------------------------
@@ -386,6 +392,10 @@ def test_early_stopping_turned_on_in_a_warm_fit_and_off_in_a_new_one():
         model.partial_fit(X, y)                               # one epoch: nothing to stop
     model.fit(X, y)
     assert len(model.validation_scores_) == 4 and model.n_iter_ == 6
+    model.set_params(early_stopping=False).fit(X, y)          # warm: epochs without scores
+    assert not hasattr(model, "validation_scores_") and model.n_iter_ == 8
+    model.set_params(early_stopping=True).fit(X, y)
+    assert len(model.validation_scores_) == 2
     model.set_params(warm_start=False, early_stopping=False).fit(X, y)
     assert not hasattr(model, "validation_scores_") and not hasattr(model,
                                                                     "best_validation_score_")
