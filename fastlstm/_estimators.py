@@ -20,7 +20,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
-from threadpoolctl import threadpool_limits
 
 from . import _ops, _persist, _stepping, _threads
 from ._network import LSTMNetwork, _Arena
@@ -117,7 +116,7 @@ class _thread_limit:
         if self.parts > 1 or self.small or self.split_inside:
             self._limit = _threads.one_blas_thread()
         elif self.n is not None:
-            self._limit = threadpool_limits(limits=self.n, user_api="blas")  # set here
+            self._limit = _threads.blas_threads(self.n)
         if self._limit is not None:
             self._limit.__enter__()
         return self.parts

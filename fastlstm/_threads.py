@@ -34,9 +34,10 @@ ONE_THREAD_ANYWAY_ROW_WORK = 2**13
 
 _libs = None
 _lock = threading.Lock()
-_active = 0          # blocks running with one thread, across Python threads
-_saved = []          # the limits to restore when the last one ends
-_own = threading.local()   # .depth: the blocks this Python thread is in
+_active = 0          # blas_threads blocks running, across Python threads
+_saved = []          # the limits in force before the first of them, restored after the last
+_in_force = []       # the limits those blocks set
+_own = threading.local()   # .threads: n of this Python thread's innermost block, or None
 
 
 def _blas_libs():
@@ -59,41 +60,56 @@ def _blas_libs():
     return _libs
 
 
-class one_blas_thread:
-    """`with one_blas_thread():` runs the block with one BLAS thread (if enabled).
-    Blocks may overlap across Python threads: the first one in sets the limit,
-    the last one out restores it. A class, not a generator context manager: a
-    single-sequence predict enters one, and the generator's machinery cost ~2 us."""
-    __slots__ = ("enabled",)
+class blas_threads:
+    """`with blas_threads(n):` runs the block with n BLAS threads (if enabled).
+    Blocks may overlap across Python threads: the first one in saves the limits
+    in force, each sets its own n, and the last one out restores the saved ones
+    (a limit is process-wide: while blocks of two n overlap, the later one's
+    holds; results do not depend on it, as BLAS splits no dot product across
+    threads). threadpoolctl's threadpool_limits, entered from two threads at
+    once, can restore the other's temporary limit and leave BLAS at one thread.
+    A class, not a generator context manager: a single-sequence predict enters
+    one, and the generator's machinery cost ~2 us."""
+    __slots__ = ("n", "enabled", "outer")
 
-    def __init__(self, enabled=True):
-        self.enabled = enabled
+    def __init__(self, n=1, enabled=True):
+        self.n, self.enabled = n, enabled
 
     def __enter__(self):
-        global _active, _saved
+        global _active, _saved, _in_force
         if not self.enabled:
             return
         with _lock:
+            libs = _blas_libs()
             if _active == 0:
-                libs = _blas_libs()
                 _saved = [get() for get, _ in libs]
-                for (_, set_), n in zip(libs, _saved):
-                    if n != 1:  # setting OpenBLAS's thread count is not free, even to itself
-                        set_(1)
+                _in_force = list(_saved)
+            for k, (_, set_) in enumerate(libs):
+                if _in_force[k] != self.n:  # setting OpenBLAS's thread count is not free,
+                    set_(self.n)            # even to itself
+                    _in_force[k] = self.n
             _active += 1
-        _own.depth = getattr(_own, "depth", 0) + 1
+        self.outer = getattr(_own, "threads", None)
+        _own.threads = self.n
 
     def __exit__(self, *exc_info):
         global _active
         if not self.enabled:
             return
-        _own.depth -= 1
+        _own.threads = self.outer
         with _lock:
+            if _active == 0:  # a block a forked child was in (see _forget_pool_in_child)
+                return
             _active -= 1
             if _active == 0:
-                for (_, set_), n in zip(_blas_libs(), _saved):
-                    if n != 1:
-                        set_(n)
+                for (_, set_), was, now in zip(_blas_libs(), _saved, _in_force):
+                    if now != was:
+                        set_(was)
+
+
+def one_blas_thread(enabled=True):
+    """`with one_blas_thread():` runs the block with one BLAS thread."""
+    return blas_threads(1, enabled)
 
 
 def is_small(batch, hidden_sizes):
@@ -115,12 +131,13 @@ def recurrent_threads():
     layer kernels mix BLAS calls with their own threaded loops, so one limit
     governs both), at most the CPUs this process may run on; 1 at least.
 
-    Inside this thread's own one_blas_thread block: 1. While another Python
-    thread's block holds BLAS at one thread, the limits in force are those it
+    Inside this thread's own blas_threads block: its n. While another Python
+    thread's block holds BLAS at its own limit, the limits in force are those it
     saved: a call's threads (and so its slices and its bits) do not depend on
     what other threads run at the same time."""
-    if getattr(_own, "depth", 0):
-        return 1
+    own = getattr(_own, "threads", None)
+    if own is not None:
+        return max(1, min(own, _cpus()))
     threads = _cpus()
     with _lock:   # blocks set and restore BLAS's limits under it too
         limits = _saved if _active else [get() for get, _ in _blas_libs()]
@@ -151,9 +168,17 @@ _pool_size = 0
 def _forget_pool_in_child():
     """A forked child has none of its parent's worker threads, but would inherit the
     pool object that believes it has them, and wait forever on work queued to it:
-    start the child with no pool (and an unheld lock)."""
-    global _pool, _pool_size, _lock
+    start the child with no pool (and an unheld lock). Nor does it run the
+    blas_threads blocks other parent threads were in: its BLAS limits go back to
+    those they saved, which no block of the child's would ever restore."""
+    global _pool, _pool_size, _lock, _active
     _pool, _pool_size, _lock = None, 0, threading.Lock()
+    if _active:
+        for (_, set_), was, now in zip(_blas_libs(), _saved, _in_force):
+            if now != was:
+                set_(was)
+        _active = 0
+    _own.threads = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -369,6 +369,69 @@ def test_a_forked_child_predicts_with_slices_too():
     np.testing.assert_array_equal(got, expected)
 
 
+def _blas_limits():
+    from threadpoolctl import threadpool_info
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def _report_blas_limits(queue):
+    queue.put(_blas_limits())
+
+
+def test_a_child_forked_while_another_thread_holds_blas_at_one_gets_the_limits_back():
+    """The child never runs the block the other parent thread was in, so nothing
+    there would restore the limit it set."""
+    import multiprocessing
+    with threadpool_limits(2, user_api="blas"):
+        inside, leave = threading.Event(), threading.Event()
+
+        def hold():
+            with _threads.one_blas_thread():
+                inside.set()
+                leave.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        inside.wait(30)
+        assert set(_blas_limits()) == {1}
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_report_blas_limits, args=(queue,))
+        child.start()
+        try:
+            in_child = queue.get(timeout=30)
+        finally:
+            leave.set()
+            holder.join()
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+        assert set(in_child) == {2} and set(_blas_limits()) == {2}
+
+
+def test_predicts_overlapping_in_threads_with_other_blas_limits_restore_the_limits():
+    """A wide single sequence with n_jobs runs on n_jobs BLAS threads, a batch on one:
+    overlapping, the last one out restores the limits in force before either (with
+    threadpoolctl's threadpool_limits, each could restore the other's and leave 1)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 5, 4)).astype(np.float32)
+    model = LSTMRegressor(hidden_layer_sizes=(600,), cell="gru", max_iter=1, n_jobs=2,
+                          random_state=0).fit(X, rng.standard_normal(8))
+    one, batch = model.predict(X[:1]), model.predict(X)
+    before = _blas_limits()
+
+    def singles():
+        return all(np.array_equal(model.predict(X[:1]), one) for _ in range(300))
+
+    def batches():
+        return all(np.array_equal(model.predict(X), batch) for _ in range(300))
+
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            assert all(done.result() for done in [pool.submit(singles), pool.submit(batches)])
+        assert _blas_limits() == before
+
+
 def test_small_networks_run_on_one_thread_and_wide_single_sequences_on_more():
     assert _threads.is_small(32, (50,))                    # sine: one thread
     assert not _threads.is_small(30, (300, 300))           # charlm: threads (slices)
@@ -401,8 +464,8 @@ def test_one_wide_sequence_keeps_the_blas_threads_in_force(monkeypatch):
         assert seen == [threads]
         with threadpool_limits(1, user_api="blas"):
             np.testing.assert_array_equal(model.predict(X), got)
-    # nor does it set n_jobs' limit (threadpoolctl's ~1 ms a call) for such a sequence
-    monkeypatch.setattr(est_module, "threadpool_limits", None)   # would fail if called
+    # nor does it set n_jobs' limit for such a sequence
+    monkeypatch.setattr(_threads, "blas_threads", None)           # would fail if called
     model.set_params(n_jobs=2)
     np.testing.assert_array_equal(model.predict(X), got)
 
