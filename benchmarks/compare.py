@@ -464,6 +464,11 @@ def print_report(res, names, extra, threads, peak, quick, markdown, errors):
         header += f" | keras {keras.__version__} ({keras.backend.backend()} backend)"
     print(("_" + header + "_") if markdown else header)
     print()
+    if quick:  # one call per figure, right after another engine's turn
+        print("--quick is a smoke run: each figure is a single call (an engine's first call "
+              "after another's turn can read 25% slow or worse), so its ratios say nothing; "
+              "the full run takes the best of many calls.")
+        print()
     best_of = "" if quick else (f" (best of {REPEATS}, or of more within {MIN_TIMED_S:g} s, "
                                 f"up to {MAX_REPEATS}; the engines in turns of {TURN_S:g} s)")
     def figure(title, key):  # one row per workload, one column per engine, then the ratio
