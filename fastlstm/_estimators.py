@@ -130,7 +130,8 @@ class _Weights(collections.abc.Mapping):
     """weights_: {torch name: array view} of the network's flat parameters.
 
     `weights_[name] = value` copies value into the view (same shape, finite), so
-    predict, save and further training all see it; writing through the view
+    predict, save and further training all see it (`weights_.update(mapping)`
+    for several: a torch module's state_dict()); writing through the view
     (`weights_[name][...] = value`) does the same. A plain dict would rebind
     the name to a new array that the network never reads."""
 
@@ -151,6 +152,8 @@ class _Weights(collections.abc.Mapping):
             raise KeyError(f"{name!r} is not a parameter of this network; its parameters "
                            f"are {list(self._views)}")
         view = self._views[name]
+        if hasattr(value, "detach"):        # a torch Parameter: its values, not its graph
+            value = value.detach()
         value = np.asarray(value)
         if value.shape != view.shape:
             raise ValueError(f"{name} has shape {view.shape}, got an array of shape "
@@ -163,6 +166,23 @@ class _Weights(collections.abc.Mapping):
             raise ValueError(f"{name} takes finite numbers, got values that are NaN or inf "
                              f"in the network's {view.dtype}")
         view[...] = value
+
+    def update(self, weights):
+        """weights_[name] = value for each pair of a mapping (a torch module's
+        state_dict(), say), every one checked before any is written."""
+        pairs = dict(weights)
+        unknown = sorted(set(pairs) - set(self._views))
+        if unknown:
+            raise KeyError(f"{unknown} are not parameters of this network; its parameters "
+                           f"are {list(self._views)}")
+        saved = {name: self._views[name].copy() for name in pairs}
+        try:
+            for name, value in pairs.items():
+                self[name] = value
+        except BaseException:             # a bad shape or value: leave the network as it was
+            for name, value in saved.items():
+                self._views[name][...] = value
+            raise
 
     def __repr__(self):
         return "{" + ", ".join(f"{name!r}: array{v.shape}" for name, v in self.items()) + "}"
@@ -445,6 +465,10 @@ class _BaseLSTM(BaseEstimator):
         best_params = net.params.copy() if early_stopping else None
         stopped = None
         n_epochs = 1 if incremental else self.max_iter
+        if not incremental:
+            # each fit counts its own epochs without improvement: a warm fit (the next
+            # stage of a learning-rate schedule, say) would otherwise stop after one
+            self._no_improvement = 0
         try:
             for _ in range(n_epochs):
                 progress = _Progress(self.verbose, self.n_iter_ + 1, N)
@@ -658,11 +682,11 @@ class _BaseLSTM(BaseEstimator):
             raise ValueError(
                 f"X has sequences of {sorted(set(lengths.tolist()))} time steps, but "
                 f"{type(self).__name__} was fitted on sequences of {self.n_timesteps_in_} "
-                "time steps (fit on a list of sequences of several lengths to take any)")
+                "time steps" + _ANY_LENGTH_HINT)
         if self.n_timesteps_in_ is not None and X3.shape[1] != self.n_timesteps_in_:
             raise ValueError(
                 f"X has {X3.shape[1]} time steps, but {type(self).__name__} was fitted on "
-                f"sequences of {self.n_timesteps_in_} time steps.")
+                f"sequences of {self.n_timesteps_in_} time steps" + _ANY_LENGTH_HINT)
         return X3, lengths
 
     def _forward(self, X):
@@ -915,12 +939,16 @@ _PARAMETERS_DOC = """
         Improvement of the training loss (or validation score with
         early_stopping) that counts as progress.
     n_iter_no_change : int, default=10
-        Stop after this many epochs in a row without progress.
+        Stop after this many epochs in a row without progress (counted afresh
+        by every fit, a warm one too).
     early_stopping : bool, default=False
-        Hold out validation_fraction of the training data (stratified by class
-        for a many-to-one classifier, where every class can be), score it after every epoch (R^2 or accuracy), stop when it
-        stops improving and keep the weights of the best epoch. fit only:
-        partial_fit refuses it, as MLP's does.
+        Hold out validation_fraction of the training data, drawn at random as
+        MLP's (stratified by class for a many-to-one classifier, where every
+        class can be), whatever shuffle says; score it after every epoch (R^2 or
+        accuracy), stop when it stops improving and keep the weights of the
+        best epoch. fit only: partial_fit refuses it, as MLP's does. For time
+        series, whose overlapping windows a random split leaks, hold out the
+        last windows yourself instead (see README, "Coming from Keras").
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
     warm_start : bool, default=False
@@ -1032,7 +1060,8 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
             if y.ndim not in (1, 2):
                 raise ValueError(
                     f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), got shape {y.shape}"
-                    "; for one target per time step use output='sequence'")
+                    "; for several steps ahead of each window, flatten y to (n_samples, "
+                    "horizon * n_outputs); for one target per input step use output='sequence'")
             y_ndim, y = y.ndim, y.reshape(N, -1)
         if reset:
             self._y_ndim, self.n_outputs_ = y_ndim, y.shape[-1]
@@ -1370,6 +1399,11 @@ def _accuracy(y_true, y_pred, sample_weight=None):
                              else np.repeat(sample_weight, T))
         y_true, y_pred = y_true.ravel(), y_pred.ravel()
     return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+
+
+# what a model fitted on sequences of one length says when given another
+_ANY_LENGTH_HINT = (" (a model takes sequences of any length when fitted on a list of "
+                    "sequences of several lengths; a list of one length is read as an array)")
 
 
 def _one_hot_hint(y):

@@ -423,6 +423,17 @@ def test_a_warm_fit_holds_out_the_same_validation_samples(monkeypatch):
     assert not np.array_equal(held_out[2], held_out[0])
 
 
+def test_each_warm_fit_counts_its_own_epochs_without_improvement():
+    X, y = sequences(40)
+    # tol so large that no epoch improves but the first (on an infinite best loss):
+    # each fit stops after n_iter_no_change epochs without improvement
+    model = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=5, tol=1e9, n_iter_no_change=2,
+                          warm_start=True, random_state=0)
+    for learning_rate, epochs_so_far in ((1e-2, 3), (3e-3, 5), (1e-3, 7)):
+        model.set_params(learning_rate_init=learning_rate).fit(X, y)
+        assert model.n_iter_ == epochs_so_far
+
+
 def test_early_stopping_needs_two_validation_samples_for_r2():
     X, y = sequences(60)
     # ceil(0.01 * 60) = 1 sample: its R^2 is NaN, so no epoch could score best

@@ -104,6 +104,30 @@ def test_stacked_torch_lstm_reproduces_fitted_estimator(dtype, rng):
     np.testing.assert_allclose(model.predict(X), pred[:, 0].numpy(), rtol=0, atol=OUT_TOL[dtype])
 
 
+def test_a_torch_state_dict_updates_the_weights_at_once(rng):
+    """weights_.update(module.state_dict()) (Parameters that require grad, too) copies
+    torch's weights in; a bad one leaves every weight as it was."""
+    from fastlstm import LSTMRegressor
+
+    X = rng.standard_normal((30, 6, 3))
+    model = LSTMRegressor(hidden_layer_sizes=(5, 5), max_iter=1, dtype="float64",
+                          random_state=0).fit(X, X[:, -1, 0])
+    lstm = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True, dtype=torch.float64)
+    head = torch.nn.Linear(5, 1, dtype=torch.float64)
+    model.weights_.update(lstm.state_dict())
+    model.weights_.update({f"head.{name}": p for name, p in head.named_parameters()})
+    with torch.no_grad():
+        expected = head(lstm(torch.from_numpy(X))[0][:, -1])[:, 0].numpy()
+    np.testing.assert_allclose(model.predict(X), expected, rtol=0, atol=1e-12)
+    before = model.network_.params.copy()
+    with pytest.raises(ValueError, match="weight_hh_l1 has shape"):
+        model.weights_.update({"weight_ih_l0": np.zeros((20, 3)),
+                               "weight_hh_l1": np.zeros((5, 5))})
+    with pytest.raises(KeyError, match="not parameters of this network"):
+        model.weights_.update({"weight_ih_l0": np.zeros((20, 3)), "rnn.weight": 1})
+    np.testing.assert_array_equal(model.network_.params, before)
+
+
 def test_torch_tensors_are_read_as_arrays_of_their_dtype(rng):
     """A tensor's dtype is torch's own type: it is read from the array it converts to,
     so a float64 tensor gets float64 predictions as a float64 array does."""
