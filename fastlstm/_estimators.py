@@ -5,7 +5,6 @@ import collections.abc
 import functools
 import math
 import numbers
-import os
 import re
 import sys
 import time
@@ -17,7 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
@@ -84,8 +83,9 @@ class _thread_limit:
     enters one, and every microsecond shows there."""
 
     def __init__(self, n_jobs, batch, net, work=0, min_work=MIN_SLICED_WORK, training=False):
+        # -1: every CPU this process may run on (its affinity, as joblib's), not the host's
         self.n = None if n_jobs is None else max(
-            1, os.cpu_count() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+            1, _threads._cpus() + 1 + n_jobs if n_jobs < 0 else n_jobs)
         self.parts = 1
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
@@ -378,6 +378,10 @@ class _BaseLSTM(BaseEstimator):
             self.n_iter_ = 0
             self.best_loss_ = np.inf
             self._no_improvement = 0
+            # a new fit scores anew: an old best validation score would be a bar no
+            # epoch of it clears, and it would end on its initial weights
+            vars(self).pop("validation_scores_", None)
+            vars(self).pop("best_validation_score_", None)
         else:
             if self.network_.hidden_sizes != sizes:
                 raise ValueError(
@@ -971,8 +975,9 @@ _PARAMETERS_DOC = """
         type and X's: float64 for a float64 X. Regression targets are held in
         this type too: scale a y far from zero against its spread first.
     n_jobs : int or None, default=None
-        Threads for fit and predict (-1: all cores); None takes the BLAS
-        thread limit in force (OpenBLAS's default, or a threadpoolctl limit).
+        Threads for fit and predict (-1: all the cores this process may run on);
+        None takes the BLAS thread limit in force (OpenBLAS's default, or a
+        threadpoolctl limit).
         With several threads, a network big enough to gain cuts each batch
         into one slice per thread (8 samples at least), run side by side on
         single-threaded kernels; small networks run on one thread.
@@ -1255,6 +1260,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def _weigh_classes(self, weights, targets, lengths):
         if self.class_weight is None:
             return weights
+        n_classes = len(self.classes_)
         if isinstance(self.class_weight, dict):
             # scikit-learn's rule: a label the dict lacks weighs 1 and a key that is no
             # label is ignored (a fold may lack a rare class), unless both happen
@@ -1262,18 +1268,26 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             per_class = compute_class_weight(self.class_weight, classes=self.classes_,
                                              y=self.classes_)
 
-            def weigh(codes):
+            def weigh(codes, sample_weight):
                 return per_class[codes]
-        else:                                         # "balanced": by these labels' counts
-            def weigh(codes):
-                return compute_sample_weight("balanced", codes)
+        else:
+            def weigh(codes, sample_weight):
+                # "balanced": n / (n_classes * count) over the classes present, n and the
+                # counts in sample weight (as LogisticRegression's): a zero weight
+                # ignores a sample and an integer one repeats it, here too
+                counts = np.bincount(codes, weights=sample_weight, minlength=n_classes)
+                present = counts > 0
+                balanced = np.zeros(n_classes)
+                balanced[present] = counts.sum() / (present.sum() * counts[present])
+                return balanced[codes]
         if self._output == "sequence":  # (N, T): each step weighs its own label's weight
             real = (np.ones(targets.shape, bool) if lengths is None
                     else np.arange(targets.shape[1])[None, :] < lengths[:, None])
             per_step = np.zeros(targets.shape)
-            per_step[real] = weigh(targets[real])
+            per_step[real] = weigh(targets[real],
+                                   np.broadcast_to(weights[:, None], targets.shape)[real])
             return weights[:, None] * per_step
-        return weights * weigh(targets)
+        return weights * weigh(targets, weights)
 
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)

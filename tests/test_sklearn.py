@@ -423,6 +423,47 @@ def test_a_warm_fit_holds_out_the_same_validation_samples(monkeypatch):
     assert not np.array_equal(held_out[2], held_out[0])
 
 
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_a_refit_with_early_stopping_trains_as_the_first_fit(estimator):
+    """A new fit scores anew: the old fit's best validation score is no bar to it
+    (else no epoch improves and it ends on its initial weights)."""
+    X, y = sequences(80, classes=estimator is LSTMClassifier)
+    model = estimator(hidden_layer_sizes=(6,), early_stopping=True, max_iter=8,
+                      learning_rate_init=1e-2, dtype="float64", random_state=0)
+    first = model.fit(X, y).network_.params.copy()
+    scores = list(model.validation_scores_)
+    model.fit(X, y)
+    np.testing.assert_array_equal(model.network_.params, first)
+    assert model.validation_scores_ == scores and len(scores) == model.n_iter_
+
+
+def test_balanced_class_weights_count_samples_by_their_weight():
+    """As LogisticRegression's: a zero weight ignores a sample and an integer one
+    repeats it in the class counts too."""
+    X, _ = sequences(40)
+    y = (X[:, -1, 0] > 0.5).astype(int)                         # imbalanced
+    params = dict(hidden_layer_sizes=(4,), class_weight="balanced", dtype="float64",
+                  max_iter=5, shuffle=False, batch_size=1000, alpha=0.0, random_state=0)
+    plain = LSTMClassifier(**params).fit(X, y).network_.params
+    extra = np.random.default_rng(1).standard_normal((20,) + X.shape[1:])
+    ignored = LSTMClassifier(**params).fit(np.r_[X, extra], np.r_[y, np.zeros(20, int)],
+                                           sample_weight=np.r_[np.ones(40), np.zeros(20)])
+    np.testing.assert_allclose(ignored.network_.params, plain, rtol=1e-9, atol=1e-12)
+    twice = np.arange(40) < 10
+    repeated = LSTMClassifier(**params).fit(np.r_[X, X[twice]], np.r_[y, y[twice]])
+    weighted = LSTMClassifier(**params).fit(X, y, sample_weight=1.0 + twice)
+    np.testing.assert_allclose(weighted.network_.params, repeated.network_.params,
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_n_jobs_minus_one_counts_the_cores_this_process_may_use(monkeypatch):
+    from fastlstm import _threads
+    from fastlstm._estimators import _thread_limit
+    monkeypatch.setattr(_threads, "_cpu_count", 1)               # as under taskset -c 0
+    net = LSTMRegressor(hidden_layer_sizes=(4,), max_iter=1).fit(*sequences(10)).network_
+    assert _thread_limit(-1, 64, net).n == 1 and _thread_limit(-2, 64, net).n == 1
+
+
 def test_each_warm_fit_counts_its_own_epochs_without_improvement():
     X, y = sequences(40)
     # tol so large that no epoch improves but the first (on an infinite best loss):
