@@ -1167,7 +1167,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
 """ + _PARAMETERS_DOC + """    class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss, multiplying sample_weight; a label
         the dict lacks weighs 1, a key that is no label is ignored, but both at
-        once is refused as a mistyped key (as in scikit-learn). "balanced" weighs by n_samples / (n_classes * class count). With
+        once is refused as a mistyped key (as in scikit-learn). "balanced"
+        weighs by n_samples / (n_classes * class count), samples counted by
+        their sample_weight (as LogisticRegression does). With
         output="sequence" each step weighs its own label's weight ("balanced"
         counts steps), as torch's CrossEntropyLoss(weight=...) does.
 

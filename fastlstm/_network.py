@@ -333,8 +333,9 @@ class LSTMNetwork:
 
         output is (N, K), or (T*N, K) in time-major row order if sequence_output.
         tape holds what `backward` needs (and `final_state`); training=True also
-        applies dropout (masks from dropout_masks, drawn from rng when None). arena is the scratch memory (a fresh one
-        when None, so concurrent predictions never share buffers). initial_state
+        applies dropout (masks from dropout_masks, drawn from rng when None).
+        arena is the scratch memory (a fresh one when None, so concurrent
+        predictions never share buffers). initial_state
         is [(h0, c0)] per layer, each (N, H); None starts every layer from zeros.
         Gradients do not flow back into initial_state (truncated BPTT).
         lengths (N,) int64: real steps of each sample of a padded batch; its state
