@@ -27,7 +27,7 @@ from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, MIN_SPLIT_LOOP
                         forward_work, in_ranges, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
                           check_targets, is_sequence_list, object_vector_as_list, pad_sequences,
-                          resolve_dtype)
+                          resolve_dtype, unflatten_steps)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes: enough
 # for a batch of 256 `charlm` or 90 `large` sequences, so that each thread's slice
@@ -114,7 +114,7 @@ class _thread_limit:
         if self.untouched:
             return self.parts
         if self.parts > 1 or self.small or self.split_inside:
-            self._limit = _threads.one_blas_thread()
+            self._limit = _threads.blas_threads(1)
         elif self.n is not None:
             self._limit = _threads.blas_threads(self.n)
         if self._limit is not None:
@@ -370,7 +370,7 @@ class _BaseLSTM(BaseEstimator):
                                  f"memory than is available for its parameters ({err})") from None
             # one BLAS thread: OpenBLAS's workers, once woken by the QR of a large
             # initialisation, spin for ~0.1 s on the core the training threads need
-            with _threads.one_blas_thread():
+            with _threads.blas_threads(1):
                 net.initialize(self._rng)
             self.network_ = net
             self._optimizer = _Optimizer(net.params, self.solver)
@@ -654,13 +654,7 @@ class _BaseLSTM(BaseEstimator):
             if x_ndim != 2:
                 raise ValueError(f"step_features={self._step_features} reads a 2-D X of "
                                  f"flattened steps, but X is {x_ndim}-D")
-            n_columns = X3.shape[1]
-            if n_columns % self._step_features:
-                raise ValueError(
-                    f"X has {n_columns} columns, not a multiple of step_features="
-                    f"{self._step_features}: expected (n_samples, n_timesteps * step_features)")
-            # row-major: [x_0 features..., x_1 features..., ...]
-            X3 = X3.reshape(X3.shape[0], n_columns // self._step_features, self._step_features)
+            X3 = unflatten_steps(X3, self._step_features)
         return X3, x_ndim, None
 
     def _check_X_predict(self, X):
@@ -801,7 +795,7 @@ class _BaseLSTM(BaseEstimator):
         params = self.get_params(deep=False)
         fitted = {name: value for name, value in vars(self).items()
                   if name not in params and name != "network_"
-                  and (name.endswith("_") or name.startswith("_"))}
+                  and (name.endswith("_") or name in _SAVED_PRIVATE)}
         _persist.write(path, type(self).__name__, params, fitted,
                        self.network_.__getstate__()["args"], self.network_.params)
 
@@ -1262,34 +1256,33 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def _weigh_classes(self, weights, targets, lengths):
         if self.class_weight is None:
             return weights
-        n_classes = len(self.classes_)
+        sequence = self._output == "sequence"
+        if sequence:  # each real step weighs its own label's weight
+            real = (np.ones(targets.shape, bool) if lengths is None
+                    else np.arange(targets.shape[1])[None, :] < lengths[:, None])
+            codes = targets[real]
+            code_weights = np.broadcast_to(weights[:, None], targets.shape)[real]
+        else:
+            codes, code_weights = targets, weights
         if isinstance(self.class_weight, dict):
             # scikit-learn's rule: a label the dict lacks weighs 1 and a key that is no
             # label is ignored (a fold may lack a rare class), unless both happen
-            # (a mistyped key): (n_classes,)
+            # (a mistyped key)
             per_class = compute_class_weight(self.class_weight, classes=self.classes_,
                                              y=self.classes_)
-
-            def weigh(codes, sample_weight):
-                return per_class[codes]
         else:
-            def weigh(codes, sample_weight):
-                # "balanced": n / (n_classes * count) over the classes present, n and the
-                # counts in sample weight (as LogisticRegression's): a zero weight
-                # ignores a sample and an integer one repeats it, here too
-                counts = np.bincount(codes, weights=sample_weight, minlength=n_classes)
-                present = counts > 0
-                balanced = np.zeros(n_classes)
-                balanced[present] = counts.sum() / (present.sum() * counts[present])
-                return balanced[codes]
-        if self._output == "sequence":  # (N, T): each step weighs its own label's weight
-            real = (np.ones(targets.shape, bool) if lengths is None
-                    else np.arange(targets.shape[1])[None, :] < lengths[:, None])
+            # "balanced": n / (n_classes * count) over the classes present, n and the
+            # counts in sample weight (as LogisticRegression's): a zero weight ignores
+            # a sample and an integer one repeats it, here too
+            counts = np.bincount(codes, weights=code_weights, minlength=len(self.classes_))
+            present = counts > 0
+            per_class = np.zeros(len(counts))
+            per_class[present] = counts.sum() / (present.sum() * counts[present])
+        if sequence:                                              # (N, T)
             per_step = np.zeros(targets.shape)
-            per_step[real] = weigh(targets[real],
-                                   np.broadcast_to(weights[:, None], targets.shape)[real])
+            per_step[real] = per_class[codes]
             return weights[:, None] * per_step
-        return weights * weigh(targets, weights)
+        return weights * per_class[codes]                         # (N,)
 
     def _loss(self, out, targets, weight, dout):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)
@@ -1458,11 +1451,11 @@ def _unpad(per_step, lengths):
     return [per_step[n, :length] for n, length in enumerate(lengths)]
 
 
+# The private attributes save writes and load takes back (the others, the solver
+# state and the random generator, are rebuilt: a file holding one is not a model's own).
+_SAVED_PRIVATE = {"_x_ndim", "_y_ndim", "_output", "_step_features", "_no_improvement"}
 # Fitted attribute names a model file may set: public ones end in "_", private ones
 # start with one "_"; neither may shadow anything the class defines (methods).
-# the private attributes save writes (the others, such as the solver state and the
-# random generator, are rebuilt: a file holding one is not the estimator's own)
-_SAVED_PRIVATE = {"_x_ndim", "_y_ndim", "_output", "_step_features", "_no_improvement"}
 _ATTRIBUTE_NAME = re.compile(r"^(_[A-Za-z][A-Za-z0-9_]*|[A-Za-z][A-Za-z0-9_]*_)$")
 
 

@@ -118,10 +118,8 @@ def write(path, class_name, params, fitted, network_args, flat_params):
                 continue
             except TypeError:
                 pass
-        if not name.startswith("_"):
-            raise TypeError(f"cannot save fitted attribute {name} of type "
-                            f"{type(value).__name__} without pickle")
-        # a private cache: rebuilt on demand, not part of the model
+        raise TypeError(f"cannot save fitted attribute {name} of type "
+                        f"{type(value).__name__} without pickle")
     blob = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
     arrays["metadata"] = blob
 

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _cells
 from ._network import _Arena
-from ._validation import check_sequences
+from ._validation import check_sequences, unflatten_steps
 
 
 def check_step_input(est, X):
@@ -25,12 +25,8 @@ def check_step_input(est, X):
     net = est.network_
     check_runs_forward(net)
     X3, x_ndim = check_sequences(X, net.dtype)
-    F = est._step_features
-    if x_ndim == 2 and F is not None:
-        if X3.shape[1] % F:
-            raise ValueError(f"X has {X3.shape[1]} columns, not a multiple of step_features="
-                             f"{F}: expected (n_sequences, n_steps * step_features)")
-        X3 = X3.reshape(X3.shape[0], X3.shape[1] // F, F)
+    if x_ndim == 2 and est._step_features is not None:
+        X3 = unflatten_steps(X3, est._step_features)
     if X3.shape[2] != net.n_features:
         raise ValueError(
             f"X has {X3.shape[2]} features per time step, but {type(est).__name__} was fitted "

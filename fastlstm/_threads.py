@@ -61,7 +61,7 @@ def _blas_libs():
 
 
 class blas_threads:
-    """`with blas_threads(n):` runs the block with n BLAS threads (if enabled).
+    """`with blas_threads(n):` runs the block with n BLAS threads.
     Blocks may overlap across Python threads: the first one in saves the limits
     in force, each sets its own n, and the last one out restores the saved ones
     (a limit is process-wide: while blocks of two n overlap, the later one's
@@ -70,15 +70,13 @@ class blas_threads:
     once, can restore the other's temporary limit and leave BLAS at one thread.
     A class, not a generator context manager: a single-sequence predict enters
     one, and the generator's machinery cost ~2 us."""
-    __slots__ = ("n", "enabled", "outer")
+    __slots__ = ("n", "outer")
 
-    def __init__(self, n=1, enabled=True):
-        self.n, self.enabled = n, enabled
+    def __init__(self, n):
+        self.n = n
 
     def __enter__(self):
         global _active, _saved, _in_force
-        if not self.enabled:
-            return
         with _lock:
             libs = _blas_libs()
             if _active == 0:
@@ -94,8 +92,6 @@ class blas_threads:
 
     def __exit__(self, *exc_info):
         global _active
-        if not self.enabled:
-            return
         _own.threads = self.outer
         with _lock:
             if _active == 0:  # a block a forked child was in (see _forget_pool_in_child)
@@ -105,11 +101,6 @@ class blas_threads:
                 for (_, set_), was, now in zip(_blas_libs(), _saved, _in_force):
                     if now != was:
                         set_(was)
-
-
-def one_blas_thread(enabled=True):
-    """`with one_blas_thread():` runs the block with one BLAS thread."""
-    return blas_threads(1, enabled)
 
 
 def is_small(batch, hidden_sizes):

@@ -111,6 +111,17 @@ def check_sequences(X, dtype, name="X"):
     return arr, given_ndim
 
 
+def unflatten_steps(X3, step_features):
+    """X3 (N, n_columns, 1), a checked 2-D X of flattened steps -> (N, n_columns /
+    step_features, step_features): each row is [x_0 features..., x_1 features..., ...]."""
+    n_columns = X3.shape[1]
+    if n_columns % step_features:
+        raise ValueError(
+            f"X has {n_columns} columns, not a multiple of step_features={step_features}: "
+            "expected (n_samples, n_timesteps * step_features)")
+    return X3.reshape(X3.shape[0], n_columns // step_features, step_features)
+
+
 def object_vector_as_list(X):
     """A 1-D object array or Series of sequences (np.array(seqs, dtype=object), a
     DataFrame column of arrays) -> a list of them, read as a list is; else X."""

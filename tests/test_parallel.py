@@ -386,7 +386,7 @@ def test_a_child_forked_while_another_thread_holds_blas_at_one_gets_the_limits_b
         inside, leave = threading.Event(), threading.Event()
 
         def hold():
-            with _threads.one_blas_thread():
+            with _threads.blas_threads(1):
                 inside.set()
                 leave.wait(30)
 
