@@ -2,6 +2,7 @@
 protocol. The math lives in _network (layers, head) and _ops (losses, optimisers).
 """
 import collections.abc
+import copy
 import functools
 import math
 import numbers
@@ -265,6 +266,15 @@ class _Optimizer:
                               est.momentum, est.nesterovs_momentum)
         in_ranges(update, params.size, parts)
 
+    def copy_state_into(self, other):
+        """Copy this state (moments, step count) into other's arrays: a diverged or
+        interrupted epoch goes back to the last completed one's solver state along
+        with its weights (else the next fit restarts from the failed updates'
+        velocity)."""
+        other.solver, other.n_steps = self.solver, self.n_steps
+        other.first_moment[...] = self.first_moment
+        other.second_moment[...] = self.second_moment
+
 
 class _BaseLSTM(BaseEstimator):
     """Shared fit/predict machinery; subclasses pick the head's loss."""
@@ -320,8 +330,9 @@ class _BaseLSTM(BaseEstimator):
         """Train on X (n_samples, n_timesteps[, n_features]) and y; returns self.
 
         2-D X holds univariate sequences (or flattened steps, see
-        step_features). Ctrl-C stops training and keeps the weights of the last
-        completed epoch (with early_stopping, of the best epoch so far).
+        step_features). Ctrl-C stops training and keeps the weights and solver
+        state of the last completed epoch (with early_stopping, the weights of the
+        best epoch so far); so does a loss that becomes NaN or infinite.
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
@@ -432,7 +443,12 @@ class _BaseLSTM(BaseEstimator):
         else:
             weights = check_sample_weight(sample_weight, n_samples)
         weights = self._weigh_classes(weights, targets, lengths)
-        if not weights.sum() > 0:   # sample_weight alone is checked for this already
+        with np.errstate(over="ignore"):
+            total = weights.sum()
+        if total == np.inf:         # sample_weight alone is checked for both already
+            raise ValueError("sample_weight times class_weight sums to more than float64 "
+                             "holds: divide the weights by a common factor")
+        if not total > 0:
             raise ValueError("class_weight gives every sample a weight of zero: nothing "
                              "to learn from")
         return weights
@@ -466,6 +482,7 @@ class _BaseLSTM(BaseEstimator):
             targets = np.ascontiguousarray(np.swapaxes(targets, 0, 1))   # (T, N[, K])
         arena = _Arena(net.dtype)
         last_good = net.params.copy()
+        last_good_solver = copy.deepcopy(self._optimizer)
         best_params = net.params.copy() if early_stopping else None
         stopped = None
         n_epochs = 1 if incremental else self.max_iter
@@ -482,6 +499,7 @@ class _BaseLSTM(BaseEstimator):
                     stopped = "diverged"
                     break
                 last_good[...] = net.params
+                self._optimizer.copy_state_into(last_good_solver)
                 self.loss_curve_.append(epoch_loss)
                 self.loss_ = epoch_loss
                 self.n_iter_ += 1
@@ -510,6 +528,7 @@ class _BaseLSTM(BaseEstimator):
             # early stopping ends on its best epoch, interrupted or not
             best = early_stopping and self.validation_scores_
             net.params[...] = best_params if best else last_good
+            last_good_solver.copy_state_into(self._optimizer)
             warnings.warn(
                 f"Training interrupted during epoch {self.n_iter_ + 1}: the estimator keeps "
                 + ("the weights of the best epoch so far (early_stopping)." if best else
@@ -517,6 +536,7 @@ class _BaseLSTM(BaseEstimator):
             return
         if stopped == "diverged":
             net.params[...] = last_good
+            last_good_solver.copy_state_into(self._optimizer)
             warnings.warn(
                 f"Training diverged (the loss became NaN or infinite) in epoch "
                 f"{self.n_iter_ + 1}; stopped and kept the weights of the last finite epoch. "
@@ -625,8 +645,12 @@ class _BaseLSTM(BaseEstimator):
                     if not math.isfinite(loss):
                         return np.nan
                     self._optimizer.step(self, net.params, net.grads, parts)
-                    # a window's loss is the mean over its steps: weight it by its share
-                    share = (t1 - t0) / T if sequence else 1.0
+                    # a window's loss is the weighted mean over its steps: weight it by
+                    # its share of the batch's step weight, so that the windows add up to
+                    # the batch's loss without tbptt (per-step class weights: by weight)
+                    share = 1.0
+                    if sequence and window < T:
+                        share = (t1 - t0) / T if step_wb is None else ww.sum() / step_wb.sum()
                     total += loss * batch_weight * share
                 total_weight += batch_weight
                 progress.update(len(idx), loss)

@@ -101,13 +101,30 @@ def add_l2_penalty(params, grads, coef):
 @njit(**JIT)
 def clip_grad_norm(grads, max_norm):
     """Scale grads in place so their L2 norm is at most max_norm; returns the norm
-    before clipping (inf or NaN if the gradients are not finite)."""
+    before clipping (inf or NaN if the gradients are not finite).
+
+    The squares are taken in float64: float32 ones overflow from |g| ~ 1.8e19,
+    and an infinite norm would scale every finite gradient to 0 (torch's
+    clip_grad_norm_ does so). Where float64 squares overflow too, the norm is
+    taken over the gradients divided by the largest."""
     total = 0.0
     for k in range(grads.shape[0]):
-        total += grads[k] * grads[k]
+        g = np.float64(grads[k])
+        total += g * g
     norm = np.sqrt(total)
+    scale = max_norm / (norm + 1e-6)
+    if norm == np.inf:              # squares overflowed, or a gradient is infinite
+        largest = 0.0
+        for k in range(grads.shape[0]):
+            largest = max(largest, abs(np.float64(grads[k])))
+        if largest < np.inf:        # all finite: rescale (largest > 1e154 here)
+            total = 0.0
+            for k in range(grads.shape[0]):
+                g = np.float64(grads[k]) / largest
+                total += g * g
+            norm = largest * np.sqrt(total)      # inf only past float64's range
+            scale = max_norm / largest / np.sqrt(total)
     if norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
         for k in range(grads.shape[0]):
             grads[k] *= scale
     return norm

@@ -228,7 +228,12 @@ def check_sample_weight(sample_weight, n_samples, dtype=np.float64, name="sample
     _check_finite(w, name)
     if (w < 0).any():
         raise ValueError(f"{name} has negative values")
-    if not w.sum() > 0:
+    with np.errstate(over="ignore"):
+        total = w.sum()
+    if total == np.inf:
+        raise ValueError(f"{name} sums to more than float64 holds: divide the weights by a "
+                         "common factor")
+    if not total > 0:
         raise ValueError(f"{name} sums to zero: at least one sample needs a positive weight")
     return w
 

@@ -242,6 +242,7 @@ def test_bad_parameters_are_named(estimator, params, message):
     (np.r_[np.inf, np.ones(9)], "sample_weight contains infinity"),
     (np.r_[-1.0, np.ones(9)], "sample_weight has negative values"),
     (np.zeros(10), "sample_weight sums to zero"),
+    (np.full(10, 1e308), "sample_weight sums to more than float64 holds"),
     (np.ones(9), r"sample_weight must have shape \(10,\)"),
     (np.ones((10, 1)), r"sample_weight must have shape \(10,\)"),
     (["a"] * 10, "sample_weight holds strings"),
@@ -249,6 +250,16 @@ def test_bad_parameters_are_named(estimator, params, message):
 def test_bad_sample_weight_is_named(weight, message):
     with pytest.raises((TypeError, ValueError), match=message):
         check_sample_weight(weight, 10)
+
+
+def test_weights_whose_product_with_class_weight_overflows_are_named():
+    """Each weight finite, their sum not: no "diverged" warning after an epoch of
+    inf/inf losses, but an error before training."""
+    X = np.random.default_rng(0).standard_normal((10, 4, 2))
+    y = np.arange(10) % 2
+    with pytest.raises(ValueError, match="sample_weight times class_weight sums to more"):
+        LSTMClassifier(3, class_weight={0: 1e300, 1: 1.0}, max_iter=1).fit(
+            X, y, sample_weight=np.full(10, 1e10))
 
 
 def test_sample_weight_defaults_and_scalars():

@@ -1,7 +1,6 @@
 """The estimators: learning, the sklearn protocol, bad input, reproducibility."""
 import pickle
 import re
-import warnings
 
 import numpy as np
 import pytest

@@ -845,6 +845,18 @@ def test_clip_grad_norm_and_dropout_mask():
     untouched = np.array([0.3, 0.4])
     _ops.clip_grad_norm(untouched, 1.0)
     np.testing.assert_array_equal(untouched, [0.3, 0.4])
+    # squares past the dtype's range (float32 from 1.8e19, float64 from 1.3e154)
+    # still give the norm, and the clipped gradients point the same way
+    for dtype, big in ((np.float32, 1e19), (np.float32, 1e37), (np.float64, 1e200)):
+        huge = np.array([3 * big, 0.0, -4 * big], dtype=dtype)
+        norm = _ops.clip_grad_norm(huge, 2.0)
+        np.testing.assert_allclose(norm, 5 * big, rtol=1e-6)
+        np.testing.assert_allclose(huge, [1.2, 0.0, -1.6], rtol=1e-5)
+    past_float64 = np.full(4, 1e308)         # a norm of 2e308
+    assert _ops.clip_grad_norm(past_float64, 3.0) == np.inf
+    np.testing.assert_allclose(past_float64, [1.5] * 4, rtol=1e-12)
+    not_finite = np.array([np.inf, 1.0])     # left to the divergence check: not rescaled
+    assert _ops.clip_grad_norm(not_finite, 1.0) == np.inf
 
     x = np.arange(1.0, 7.0)
     least = int(np.ceil(0.2 * 2**32))     # the smallest word kept: word / 2**32 >= 0.2

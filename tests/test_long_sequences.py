@@ -175,6 +175,26 @@ def test_windows_carry_the_state_and_update_once_each():
     np.testing.assert_allclose(model.network_.params, net.params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("class_weight", [None, "balanced", {0: 5.0, 1: 1.0}])
+def test_windows_report_the_loss_full_bptt_reports(class_weight):
+    """At a learning rate too small to move a weight, every window sees the weights
+    full BPTT sees: the windows' losses, each the weighted mean over its own steps,
+    add up to the batch's (with per-step class weights: by each window's weight)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 9, 2))
+    y = (np.cumsum(X[:, :, 0], axis=1) > 0.5).astype(int)
+    y[:, :3] = 0                                  # windows of unequal class weight
+    common = dict(hidden_layer_sizes=(5,), output="sequence", max_iter=1, random_state=0,
+                  solver="sgd", learning_rate_init=1e-300, momentum=0.0, alpha=0.0,
+                  class_weight=class_weight, shuffle=False, batch_size=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = LSTMClassifier(**common).fit(X, y)
+        windowed = LSTMClassifier(tbptt_steps=3, **common).fit(X, y)
+    np.testing.assert_array_equal(windowed.network_.params, full.network_.params)
+    np.testing.assert_allclose(windowed.loss_, full.loss_, rtol=1e-12)
+
+
 def test_a_window_with_nothing_to_learn_is_skipped_not_taken_for_divergence():
     """A window whose steps all weigh 0 (labels of weight-0 classes only) has no
     loss: no update there, and the state goes on to the next window."""

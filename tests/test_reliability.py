@@ -69,7 +69,36 @@ def test_divergence_stops_at_once_and_keeps_the_last_finite_epoch(params):
     # exactly the weights of the last finite epoch: a fit that stops there by itself
     reference = LSTMRegressor(**{**params, "max_iter": model.n_iter_}).fit(X, y)
     np.testing.assert_array_equal(model.network_.params, reference.network_.params)
+    assert_same_solver_state(model, reference)          # not the failed epoch's velocity
     assert np.isfinite(model.predict(X)).all()          # still usable
+
+
+def assert_same_solver_state(model, reference):
+    a, b = model._optimizer, reference._optimizer
+    assert (a.solver, a.n_steps) == (b.solver, b.n_steps)
+    np.testing.assert_array_equal(a.first_moment, b.first_moment)
+    np.testing.assert_array_equal(a.second_moment, b.second_moment)
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_training_goes_on_after_a_divergence_at_a_lower_learning_rate(method):
+    """As the warning advises: the next fit starts from the last finite epoch's
+    weights and solver state (here the initial ones), not from the velocity of the
+    updates that blew up."""
+    X, y = exploding_task()
+    y = y / y.std()
+    model = LSTMRegressor(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=1e8,
+                          batch_size=16, max_iter=20, warm_start=True, random_state=0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        model.fit(X, y)
+    assert model.n_iter_ == 0
+    model.set_params(learning_rate_init=1e-3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            getattr(model, method)(X, y)
+    assert not diverged_warnings(record)
+    assert np.isfinite(model.loss_curve_).all() and len(model.loss_curve_) >= 5
 
 
 def test_divergence_in_the_first_epoch_keeps_the_initial_weights():
@@ -165,10 +194,12 @@ def test_ctrl_c_keeps_the_last_completed_epoch(monkeypatch, estimator, n_updates
     if epochs_done:
         np.testing.assert_array_equal(model.network_.params, reference.network_.params)
         assert model.loss_curve_ == reference.loss_curve_
-    else:  # interrupted in the first epoch: the initial weights
+        assert_same_solver_state(model, reference)
+    else:  # interrupted in the first epoch: the initial weights, the solver untouched
         n_outputs = 1 if estimator is LSTMRegressor else 2
         np.testing.assert_array_equal(model.network_.params,
                                       initial_params(2, (5, 3), n_outputs, 0))
+        assert model._optimizer.n_steps == 0 and not model._optimizer.first_moment.any()
     assert np.isfinite(model.predict(X)).all()          # usable
     monkeypatch.undo()
     model.fit(X, y)                                     # and it can be fitted again

@@ -51,7 +51,7 @@ def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, cell, bidire
     x = rng.standard_normal((T, N, D)).astype(dtype)
     out, tape = net.forward(x, sequence)
     dout = rng.standard_normal(out.shape).astype(dtype)      # loss = sum(out * dout)
-    grads = net.backward(tape, dout)
+    net.backward(tape, dout)                                 # into net.g (named views)
 
     lstms, head = torch_twin(net)
     x_t = torch.from_numpy(x).requires_grad_(True)
