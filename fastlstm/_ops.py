@@ -6,6 +6,7 @@ what small models spend their time on. All are `cache=True`, so the compile
 cost is paid once per machine, not once per process.
 """
 import math
+import warnings
 
 import numpy as np
 from numba import njit
@@ -16,9 +17,29 @@ from numba import njit
 JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
+def jit(function):
+    """njit with JIT's flags. Where Numba finds no writable folder for its cache
+    (a read-only install with a read-only home, and no NUMBA_CACHE_DIR), it
+    refuses cache=True at decoration time, which would fail `import fastlstm`:
+    there the functions compile in every process instead (a few seconds at the
+    first fit), and the first one says so once."""
+    try:
+        return njit(**JIT)(function)
+    except RuntimeError as err:
+        if "cannot cache" not in str(err):
+            raise
+        if JIT["cache"]:
+            JIT["cache"] = False
+            warnings.warn(f"fastlstm: Numba has no writable folder to cache its compiled "
+                          f"functions in ({err}); they compile in every process. Set "
+                          f"NUMBA_CACHE_DIR to a writable folder to keep them.",
+                          RuntimeWarning, stacklevel=2)
+        return njit(**JIT)(function)
+
+
 # ---- losses: value and gradient in one pass ----------------------------------
 
-@njit(**JIT)
+@jit
 def squared_error(pred, target, weight, dpred):
     """loss = sum_m w_m * 0.5 * sum_k (pred - target)^2 / (K * sum_m w_m).
 
@@ -40,7 +61,7 @@ def squared_error(pred, target, weight, dpred):
     return loss
 
 
-@njit(**JIT)
+@jit
 def softmax_cross_entropy(logits, labels, weight, dlogits):
     """loss = sum_m w_m * -log softmax(logits_m)[labels_m] / sum_m w_m.
 
@@ -70,7 +91,7 @@ def softmax_cross_entropy(logits, labels, weight, dlogits):
     return loss
 
 
-@njit(**JIT)
+@jit
 def softmax(logits, out):
     """Row-wise softmax of logits (M, K) into out (M, K)."""
     M, K = logits.shape
@@ -88,7 +109,7 @@ def softmax(logits, out):
 
 # ---- regularisation and clipping ---------------------------------------------
 
-@njit(**JIT)
+@jit
 def add_l2_penalty(params, grads, coef):
     """grads += coef * params; returns 0.5 * coef * ||params||^2 (the loss term)."""
     penalty = 0.0
@@ -98,7 +119,7 @@ def add_l2_penalty(params, grads, coef):
     return 0.5 * coef * penalty
 
 
-@njit(**JIT)
+@jit
 def clip_grad_norm(grads, max_norm):
     """Scale grads in place so their L2 norm is at most max_norm; returns the norm
     before clipping (inf or NaN if the gradients are not finite).
@@ -132,7 +153,7 @@ def clip_grad_norm(grads, max_norm):
 
 # ---- optimisers over the flat parameter buffer ------------------------------
 
-@njit(**JIT)
+@jit
 def adam_step(params, grads, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2,
               step_size, bias2_sqrt, eps):
     """One Adam update of params (P,) in place, torch's form:
@@ -149,7 +170,7 @@ def adam_step(params, grads, m, v, beta1, one_minus_beta1, beta2, one_minus_beta
         params[k] -= step_size * m[k] / (np.sqrt(v[k]) / bias2_sqrt + eps)
 
 
-@njit(**JIT)
+@jit
 def sgd_step(params, grads, velocity, lr, momentum, nesterov):
     """SGD with (optionally Nesterov) momentum, MLP's form, params (P,) in place."""
     for k in range(params.shape[0]):
@@ -171,7 +192,7 @@ def dropout_bits(rng, shape):
     return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
 
 
-@njit(**JIT)
+@jit
 def apply_dropout_mask(x, bits, rate, out):
     """out = x * (bits / 2**32 >= rate) / (1 - rate): each element kept with
     probability 1 - rate (to within 2**-32); x, bits (uint32, dropout_bits)

@@ -64,6 +64,47 @@ def test_demo_without_matplotlib_says_so(monkeypatch, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_demo_plot_that_cannot_be_written_says_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = io.StringIO()
+    path = tmp_path / "missing" / "x.png"                       # savefig's OSError
+    assert _plot_sine(str(path), np.zeros(3), np.zeros(3), np.zeros(3), out) is None
+    assert "could not write the plot" in out.getvalue() and str(path) in out.getvalue()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--blas-threads", "-1"], "--blas-threads: expected 0 (no limit) or a positive"),
+    (["demo", "--blas-threads", "two"], "--blas-threads: expected 0 (no limit) or a positive"),
+    (["demo", "--plot", "no-such-folder/x.png"], "--plot no-such-folder/x.png: there is no "
+                                                 "folder"),
+])
+def test_demo_command_line_refuses_bad_arguments_before_training(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "fastlstm", *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stdout == ""                                  # nothing trained
+
+
+def test_command_line_version(tmp_path):
+    import fastlstm
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == f"fastlstm {fastlstm.__version__}\n"
+
+
+def test_demo_piped_into_a_reader_that_leaves_ends_quietly(tmp_path):
+    """`fastlstm demo | head -1`: no BrokenPipeError traceback, a non-zero exit."""
+    with subprocess.Popen([sys.executable, "-m", "fastlstm", "demo", "--quick", "--no-plot",
+                           "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as demo_process:
+        first = demo_process.stdout.readline()
+        demo_process.stdout.close()                             # the reader leaves
+        stderr = demo_process.stderr.read()
+        returncode = demo_process.wait(timeout=300)
+    assert first.startswith("== noisy sine forecasting")
+    assert returncode == 1 and "Traceback" not in stderr, stderr
+
+
 def test_bits_per_char_counts_unseen_characters_finitely():
     vocab = CharVocabulary("abc")
     proba = np.array([[[0.5, 0.5], [1.0, 0.0]]])                 # classes a, b; (1, 2, 2)
