@@ -27,6 +27,7 @@ included.
 from cython cimport floating
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
+from cpython.pythread cimport PyThread_get_thread_ident
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from ._blas cimport (any_nonzero, fl_step_matrix, fl_step_matrix_free, input_gradient,
                      input_projection, step_matrix, step_product, weight_gradients)
@@ -192,19 +193,24 @@ cdef class PackedWeights:
     of _recurrent.h, kept between calls (a network keeps one per layer): pass it
     to lstm_layer_forward. Each call compares the packing with the weights it is
     given and repacks what changed, so it never serves stale weights; between
-    hold() and release(), only the first call does (see hold). One call uses it
+    hold() and release() in one thread, only that thread's first call does (see
+    hold). One call uses it
     at a time; a concurrent one packs for itself (see run_one_sequence). A
     packing in slices for a team of threads also keeps the times its calls took
     on the team and on one thread (see pick_team)."""
     cdef fl_single *packing
     cdef bint in_use
-    cdef int holds                       # hold() calls not yet released
-    cdef bint compared                   # a call compared (or packed) since the last hold()
+    cdef dict holds                      # thread ident: its hold() calls not yet released
+    cdef bint compared                   # a holder's call compared (or packed) since the
+                                         # last hold(), and no other call since
     cdef int team                        # threads the calls timed below could use
     cdef double step_ns[2][TIMES_KEPT]   # [one thread, team]: the last times per step, ns
     cdef Py_ssize_t timed[2]             # calls timed each way since the packing was made
     cdef Py_ssize_t probe_every          # calls from one probe to the next
     cdef Py_ssize_t until_probe          # calls left before the next probe
+
+    def __cinit__(self):
+        self.holds = {}
 
     def __dealloc__(self):
         fl_single_free(self.packing)
@@ -222,13 +228,22 @@ cdef class PackedWeights:
         packing as current: comparing reads the weights and the copy they were
         packed from, which for one step a call costs more than the step and
         pushes the packing out of L2 (generate, 2 x LSTM(300), 42 characters:
-        279-286 -> 93-98 us a character)."""
-        self.holds += 1
+        279-286 -> 93-98 us a character). A hold covers the calls of the thread
+        that holds: another thread's calls (a predict after the weights were
+        changed while a forecast runs) compare as ever, and each sets the
+        holders' next call comparing again."""
+        ident = PyThread_get_thread_ident()
+        self.holds[ident] = self.holds.get(ident, 0) + 1
         self.compared = False
 
     def release(self):
-        """Ends a hold(): every call compares again."""
-        self.holds = max(self.holds - 1, 0)
+        """Ends a hold() of this thread: its calls compare again."""
+        ident = PyThread_get_thread_ident()
+        left = self.holds.get(ident, 0) - 1
+        if left > 0:
+            self.holds[ident] = left
+        else:
+            self.holds.pop(ident, None)
 
 
 cpdef bint packed_loop_runs():
@@ -312,7 +327,7 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
     cdef double start, per_step
     cdef fl_single *own
     cdef int way
-    cdef bint favoured = False, probe = False, compare
+    cdef bint favoured = False, probe = False, compare, holder
     if not kept.in_use:
         if kept.packing == NULL or kept.packing.n_slices != slices or kept.packing.H != H \
                 or kept.packing.D != D:
@@ -334,7 +349,8 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
                 elif _pick_team(probe, kept.step_ns[0], kept.step_ns[1]):
                     run_nt = nt
             kept.in_use = True
-            compare = not (kept.holds > 0 and kept.compared)
+            holder = bool(kept.holds) and PyThread_get_thread_ident() in kept.holds
+            compare = not (holder and kept.compared)
             with nogil:
                 if probe and run_nt > 1:
                     # after calls on one thread the workers sleep: a probe timing
@@ -344,7 +360,7 @@ cdef bint run_one_sequence(PackedWeights kept, int n_threads, Py_ssize_t T, Py_s
                 ran = fl_single_forward_f32(kept.packing, run_nt, T, x, w_ih, w_hh, b_ih,
                                             b_hh, h0, c0, gates, c, tanh_c, h, compare)
                 per_step = (_now_ns() - start) / T
-            kept.compared = kept.holds > 0 and ran > 0
+            kept.compared = holder and ran > 0
             if nt > 1 and ran > 0 and ran == run_nt:   # not a team found busy
                 way = 1 if ran > 1 else 0
                 kept.step_ns[way][kept.timed[way] % TIMES_KEPT] = per_step

@@ -94,15 +94,22 @@ static void fl_bump(atomic_uint *word, atomic_uint *sleepers)
     if (atomic_load(sleepers) > 0) fl_futex_wake_all(word);
 }
 
+/* A job word: the job's number above its thread count. A worker reads both in
+ * one load: read apart, a worker outside a job (p >= its nt) that was held up
+ * between the two reads could take the next job's larger nt for this job's,
+ * run the next job's fn, and then run it again when it sees that job posted. */
+#define FL_NT_BITS 5                      /* nt <= FL_MAX_TEAM = 16 < 32 */
+#define FL_JOB_NT(word) ((int)((word) & ((1u << FL_NT_BITS) - 1)))
+_Static_assert(FL_MAX_TEAM < (1 << FL_NT_BITS), "a team's size must fit in a job word");
+
 static struct {
     pthread_mutex_t busy;        /* held by the one call using the team */
     int n_workers;               /* threads started (p = 1..n_workers) */
-    atomic_uint job;             /* bumped to start a job */
+    atomic_uint job;             /* the job word, changed to start a job */
     unsigned job_at_create;      /* job when the worker was started */
     atomic_uint job_sleepers;
-    fl_team_fn fn;
+    fl_team_fn fn;               /* the job's, set before its job word */
     void *arg;
-    int nt;
     atomic_uint n_done;          /* workers finished with the current job */
     atomic_uint done_gen;        /* bumped when n_done reaches nt - 1 */
     atomic_uint done_sleepers;
@@ -110,6 +117,12 @@ static struct {
     atomic_uint bar_gen;         /* barrier: bumped when a round completes */
     atomic_uint bar_sleepers;
 } fl_team = {PTHREAD_MUTEX_INITIALIZER};
+
+/* tests/test_pool.py holds a worker up here, between its read of the job word
+ * and its use of it; nothing otherwise */
+#ifndef FL_TEST_WORKER_PAUSE
+#define FL_TEST_WORKER_PAUSE(p)
+#endif
 
 static void *fl_worker(void *arg)
 {
@@ -119,9 +132,12 @@ static void *fl_worker(void *arg)
     for (;;) {
         fl_wait_change(&fl_team.job, seen, &fl_team.job_sleepers);
         seen = atomic_load(&fl_team.job);
-        if (p < fl_team.nt) {
-            fl_team.fn(fl_team.arg, p, fl_team.nt);
-            if (atomic_fetch_add(&fl_team.n_done, 1) + 1 == (unsigned)fl_team.nt - 1)
+        FL_TEST_WORKER_PAUSE(p);
+        int nt = FL_JOB_NT(seen);
+        /* fn and arg stay the job's until every one of its nt threads is done */
+        if (p < nt) {
+            fl_team.fn(fl_team.arg, p, nt);
+            if (atomic_fetch_add(&fl_team.n_done, 1) + 1 == (unsigned)nt - 1)
                 fl_bump(&fl_team.done_gen, &fl_team.done_sleepers);
         }
     }
@@ -130,9 +146,16 @@ static void *fl_worker(void *arg)
 
 static void fl_team_after_fork(void)
 {
-    /* the child has none of the parent's threads: start afresh */
+    /* The child has none of the parent's threads: start afresh, counters too (a
+     * thread forked away halfway through a barrier leaves its arrival counted,
+     * and the child's next barrier would then wait for one thread too many). */
     pthread_mutex_init(&fl_team.busy, NULL);
     fl_team.n_workers = 0;
+    atomic_store(&fl_team.job_sleepers, 0);
+    atomic_store(&fl_team.n_done, 0);
+    atomic_store(&fl_team.done_sleepers, 0);
+    atomic_store(&fl_team.bar_count, 0);
+    atomic_store(&fl_team.bar_sleepers, 0);
 }
 
 /* Workers 1..nt-1 running; returns how many threads the team can have. */
@@ -177,10 +200,13 @@ static void fl_team_go(int nt, fl_team_fn fn, void *arg)
 {
     fl_team.fn = fn;
     fl_team.arg = arg;
-    fl_team.nt = nt;
     atomic_store(&fl_team.n_done, 0);
     unsigned done = atomic_load(&fl_team.done_gen);
-    fl_bump(&fl_team.job, &fl_team.job_sleepers);      /* go */
+    /* go: the next job number with this nt (only the caller holding busy writes
+     * the word; seq_cst, so fn and arg are seen with it) */
+    unsigned next = ((atomic_load(&fl_team.job) >> FL_NT_BITS) + 1) << FL_NT_BITS;
+    atomic_store(&fl_team.job, next | (unsigned)nt);
+    if (atomic_load(&fl_team.job_sleepers) > 0) fl_futex_wake_all(&fl_team.job);
     fn(arg, 0, nt);
     fl_wait_change(&fl_team.done_gen, done, &fl_team.done_sleepers);
     pthread_mutex_unlock(&fl_team.busy);

@@ -77,18 +77,30 @@ class blas_threads:
 
     def __enter__(self):
         global _active, _saved, _in_force
-        with _lock:
-            libs = _blas_libs()
-            if _active == 0:
-                _saved = [get() for get, _ in libs]
-                _in_force = list(_saved)
-            for k, (_, set_) in enumerate(libs):
-                if _in_force[k] != self.n:  # setting OpenBLAS's thread count is not free,
-                    set_(self.n)            # even to itself
-                    _in_force[k] = self.n
-            _active += 1
         self.outer = getattr(_own, "threads", None)
-        _own.threads = self.n
+        counted = False
+        try:
+            with _lock:
+                libs = _blas_libs()
+                if _active == 0:
+                    _restore_saved()   # what a block cut short by Ctrl-C left to restore
+                    _saved = [get() for get, _ in libs]
+                    _in_force = list(_saved)
+                for k, (_, set_) in enumerate(libs):
+                    if _in_force[k] != self.n:  # setting OpenBLAS's thread count is not
+                        _in_force[k] = self.n   # free, even to itself; noted first: see
+                        set_(self.n)            # _restore_saved
+                _active += 1
+                counted = True
+            _own.threads = self.n
+        except BaseException:  # Ctrl-C in here: the with-block's __exit__ will not run
+            if counted:
+                self.__exit__()
+            else:
+                with _lock:
+                    if _active == 0:
+                        _restore_saved()
+            raise
 
     def __exit__(self, *exc_info):
         global _active
@@ -98,9 +110,20 @@ class blas_threads:
                 return
             _active -= 1
             if _active == 0:
-                for (_, set_), was, now in zip(_blas_libs(), _saved, _in_force):
-                    if now != was:
-                        set_(was)
+                _restore_saved()
+
+
+def _restore_saved():
+    """Set back the limits the first block in saved where blocks set others; under
+    _lock, with no block running. Ctrl-C may cut it short (Python raises
+    KeyboardInterrupt after any call): each limit is noted in _in_force before it
+    is set and after it is restored, so whatever is left is done by the next call,
+    which every block's entry makes, instead of a limit of 1 being taken for the
+    one to keep."""
+    for k, ((_, set_), was) in enumerate(zip(_blas_libs(), _saved)):
+        if _in_force[k] != was:
+            set_(was)
+            _in_force[k] = was
 
 
 def is_small(batch, hidden_sizes):
@@ -164,11 +187,8 @@ def _forget_pool_in_child():
     those they saved, which no block of the child's would ever restore."""
     global _pool, _pool_size, _lock, _active
     _pool, _pool_size, _lock = None, 0, threading.Lock()
-    if _active:
-        for (_, set_), was, now in zip(_blas_libs(), _saved, _in_force):
-            if now != was:
-                set_(was)
-        _active = 0
+    _active = 0
+    _restore_saved()
     _own.threads = None
 
 

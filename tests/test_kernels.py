@@ -452,6 +452,50 @@ def test_kept_weights_follow_every_change_of_the_weights(n_threads):
                                   run_forward(*other, n_threads, _kernels.PackedWeights())[3])
 
 
+def test_a_hold_skips_the_comparison_for_the_holding_thread_only():
+    """hold(): the holder's loop vouches for its own calls (forecast, generate).
+    Another thread's call, after it changed the weights while the holder runs,
+    compares as ever; it was served the stale packing until the hold ended."""
+    needs_packed_loop()
+    import threading
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = random_layer(7, 1, 3, 200, np.float32)
+    kept = _kernels.PackedWeights()
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_like_a_forecast():
+        kept.hold()
+        try:
+            run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, kept)  # compares, then trusts
+            holding.set()
+            done.wait(30)
+        finally:
+            kept.release()
+
+    holder = threading.Thread(target=hold_like_a_forecast)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        w_hh[5, 7] += 0.25                                    # this thread changes them
+        got = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, kept)
+        fresh = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, _kernels.PackedWeights())
+        np.testing.assert_array_equal(got[3], fresh[3])
+    finally:
+        done.set()
+        holder.join()
+    # and within one thread: after its first call, a hold trusts the packing as told
+    kept.hold()
+    try:
+        before = run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, kept)
+        w_hh[5, 7] += 0.25                                    # broken promise: not seen
+        np.testing.assert_array_equal(
+            run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, kept)[3], before[3])
+    finally:
+        kept.release()
+    np.testing.assert_array_equal(                            # released: compared again
+        run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, kept)[3],
+        run_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, 1, _kernels.PackedWeights())[3])
+
+
 @pytest.mark.parametrize("T, H", [(9, 128), (9, 200), (9, 384),   # 384: alternate directions
                                   (100, 128)])                     # two windows of rows
 def test_one_sequence_on_one_thread_or_the_team_gives_the_same_bits(T, H):

@@ -1,6 +1,9 @@
 """Data parallelism over the batch (_parallel.py): slices of a batch run side by
 side give what the whole batch gives in one piece, and the estimators use it."""
+import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -367,6 +370,92 @@ def test_a_forked_child_predicts_with_slices_too():
         if child.is_alive():
             child.kill()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_children_forked_while_another_thread_trains_do_not_hang():
+    """A thread forked away halfway through the team's per-step barrier leaves its
+    arrival counted in the child's copy of the team: the child's own fit then
+    waited at that barrier for one thread too many, for ever (9 of 30 children)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 20, 4)).astype(np.float32)
+    y = X[:, :, 0].sum(axis=1)
+    # a batch the time loop splits over the threads inside the kernel, with barriers
+    params = dict(hidden_layer_sizes=(64,), batch_size=64, max_iter=2, random_state=0)
+    expected = LSTMRegressor(**params).fit(X, y).network_.params
+    stop = threading.Event()
+
+    def train():
+        while not stop.is_set():
+            LSTMRegressor(**params).fit(X, y)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    outcomes = []
+    try:
+        time.sleep(0.2)
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:                                     # the child: fit, or die hung
+                signal.alarm(20)
+                code = 4                                     # an exception in the fit
+                try:
+                    fitted = LSTMRegressor(**params).fit(X, y).network_.params
+                    code = 0 if np.array_equal(fitted, expected) else 3
+                finally:
+                    os._exit(code)                           # never back into pytest
+            _, status = os.waitpid(pid, 0)
+            outcomes.append("hung" if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+    finally:
+        stop.set()
+        trainer.join()
+    assert outcomes == [0] * 30
+
+
+class _FakeBlas:
+    """Two libraries' (get, set) pairs over one list of limits; set number
+    `interrupt_at` raises KeyboardInterrupt, before or after it takes effect,
+    as Python raises a Ctrl-C after any call returns."""
+
+    def __init__(self, interrupt_at=None, after=False):
+        self.limits, self.sets = [2, 2], 0
+        self.interrupt_at, self.after = interrupt_at, after
+
+    def libs(self):
+        def setter(k):
+            def set_(n):
+                self.sets += 1
+                interrupt = self.sets == self.interrupt_at
+                if interrupt and not self.after:
+                    raise KeyboardInterrupt
+                self.limits[k] = n
+                if interrupt:
+                    raise KeyboardInterrupt
+            return set_
+        return [(lambda k=k: self.limits[k], setter(k)) for k in range(2)]
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+@pytest.mark.parametrize("interrupt_at", [1, 2, 3, 4])   # enter: sets 1, 2; exit: 3, 4
+def test_ctrl_c_while_blas_limits_are_set_or_restored_leaves_none_behind(
+        monkeypatch, interrupt_at, after):
+    """A Ctrl-C between setting one library's limit and the other's (on the way
+    in or out) left a limit of 1 behind, which the next block then saved as the
+    one to keep: BLAS ran on one thread for the rest of the process."""
+    blas = _FakeBlas(interrupt_at, after)
+    monkeypatch.setattr(_threads, "_libs", blas.libs())
+    monkeypatch.setattr(_threads, "_saved", [])
+    monkeypatch.setattr(_threads, "_in_force", [])
+    with pytest.raises(KeyboardInterrupt):
+        with _threads.blas_threads(1):
+            assert blas.limits == [1, 1]
+    assert _threads._active == 0 and getattr(_threads._own, "threads", None) is None
+    with _threads.blas_threads(1):                 # the next block, as the next predict
+        assert blas.limits == [1, 1]
+    assert blas.limits == [2, 2] and _threads._active == 0
+    blas.limits[:] = [3, 3]                        # a limit set between blocks is kept
+    with _threads.blas_threads(1):
+        pass
+    assert blas.limits == [3, 3]
 
 
 def _blas_limits():
