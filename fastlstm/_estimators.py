@@ -467,17 +467,25 @@ class _BaseLSTM(BaseEstimator):
         early_stopping = self.early_stopping and not incremental
         validation = None
         if early_stopping:
-            X3, targets, weights, lengths, validation = self._split_validation(
-                X3, targets, weights, lengths)
+            train, validation = self._split_validation(X3, targets, weights, lengths)
+            targets, weights = targets[train], weights[train]
+            lengths = None if lengths is None else lengths[train]
+            # the training rows into their time-major copy a few at a time: one copy
+            # of the data, not X3[train] and then its time-major copy too (nor np.take
+            # along axis 1 of the transposed view, which first copies all of it)
+            x_tm = np.empty((X3.shape[1], len(train), X3.shape[2]), X3.dtype)  # (T, N, D)
+            for start in range(0, len(train), 1024):
+                rows = train[start:start + 1024]
+                x_tm[:, start:start + len(rows)] = X3[rows].transpose(1, 0, 2)
             if not hasattr(self, "validation_scores_"):  # a warm fit may turn it on
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
         else:  # epochs without scores: those kept always score the last epochs
             vars(self).pop("validation_scores_", None)
             vars(self).pop("best_validation_score_", None)
-        N, T, D = X3.shape
+            x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))    # (T, N, D) time-major, once
+        T, N, D = x_tm.shape
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
-        x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))        # (T, N, D) time-major, once
         if self._output == "sequence":  # time-major targets, to match the head's row order
             targets = np.ascontiguousarray(np.swapaxes(targets, 0, 1))   # (T, N[, K])
         arena = _Arena(net.dtype)
@@ -550,7 +558,8 @@ class _BaseLSTM(BaseEstimator):
 
     def _split_validation(self, X3, targets, weights, lengths):
         """Hold out validation_fraction of the samples (stratified by class for
-        many-to-one classification), as MLP does."""
+        many-to-one classification), as MLP does: (the training rows' indices,
+        (X3, targets, weights, lengths) of the validation rows)."""
         N = X3.shape[0]
         n_val = int(np.ceil(self.validation_fraction * N))
         # R^2 of one sample is undefined (NaN): no epoch would ever score better
@@ -570,9 +579,8 @@ class _BaseLSTM(BaseEstimator):
                                           stratify=stratify)
         except ValueError:  # a class too small to stratify: fall back to a plain split
             train, val = train_test_split(np.arange(N), test_size=n_val, random_state=seed)
-        take = (lambda rows: None) if lengths is None else (lambda rows: lengths[rows])
-        return (X3[train], targets[train], weights[train], take(train),
-                (X3[val], targets[val], weights[val], take(val)))
+        return train, (X3[val], targets[val], weights[val],
+                       None if lengths is None else lengths[val])
 
     def _run_epoch(self, runner, x_tm, targets, weights, lengths, batch_size, arena, progress,
                    n_threads=None):
@@ -604,18 +612,23 @@ class _BaseLSTM(BaseEstimator):
                 batch_weight = wb.sum()
                 if batch_weight == 0:                              # nothing to learn from
                     continue
-                xb = np.take(x_tm, idx, axis=1)                    # (T, B, D)
-                # (T, B[, K]) per-step targets, or (B[, K]) for the last step
-                tb = np.take(targets, idx, axis=1) if sequence else targets[idx]
+                # sequences of several lengths: the batch runs to its own longest, not
+                # to the data's (the steps after it are padding for all its samples)
+                T_b = T if lb is None else int(lb.max())
+                xb = np.take(x_tm[:T_b], idx, axis=1)              # (T_b, B, D)
+                # (T_b, B[, K]) per-step targets, or (B[, K]) for the last step
+                tb = np.take(targets[:T_b], idx, axis=1) if sequence else targets[idx]
+                if step_wb is not None:
+                    step_wb = step_wb[:, :T_b]
                 # Truncated BPTT: windows of `window` steps; (h, c) flows forward from
                 # one window into the next, gradients stop at the window's start.
                 state = None
-                for t0 in range(0, T, window):
-                    t1 = min(t0 + window, T)
+                for t0 in range(0, T_b, window):
+                    t1 = min(t0 + window, T_b)
                     out, tape = runner.forward(xb[t0:t1], sequence, training=True,
                                                rng=self._rng, arena=arena, initial_state=state,
                                                lengths=lb, n_threads=n_threads)
-                    if t1 < T:
+                    if t1 < T_b:
                         state = tape.final_state()
                         if not sequence:  # many-to-one: only the last window has a loss
                             continue
@@ -649,8 +662,8 @@ class _BaseLSTM(BaseEstimator):
                     # its share of the batch's step weight, so that the windows add up to
                     # the batch's loss without tbptt (per-step class weights: by weight)
                     share = 1.0
-                    if sequence and window < T:
-                        share = (t1 - t0) / T if step_wb is None else ww.sum() / step_wb.sum()
+                    if sequence and window < T_b:
+                        share = (t1 - t0) / T_b if step_wb is None else ww.sum() / step_wb.sum()
                     total += loss * batch_weight * share
                 total_weight += batch_weight
                 progress.update(len(idx), loss)
@@ -767,18 +780,27 @@ class _BaseLSTM(BaseEstimator):
                                      arena=arena, lengths=lengths, n_threads=n_threads,
                                      keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
+            # sequences of several lengths: batches of similar lengths (shortest
+            # first), each run to its own longest, not to the data's
+            by_length = None if lengths is None else np.argsort(lengths, kind="stable")
             for start in range(0, N, batch):
-                # (T, B, D), a view: DataParallel copies each slice's rows on its thread,
-                # the network's LSTM layers read it where it lies (the others copy it)
-                xb = X3[start:start + batch].transpose(1, 0, 2)
-                lb = None if lengths is None else lengths[start:start + batch]
+                if by_length is None:
+                    # (T, B, D), a view: DataParallel copies each slice's rows on its
+                    # thread, the network's LSTM layers read it where it lies (the
+                    # others copy it)
+                    xb, lb, T_b = X3[start:start + batch].transpose(1, 0, 2), None, T
+                else:
+                    rows = by_length[start:start + batch]
+                    lb = lengths[rows]
+                    T_b = int(lb[-1])                                  # the longest
+                    xb = X3[rows, :T_b].transpose(1, 0, 2)             # (T_b, B, D)
                 B = xb.shape[1]
                 state, steps = None, []
-                for t0 in range(0, T, window):
+                for t0 in range(0, T_b, window):
                     out, tape = runner.forward(xb[t0:t0 + window], sequence, training=False,
                                                arena=arena, initial_state=state, lengths=lb,
                                                n_threads=n_threads, keep=False)
-                    if t0 + window < T:
+                    if t0 + window < T_b:
                         state = tape.final_state()
                     if sequence:  # (W*B, K) time-major -> (B, W, K), a view
                         steps.append(out.reshape(-1, B, out.shape[1]).transpose(1, 0, 2))
@@ -790,6 +812,16 @@ class _BaseLSTM(BaseEstimator):
             net.return_arena(arena)
             if runner is not net:
                 net.return_runner(runner)
+        if by_length is not None:   # back in the samples' order, padded steps 0
+            K = outs[0].shape[-1]
+            result = np.zeros((N, T, K) if sequence else (N, K), dtype=outs[0].dtype)
+            for start, out in zip(range(0, N, batch), outs):
+                rows = by_length[start:start + batch]
+                if sequence:
+                    result[rows, :out.shape[1]] = out                 # (B, T_b, K)
+                else:
+                    result[rows] = out                                # (B, K)
+            return result
         # each part is a new array (the head's output, or a concatenation of it),
         # never scratch memory, so one part is returned as it is
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
