@@ -61,32 +61,56 @@ def squared_error(pred, target, weight, dpred):
     return loss
 
 
-@jit
+# From this many logits a batch's exponentials are taken by NumPy, whose exp runs
+# in SIMD lanes where Numba's calls libm once per element: 640 rows of 1000
+# classes 2.6 -> 1.1 ms, 640 of 100 0.26 -> 0.15; below, NumPy's calls cost more
+# than they save (512 rows of 2 classes: 9 -> 27 us).
+NUMPY_EXP_FROM = 8192
+
+
 def softmax_cross_entropy(logits, labels, weight, dlogits):
     """loss = sum_m w_m * -log softmax(logits_m)[labels_m] / sum_m w_m.
 
     logits, dlogits (M, K); labels (M,) int; weight (M,).
     dlogits = dloss/dlogits = w_m * (softmax - onehot) / sum w.
     """
+    if logits.size < NUMPY_EXP_FROM:
+        return _cross_entropy(logits, labels, weight, dlogits, None)
+    top = logits.max(axis=1)                                     # (M,)
+    np.subtract(logits, top[:, None], out=dlogits)
+    np.exp(dlogits, out=dlogits)
+    return _cross_entropy(logits, labels, weight, dlogits, top)
+
+
+@jit
+def _cross_entropy(logits, labels, weight, dlogits, top):
+    """softmax_cross_entropy's loss and gradient; top (M,): the row maxima, with
+    dlogits holding exp(logits - top) already, or None to take both here."""
     M, K = logits.shape
     total_weight = 0.0
     for m in range(M):
         total_weight += weight[m]
     loss = 0.0
     for m in range(M):
-        top = logits[m, 0]
-        for k in range(1, K):
-            top = max(top, logits[m, k])
         norm = 0.0
-        for k in range(K):
-            e = np.exp(logits[m, k] - top)
-            dlogits[m, k] = e
-            norm += e
+        if top is None:
+            row_top = logits[m, 0]
+            for k in range(1, K):
+                row_top = max(row_top, logits[m, k])
+            for k in range(K):
+                e = np.exp(logits[m, k] - row_top)
+                dlogits[m, k] = e
+                norm += e
+        else:
+            row_top = top[m]
+            for k in range(K):
+                norm += dlogits[m, k]
         w = weight[m] / total_weight
         y = labels[m]
-        loss += w * (np.log(norm) - (logits[m, y] - top))
+        loss += w * (np.log(norm) - (logits[m, y] - row_top))
+        scale = w / norm
         for k in range(K):
-            dlogits[m, k] = w * dlogits[m, k] / norm
+            dlogits[m, k] *= scale
         dlogits[m, y] -= w
     return loss
 

@@ -839,24 +839,30 @@ def test_squared_error_and_gradient(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_cross_entropy_and_gradient(dtype):
+@pytest.mark.parametrize("M, K", [(6, 4), (90, 100)])   # exp in the loop, exp by NumPy
+def test_softmax_cross_entropy_and_gradient(dtype, M, K):
+    assert (M * K >= _ops.NUMPY_EXP_FROM) == (K == 100)
     rng = np.random.default_rng(0)
-    logits = (5 * rng.standard_normal((6, 4))).astype(dtype)
+    logits = (5 * rng.standard_normal((M, K))).astype(dtype)
     logits[0, 0] = 500  # stays finite: max-shifted
-    labels = rng.integers(0, 4, 6)
-    weight = np.ones(6)
+    labels = rng.integers(0, K, M)
+    weight = rng.uniform(0.5, 2.0, M)
     dlogits = np.empty_like(logits)
     loss = _ops.softmax_cross_entropy(logits, labels, weight, dlogits)
     z = logits.astype(np.float64)
     logp = z - z.max(axis=1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-    np.testing.assert_allclose(loss, -logp[np.arange(6), labels].mean(), rtol=1e-5)
+    w = weight / weight.sum()
+    np.testing.assert_allclose(loss, -(w * logp[np.arange(M), labels]).sum(), rtol=1e-5)
     expected = np.exp(logp)
-    expected[np.arange(6), labels] -= 1
-    np.testing.assert_allclose(dlogits, expected / 6, atol=1e-6)
+    expected[np.arange(M), labels] -= 1
+    np.testing.assert_allclose(dlogits, w[:, None] * expected, atol=1e-6 / M)
+    logits = logits[:6, :4]
     proba = np.empty_like(logits)
     _ops.softmax(logits, proba)
-    np.testing.assert_allclose(proba, np.exp(logp), atol=1e-6)
+    z = logits.astype(np.float64)
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
