@@ -495,6 +495,11 @@ FL_AVX512 static void fl_slice_product(const fl_slice *s, int64_t N, const float
                 _mm_prefetch(rest.at + 64 * i, _MM_HINT_T1);
 }
 
+/* fl_rows_product: panels of more bytes than this in all run in groups of about
+ * FL_PANEL_GROUP_BYTES (half of L2), each over every tile of rows. */
+#define FL_ROWS_OUTER_MAX_BYTES (8 << 20)
+#define FL_PANEL_GROUP_BYTES (512 << 10)
+
 /* C[:, slice columns] (+)= A (N, K) @ slice (start: see fl_tile), then, if s2
  * is not NULL, C[:, slice columns] += A2 (N, K2) @ s2 in the same tiles: s2 is
  * laid out as s (the same vectors), with its own K. The rows outer: each tile
@@ -524,15 +529,28 @@ FL_AVX512 static void fl_rows_product(const fl_slice *s, int64_t N, const float 
         return;
     }
     int64_t stride = FL_NV * FL_LANES;
-    for (int64_t n = 0, mr; n < N; n += mr) {
-        mr = fl_tile_rows(N, n);
-        for (int64_t v = 0; v < s->n_vec; v += FL_NV) {
-            int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
-            fl_then then = {s2 ? s2->K : 0, lda2, s2 ? A2 + n * lda2 : NULL,
-                            s2 ? s2->packed + (v / FL_NV) * s2->K * stride : NULL};
-            fl_tile_any((int)mr, nv, s->K, A + n * lda, lda,
-                        s->packed + (v / FL_NV) * s->K * stride, C + n * ldc, ldc, s->col + v,
-                        s->mask + v, accumulate, start, s2 ? &then : NULL, NULL);
+    /* Panels beyond the caches (FL_ROWS_OUTER_MAX_BYTES in all): the rows outer
+     * would read every panel from memory once per tile of rows; in groups of
+     * panels that fit in L2 instead, each group runs over every tile of rows
+     * (each tile's sums as before, whole: the same bits). */
+    int64_t panel_bytes = (s->K + (s2 ? s2->K : 0)) * stride * (int64_t)sizeof(float);
+    int64_t n_panels = (s->n_vec + FL_NV - 1) / FL_NV;
+    int64_t group = n_panels * panel_bytes > FL_ROWS_OUTER_MAX_BYTES
+                        ? FL_PANEL_GROUP_BYTES / panel_bytes : n_panels;
+    if (group < 1) group = 1;
+    for (int64_t v0 = 0; v0 < s->n_vec; v0 += group * FL_NV) {
+        int64_t v1 = v0 + group * FL_NV < s->n_vec ? v0 + group * FL_NV : s->n_vec;
+        for (int64_t n = 0, mr; n < N; n += mr) {
+            mr = fl_tile_rows(N, n);
+            for (int64_t v = v0; v < v1; v += FL_NV) {
+                int nv = s->n_vec - v < FL_NV ? (int)(s->n_vec - v) : FL_NV;
+                fl_then then = {s2 ? s2->K : 0, lda2, s2 ? A2 + n * lda2 : NULL,
+                                s2 ? s2->packed + (v / FL_NV) * s2->K * stride : NULL};
+                fl_tile_any((int)mr, nv, s->K, A + n * lda, lda,
+                            s->packed + (v / FL_NV) * s->K * stride, C + n * ldc, ldc,
+                            s->col + v, s->mask + v, accumulate, start, s2 ? &then : NULL,
+                            NULL);
+            }
         }
     }
 }

@@ -81,6 +81,26 @@ def run_forward_one_step(x, w_ih, w_hh, b_ih, b_hh, h0, c0, n_threads=None):
     return gates, c, tanh_c, h
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_weights_beyond_the_caches_run_in_groups_of_panels_with_the_same_results(n_threads):
+    """H = 768: W_hh packed takes 9 MB, past fl_rows_product's 8 MB, so its panels
+    run in groups, each over every tile of rows (batched predict through 1,024
+    units took 1.54x less time so; 2,048: 1.54x): the reference's numbers, for
+    training's forward and for a prediction's, and the same bits on any number of
+    threads."""
+    needs_packed_loop()
+    args = random_layer(3, 40, 5, 768, np.float32)
+    # in float64: sums of 773 float32 terms stray ~3e-5 (NumPy's own float32 too)
+    h_expected, _, cache = ref.lstm_forward(*(a.astype(np.float64) for a in args))
+    c_expected = np.stack([step[7] for step in cache])
+    for run in (run_forward, run_forward_one_step):
+        _, c, _, h = run(*args, n_threads=n_threads)
+        np.testing.assert_allclose(c, c_expected, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(h, h_expected, rtol=0, atol=1e-4)
+        _, c_other, _, h_other = run(*args, n_threads=3 - n_threads)
+        np.testing.assert_array_equal(h, h_other)
+
+
 def run_backward(args, saved, dh, dc_last, n_threads=None, with_dh0=True, dgates_steps=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0) of the kernel; weight gradients start at 1.
     with_dh0=False asks for no dh0 (returned as None); dgates_steps: steps of the
