@@ -443,11 +443,16 @@ class _BaseLSTM(BaseEstimator):
         else:
             weights = check_sample_weight(sample_weight, n_samples)
         weights = self._weigh_classes(weights, targets, lengths)
+        # the losses sum a batch's weights over its steps (per-step class weights
+        # are one per step already)
+        steps = targets.shape[1] if self._output == "sequence" and weights.ndim == 1 else 1
         with np.errstate(over="ignore"):
             total = weights.sum()
-        if total == np.inf:         # sample_weight alone is checked for both already
-            raise ValueError("sample_weight times class_weight sums to more than float64 "
-                             "holds: divide the weights by a common factor")
+            over_steps = total * steps
+        if over_steps == np.inf:    # sample_weight alone is checked for its sum already
+            raise ValueError("sample_weight (times class_weight, over every time step) sums "
+                             "to more than float64 holds: divide the weights by a common "
+                             "factor")
         if not total > 0:
             raise ValueError("class_weight gives every sample a weight of zero: nothing "
                              "to learn from")
@@ -600,6 +605,9 @@ class _BaseLSTM(BaseEstimator):
         order = self._rng.permutation(N) if self.shuffle else np.arange(N)
         window = T if self.tbptt_steps is None else min(self.tbptt_steps, T)
         total, total_weight = 0.0, 0.0
+        # the epoch's sums in units of the largest weight: weights near float64's
+        # largest overflowed loss * batch weight (1 for unit weights: the same bits)
+        weight_unit = float(weights.max())
         # overflow on the way to a non-finite loss is expected, and reported by the caller
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, N, batch_size):
@@ -664,8 +672,8 @@ class _BaseLSTM(BaseEstimator):
                     share = 1.0
                     if sequence and window < T_b:
                         share = (t1 - t0) / T_b if step_wb is None else ww.sum() / step_wb.sum()
-                    total += loss * batch_weight * share
-                total_weight += batch_weight
+                    total += loss * (batch_weight / weight_unit) * share
+                total_weight += batch_weight / weight_unit
                 progress.update(len(idx), loss)
         return float(total / total_weight) if total_weight > 0 else 0.0
 

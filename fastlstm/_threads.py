@@ -119,7 +119,10 @@ def _restore_saved():
     KeyboardInterrupt after any call): each limit is noted in _in_force before it
     is set and after it is restored, so whatever is left is done by the next call,
     which every block's entry makes, instead of a limit of 1 being taken for the
-    one to keep."""
+    one to keep. Nothing to restore: returns before looking for the libraries
+    (a forked child calls it, and need not load threadpoolctl there)."""
+    if _in_force == _saved:
+        return
     for k, ((_, set_), was) in enumerate(zip(_blas_libs(), _saved)):
         if _in_force[k] != was:
             set_(was)

@@ -1,7 +1,10 @@
 """Every kind of bad input gets a TypeError/ValueError that names the argument and
 the problem, at fit and at predict, never a crash or an error from deep inside."""
+import warnings
+
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from fastlstm import LSTMClassifier, LSTMRegressor, _kernels
 from fastlstm._validation import check_sample_weight
@@ -252,14 +255,39 @@ def test_bad_sample_weight_is_named(weight, message):
         check_sample_weight(weight, 10)
 
 
-def test_weights_whose_product_with_class_weight_overflows_are_named():
-    """Each weight finite, their sum not: no "diverged" warning after an epoch of
-    inf/inf losses, but an error before training."""
-    X = np.random.default_rng(0).standard_normal((10, 4, 2))
-    y = np.arange(10) % 2
-    with pytest.raises(ValueError, match="sample_weight times class_weight sums to more"):
-        LSTMClassifier(3, class_weight={0: 1e300, 1: 1.0}, max_iter=1).fit(
-            X, y, sample_weight=np.full(10, 1e10))
+@pytest.mark.parametrize("class_weight, output", [
+    ({0: 1e300, 1: 1.0}, "last"),        # times class_weight
+    (None, "sequence"),                  # over every step: 10 x 100 x 1e306
+    ({0: 1.0, 1: 1.0}, "sequence"),      # the same, per-step weights
+])
+def test_weights_whose_sum_over_the_loss_overflows_are_named(class_weight, output):
+    """Each weight finite, the sum a loss takes of them not: an error before
+    training, not a "diverged" warning (nor, over steps, gradients of w / inf = 0)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 100, 2))
+    y = rng.integers(0, 2, (10, 100)) if output == "sequence" else np.arange(10) % 2
+    weight = 1e10 if output == "last" else 1e306
+    with pytest.raises(ValueError, match=r"sample_weight \(times class_weight, over every "
+                                         r"time step\) sums to more than float64 holds"):
+        LSTMClassifier(3, class_weight=class_weight, output=output, max_iter=1).fit(
+            X, y, sample_weight=np.full(10, weight))
+
+
+def test_weights_near_float64s_largest_train_as_unit_weights_do():
+    """Uniform weights summing to 1e308: the same loss as weights of 1 (the epoch's
+    sum of loss x batch weight overflowed and was reported as divergence)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100, 5, 2))
+    y = 10 * rng.standard_normal(100)
+    params = dict(hidden_layer_sizes=(4,), max_iter=3, alpha=0.0, dtype="float64",
+                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)             # no "diverged"
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        huge = LSTMRegressor(**params).fit(X, y, sample_weight=np.full(100, 1e306))
+        unit = LSTMRegressor(**params).fit(X, y)
+    assert huge.n_iter_ == 3
+    np.testing.assert_allclose(huge.loss_curve_, unit.loss_curve_, rtol=1e-12)
 
 
 def test_sample_weight_defaults_and_scalars():

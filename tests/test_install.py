@@ -66,3 +66,20 @@ def test_a_source_folder_without_its_kernels_says_so(tmp_path):
     assert result.returncode == 1
     assert "fastlstm's compiled kernels (_kernels, _cells) are not in" in result.stderr
     assert "circular import" not in result.stderr
+
+
+def test_a_fork_does_not_look_for_blas_libraries_fastlstm_never_limited(tmp_path):
+    """The after-fork hook restores BLAS limits only where a block had set some:
+    otherwise it runs no threadpoolctl discovery in the child (17 ms, in a fork
+    hook of a process that may hold other threads)."""
+    script = ("import os\n"
+              "import fastlstm._threads as threads\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os._exit(0 if threads._libs is None else 3)\n"
+              "_, status = os.waitpid(pid, 0)\n"
+              "print(os.WEXITSTATUS(status))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
