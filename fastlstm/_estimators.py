@@ -1289,14 +1289,18 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                 raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}"
                                  + (_one_hot_hint(y) or "; for one label per time step use "
                                     "output='sequence'"))
-            y = column_or_1d(y, warn=True)
+            if y.ndim != 1:   # (N, 1): raveled with column_or_1d's DataConversionWarning
+                y = column_or_1d(y, warn=True)
         if y.shape[0] != N:
             raise ValueError(f"X and y have different numbers of samples: {N} and {y.shape[0]}")
         if y.dtype.kind == "O" and any(v is None for v in y.ravel()):
             raise ValueError("y contains None")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise ValueError("y contains NaN or infinity")
-        check_classification_targets(y)
+        # integers and booleans are labels whatever their values (type_of_target's
+        # checks cost a small partial_fit about as much as its training did)
+        if y.dtype.kind not in "iub":
+            check_classification_targets(y)
         if reset:
             labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             if classes is not None and not np.isin(y, labels).all():
