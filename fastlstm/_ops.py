@@ -115,17 +115,30 @@ def _cross_entropy(logits, labels, weight, dlogits, top):
     return loss
 
 
-@jit
 def softmax(logits, out):
-    """Row-wise softmax of logits (M, K) into out (M, K)."""
+    """Row-wise softmax of logits (M, K) into out (M, K); from NUMPY_EXP_FROM
+    logits the exponentials by NumPy, as softmax_cross_entropy's."""
+    if logits.size < NUMPY_EXP_FROM:
+        _softmax(logits, out, False)
+        return
+    np.subtract(logits, logits.max(axis=1)[:, None], out=out)
+    np.exp(out, out=out)
+    _softmax(logits, out, True)
+
+
+@jit
+def _softmax(logits, out, exps_given):
+    """softmax's loops; exps_given: out holds exp(logits - row max) already."""
     M, K = logits.shape
     for m in range(M):
-        top = logits[m, 0]
-        for k in range(1, K):
-            top = max(top, logits[m, k])
+        if not exps_given:
+            top = logits[m, 0]
+            for k in range(1, K):
+                top = max(top, logits[m, k])
+            for k in range(K):
+                out[m, k] = np.exp(logits[m, k] - top)
         norm = 0.0
         for k in range(K):
-            out[m, k] = np.exp(logits[m, k] - top)
             norm += out[m, k]
         for k in range(K):
             out[m, k] /= norm

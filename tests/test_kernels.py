@@ -877,12 +877,9 @@ def test_softmax_cross_entropy_and_gradient(dtype, M, K):
     expected = np.exp(logp)
     expected[np.arange(M), labels] -= 1
     np.testing.assert_allclose(dlogits, w[:, None] * expected, atol=1e-6 / M)
-    logits = logits[:6, :4]
     proba = np.empty_like(logits)
     _ops.softmax(logits, proba)
-    z = logits.astype(np.float64)
-    expected = np.exp(z - z.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(proba, np.exp(logp), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
