@@ -76,10 +76,15 @@ def softmax_cross_entropy(logits, labels, weight, dlogits):
     """
     if logits.size < NUMPY_EXP_FROM:
         return _cross_entropy(logits, labels, weight, dlogits, None)
-    top = logits.max(axis=1)                                     # (M,)
-    np.subtract(logits, top[:, None], out=dlogits)
-    np.exp(dlogits, out=dlogits)
-    return _cross_entropy(logits, labels, weight, dlogits, top)
+    return _cross_entropy(logits, labels, weight, dlogits, _exps_by_numpy(logits, dlogits))
+
+
+def _exps_by_numpy(logits, out):
+    """out = exp(logits - row max) (M, K), by NumPy's exp; returns the row maxima (M,)."""
+    top = logits.max(axis=1)
+    np.subtract(logits, top[:, None], out=out)
+    np.exp(out, out=out)
+    return top
 
 
 @jit
@@ -118,12 +123,10 @@ def _cross_entropy(logits, labels, weight, dlogits, top):
 def softmax(logits, out):
     """Row-wise softmax of logits (M, K) into out (M, K); from NUMPY_EXP_FROM
     logits the exponentials by NumPy, as softmax_cross_entropy's."""
-    if logits.size < NUMPY_EXP_FROM:
-        _softmax(logits, out, False)
-        return
-    np.subtract(logits, logits.max(axis=1)[:, None], out=out)
-    np.exp(out, out=out)
-    _softmax(logits, out, True)
+    exps_given = logits.size >= NUMPY_EXP_FROM
+    if exps_given:
+        _exps_by_numpy(logits, out)
+    _softmax(logits, out, exps_given)
 
 
 @jit
