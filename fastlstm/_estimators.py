@@ -27,7 +27,7 @@ from ._parallel import (MIN_SLICED_PREDICT_WORK, MIN_SLICED_WORK, MIN_SPLIT_LOOP
                         DataParallel,
                         forward_work, in_ranges, n_slices)
 from ._validation import (check_labels, check_params, check_sample_weight, check_sequences,
-                          check_targets, is_sequence_list, object_vector_as_list, pad_sequences,
+                          check_targets, is_sequence_list, object_vector_as_list, pack_sequences,
                           resolve_dtype, unflatten_steps)
 
 # Predictions run in chunks whose scratch memory stays near this many bytes: enough
@@ -474,22 +474,26 @@ class _BaseLSTM(BaseEstimator):
         if early_stopping:
             train, validation = self._split_validation(X3, targets, weights, lengths)
             targets, weights = targets[train], weights[train]
-            lengths = None if lengths is None else lengths[train]
-            # the training rows into their time-major copy a few at a time: one copy
-            # of the data, not X3[train] and then its time-major copy too (nor np.take
-            # along axis 1 of the transposed view, which first copies all of it)
-            x_tm = np.empty((X3.shape[1], len(train), X3.shape[2]), X3.dtype)  # (T, N, D)
-            for start in range(0, len(train), 1024):
-                rows = train[start:start + 1024]
-                x_tm[:, start:start + len(rows)] = X3[rows].transpose(1, 0, 2)
+            if lengths is not None:   # a SequenceList of the training rows, no copy
+                X3, lengths = X3[train], lengths[train]
+                x_tm = X3
+            else:
+                # the training rows into their time-major copy a few at a time: one
+                # copy of the data, not X3[train] and then its time-major copy too (nor
+                # np.take along axis 1 of the transposed view, which first copies it all)
+                x_tm = np.empty((X3.shape[1], len(train), X3.shape[2]), X3.dtype)  # (T, N, D)
+                for start in range(0, len(train), 1024):
+                    rows = train[start:start + 1024]
+                    x_tm[:, start:start + len(rows)] = X3[rows].transpose(1, 0, 2)
             if not hasattr(self, "validation_scores_"):  # a warm fit may turn it on
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
         else:  # epochs without scores: those kept always score the last epochs
             vars(self).pop("validation_scores_", None)
             vars(self).pop("best_validation_score_", None)
-            x_tm = np.ascontiguousarray(X3.transpose(1, 0, 2))    # (T, N, D) time-major, once
-        T, N, D = x_tm.shape
+            # (T, N, D) time-major, once; a SequenceList pads each batch as it is taken
+            x_tm = X3 if lengths is not None else np.ascontiguousarray(X3.transpose(1, 0, 2))
+        N = len(x_tm) if lengths is not None else x_tm.shape[1]
         batch_size = min(200, N) if self.batch_size == "auto" else min(self.batch_size, N)
         if self._output == "sequence":  # time-major targets, to match the head's row order
             targets = np.ascontiguousarray(np.swapaxes(targets, 0, 1))   # (T, N[, K])
@@ -596,9 +600,10 @@ class _BaseLSTM(BaseEstimator):
         With tbptt_steps, each batch's time axis is cut into windows of that many
         steps and every window with a loss gets its own backward pass and update.
         runner: the network, or a DataParallel over it (same forward/backward).
+        x_tm: the samples time-major (T, N, D), or with lengths a SequenceList.
         """
         net = self.network_
-        T, N = x_tm.shape[:2]
+        T, N = (x_tm.shape[1], len(x_tm)) if lengths is not None else x_tm.shape[:2]
         sequence = self._output == "sequence"
         n_weights = net.n_weights
         parts = len(runner.replicas) if isinstance(runner, DataParallel) else 1
@@ -623,7 +628,8 @@ class _BaseLSTM(BaseEstimator):
                 # sequences of several lengths: the batch runs to its own longest, not
                 # to the data's (the steps after it are padding for all its samples)
                 T_b = T if lb is None else int(lb.max())
-                xb = np.take(x_tm[:T_b], idx, axis=1)              # (T_b, B, D)
+                xb = (np.take(x_tm[:T_b], idx, axis=1) if lb is None  # (T_b, B, D)
+                      else x_tm.time_major(idx, T_b))
                 # (T_b, B[, K]) per-step targets, or (B[, K]) for the last step
                 tb = np.take(targets[:T_b], idx, axis=1) if sequence else targets[idx]
                 if step_wb is not None:
@@ -683,7 +689,8 @@ class _BaseLSTM(BaseEstimator):
         """X -> (X3 (N, T, D) checked, ndim of X as given, lengths).
 
         lengths is None, or (N,) int64 for a list of sequences of several
-        lengths, which are then zero-padded at the end to the longest. A model
+        lengths: X3 is then a SequenceList, which stands for them zero-padded
+        at the end to the longest and pads each batch as it is taken. A model
         fitted on such a list (fitted_on_lists) reads any list of sequences so,
         whatever their lengths: one (T,) sequence is a univariate one there,
         not a row of a 2-D X.
@@ -692,7 +699,7 @@ class _BaseLSTM(BaseEstimator):
         if is_sequence_list(X, same_lengths_too=fitted_on_lists):
             if self._step_features is not None:
                 raise ValueError("step_features reads a 2-D array, not a list of sequences")
-            X3, lengths = pad_sequences(X, dtype)
+            X3, lengths = pack_sequences(X, dtype)                # a SequenceList
             return X3, 3, lengths
         X3, x_ndim = check_sequences(X, dtype)
         if self._step_features is not None:
@@ -773,35 +780,47 @@ class _BaseLSTM(BaseEstimator):
         per_step = (D + per_layer * sum(net.hidden_sizes)) * net.dtype.itemsize
         if net.bidirectional:
             per_step *= 3  # two directions and their concatenated output
-        batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
-        # a bidirectional pass needs each whole sequence: no windows of steps
-        window = T if lengths is not None or net.bidirectional else min(
-            max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
+        by_length = None
+        if lengths is None:
+            batch = min(max(_PREDICT_CHUNK_BYTES // (T * per_step), 1), N)
+            # a bidirectional pass needs each whole sequence: no windows of steps
+            window = T if net.bidirectional else min(
+                max(_PREDICT_CHUNK_BYTES // (batch * per_step), 1), T)
+            scratch = batch * window * per_step
+        else:
+            # sequences of several lengths: batches of similar lengths (shortest
+            # first), each run to its own longest, not to the data's, and each as
+            # many sequences as the budget holds at that longest
+            by_length = np.argsort(lengths, kind="stable")
+            bounds = _batches_by_length(lengths[by_length], _PREDICT_CHUNK_BYTES // per_step)
+            window = T                                         # padded batches: no windows
+            scratch = max((stop - start) * int(lengths[by_length[stop - 1]])
+                          for start, stop in bounds) * per_step
         # private to this call: predict is thread-safe
-        arena = net.borrow_arena(batch * window * per_step if runner is net else 0)
+        arena = net.borrow_arena(scratch if runner is net else 0)
         outs = []
         try:
             if N == 1 and window == T:
                 # one sequence in one piece: the loops below without their ~1-3 us;
                 # per-step outputs (T*1, K) are already in its (1, T, K) row order
-                out = runner.forward(np.ascontiguousarray(X3.transpose(1, 0, 2)), sequence,
-                                     arena=arena, lengths=lengths, n_threads=n_threads,
+                x1 = (np.ascontiguousarray(X3.transpose(1, 0, 2)) if lengths is None
+                      else X3.time_major([0], T))                      # (T, 1, D)
+                out = runner.forward(x1, sequence, arena=arena, lengths=lengths, n_threads=n_threads,
                                      keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
-            # sequences of several lengths: batches of similar lengths (shortest
-            # first), each run to its own longest, not to the data's
-            by_length = None if lengths is None else np.argsort(lengths, kind="stable")
-            for start in range(0, N, batch):
+            if by_length is None:
+                bounds = [(start, min(start + batch, N)) for start in range(0, N, batch)]
+            for start, stop in bounds:
                 if by_length is None:
                     # (T, B, D), a view: DataParallel copies each slice's rows on its
                     # thread, the network's LSTM layers read it where it lies (the
                     # others copy it)
-                    xb, lb, T_b = X3[start:start + batch].transpose(1, 0, 2), None, T
+                    xb, lb, T_b = X3[start:stop].transpose(1, 0, 2), None, T
                 else:
-                    rows = by_length[start:start + batch]
+                    rows = by_length[start:stop]
                     lb = lengths[rows]
                     T_b = int(lb[-1])                                  # the longest
-                    xb = X3[rows, :T_b].transpose(1, 0, 2)             # (T_b, B, D)
+                    xb = X3.time_major(rows, T_b)                      # (T_b, B, D)
                 B = xb.shape[1]
                 state, steps = None, []
                 for t0 in range(0, T_b, window):
@@ -823,8 +842,8 @@ class _BaseLSTM(BaseEstimator):
         if by_length is not None:   # back in the samples' order, padded steps 0
             K = outs[0].shape[-1]
             result = np.zeros((N, T, K) if sequence else (N, K), dtype=outs[0].dtype)
-            for start, out in zip(range(0, N, batch), outs):
-                rows = by_length[start:start + batch]
+            for (start, stop), out in zip(bounds, outs):
+                rows = by_length[start:stop]
                 if sequence:
                     result[rows, :out.shape[1]] = out                 # (B, T_b, K)
                 else:
@@ -1491,6 +1510,25 @@ def _one_hot_hint(y):
         return ("; it looks one-hot (as to_categorical gives): pass the labels, "
                 "y.argmax(axis=-1)")
     return ""
+
+
+def _batches_by_length(sorted_lengths, max_steps, min_rows=64, max_rows=8192):
+    """sorted_lengths (N,) non-decreasing -> [(start, stop), ...]: consecutive
+    batches for predict, each run to its longest. A batch takes sequences while
+    its padded steps (count x its longest) stay within max_steps and, past
+    min_rows of them (a thick enough gemm), within 5/4 of its real steps: one
+    long sequence among short ones runs alone, not with them padded to it."""
+    bounds, start, N = [], 0, len(sorted_lengths)
+    while start < N:
+        stop = min(N, start + max_rows, start + max(max_steps // int(sorted_lengths[start]), 1))
+        lengths = sorted_lengths[start:stop]                           # (k,) candidates
+        counts = np.arange(1, len(lengths) + 1)
+        padded = counts * lengths
+        fits = (padded <= max_steps) & ((counts <= min_rows) | (4 * padded <= 5 * np.cumsum(lengths)))
+        taken = len(fits) if fits.all() else max(int(np.argmin(fits)), 1)  # to the first misfit
+        bounds.append((start, start + taken))
+        start += taken
+    return bounds
 
 
 def _pad_targets(y, lengths, T, fill):

@@ -147,9 +147,40 @@ def is_sequence_list(X, same_lengths_too=False):
     return len(lengths) > 1 or same_lengths_too
 
 
-def pad_sequences(X, dtype, name="X"):
-    """A list of sequences (T_i, n_features) or (T_i,) of several lengths ->
-    (X3 (N, T_max, D) zero-padded at the end, lengths (N,) int64)."""
+class SequenceList:
+    """Sequences of several lengths, kept end to end, never padded as a whole:
+    steps (S + 1, D), the S real steps of every sequence in turn and a row of
+    zeros last; starts (N,) and lengths (N,) int64 index it. Batches are padded
+    as they are taken, each to its own longest sequence (time_major), so one
+    long sequence among many short ones costs its own steps, not N times them.
+
+    shape is that of the padded array (N, T_max, D) it stands for; X3[rows]
+    takes some of the sequences (sharing steps)."""
+
+    def __init__(self, steps, starts, lengths):
+        self.steps, self.starts, self.lengths = steps, starts, lengths
+        self.dtype = steps.dtype
+        self.shape = (len(lengths), int(lengths.max()), steps.shape[1])
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, rows):
+        """rows: an int array -> those sequences, in that order."""
+        return SequenceList(self.steps, self.starts[rows], self.lengths[rows])
+
+    def time_major(self, rows, n_steps):
+        """Sequences `rows` (B,) -> (n_steps, B, D), zero-padded after each one's
+        end (n_steps at least the longest of them)."""
+        t = np.arange(n_steps)[:, None]                                 # (n_steps, 1)
+        where = self.starts[rows] + t                                   # (n_steps, B)
+        where[t >= self.lengths[rows]] = len(self.steps) - 1            # the zero row
+        return self.steps.take(where, axis=0)
+
+
+def pack_sequences(X, dtype, name="X"):
+    """A list of sequences (T_i, n_features) or (T_i,) of several lengths,
+    checked -> (SequenceList of `dtype`, lengths (N,) int64)."""
     seqs = []
     for n, seq in enumerate(X):
         seq_name = f"{name}[{n}]"
@@ -160,19 +191,23 @@ def pad_sequences(X, dtype, name="X"):
             raise ValueError(f"{seq_name} must be (n_timesteps, n_features), got {seq.ndim}-D")
         if seq.shape[0] == 0:
             raise ValueError(f"{seq_name} has length 0: need at least one time step")
-        with np.errstate(over="ignore"):
-            seq = seq.astype(dtype)
-        _check_finite(seq, seq_name)
         seqs.append(seq)
     n_features = {seq.shape[1] for seq in seqs}
     if len(n_features) > 1:
         raise ValueError(f"the sequences of {name} have different numbers of features: "
                          f"{sorted(n_features)}")
     lengths = np.array([len(seq) for seq in seqs], dtype=np.int64)
-    X3 = np.zeros((len(seqs), lengths.max(), n_features.pop()), dtype=dtype)
-    for n, seq in enumerate(seqs):
-        X3[n, :len(seq)] = seq
-    return X3, lengths
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    steps = np.empty((ends[-1] + 1, n_features.pop()), dtype=dtype)    # (S + 1, D)
+    with np.errstate(over="ignore"):  # float64 -> float32 overflow is reported as inf
+        for n, seq in enumerate(seqs):
+            steps[starts[n]:ends[n]] = seq
+    steps[-1] = 0
+    if not _kernels.all_finite(steps):  # one pass; then the sequence, for its name
+        for n in range(len(seqs)):
+            _check_finite(steps[starts[n]:ends[n]], f"{name}[{n}]")
+    return SequenceList(steps, starts, lengths), lengths
 
 
 def check_targets(y, dtype=np.float64, name="y"):

@@ -1,5 +1,7 @@
 """scikit-learn citizenship: sklearn's own checks, early stopping, partial_fit,
 warm_start, sample and class weights, flattened steps, threads."""
+import tracemalloc
+
 import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier
@@ -387,13 +389,60 @@ def test_batches_of_sequences_run_to_their_own_longest_not_the_datas(monkeypatch
                           dtype="float64", random_state=0).fit(X, y)
     assert sorted(steps_run) == [3, 3, 3, 40]             # 4 batches, the long one in one
     steps_run.clear()
-    # a predict budget of ~10 sequences of 40 steps: batches by length
-    monkeypatch.setattr(fastlstm._estimators, "_PREDICT_CHUNK_BYTES", 40 * 10 * 8 * 10)
+    # 31 sequences make one batch (under 64 rows a batch costs about its steps,
+    # whatever its rows); test_a_list_of_sequences_is_never_padded_as_a_whole has more
     pred = model.predict(X)
-    assert steps_run[-1] == 40 and set(steps_run[:-1]) == {3} and len(steps_run) >= 3
+    assert steps_run == [40]
+    steps_run.clear()
+    # a predict budget of 30 padded steps (a step's scratch: D + 7 x 4 units, float64)
+    monkeypatch.setattr(fastlstm._estimators, "_PREDICT_CHUNK_BYTES", 30 * (2 + 7 * 4) * 8)
+    for got, expected in zip(model.predict(X), pred):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+    assert steps_run == [3, 3, 3, 40]                     # 10 + 10 + 10 short ones
     alone = [model.predict(seq[None])[0] for seq in X]
     for got, expected in zip(pred, alone):
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_list_of_sequences_is_never_padded_as_a_whole():
+    """fit (with and without early stopping) and predict pad each batch of a list
+    as they take it, to the batch's own longest: one long sequence among many
+    short ones costs its own steps, not the list padded to it (here 26 MB, twice
+    in a fit; 20,000 sequences of 5 steps and one of 2,000 took 2.8 GB to fit).
+    predict runs the long one alone, not with 400 short ones padded to it."""
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((3, 4), dtype=np.float32) for _ in range(400)]
+    X.append(rng.standard_normal((4000, 4), dtype=np.float32))
+    y = rng.standard_normal(401)
+    padded_bytes = 401 * 4000 * 4 * 4
+    params = dict(hidden_layer_sizes=(2,), batch_size=8, max_iter=1, random_state=0)
+    LSTMRegressor(**params).fit(X[-12:], y[-12:]).predict(X[-12:])  # first-call allocations
+    for early_stopping in (False, True):
+        tracemalloc.start()
+        try:
+            model = LSTMRegressor(**params, early_stopping=early_stopping).fit(X, y)
+            fit_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            pred = model.predict(X)
+            predict_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert fit_peak < padded_bytes / 4 and predict_peak < padded_bytes / 4
+        np.testing.assert_allclose(pred[-1], model.predict(X[-1][None])[0], rtol=1e-5)
+
+
+def test_a_list_of_sequences_names_the_sequence_that_is_not_finite():
+    X = [np.zeros((3, 2)), np.zeros((2, 2)), np.zeros((4, 2))]
+    X[2][1, 0] = np.nan
+    model = LSTMRegressor(hidden_layer_sizes=(2,), max_iter=1)
+    with pytest.raises(ValueError, match=r"X\[2\] contains NaN"):
+        model.fit(X, np.zeros(3))
+    X[2][1, 0] = 1e300
+    with pytest.raises(ValueError, match=r"X\[2\] contains infinity, or values too large "
+                                         "for float32"):
+        model.fit(X, np.zeros(3))
+    model.set_params(dtype="float64").fit(X, np.zeros(3))   # finite in float64
+    assert model.network_.dtype == np.float64
 
 
 def test_a_refit_that_raises_leaves_the_fitted_model_as_it_was():
