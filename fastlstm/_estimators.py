@@ -719,7 +719,10 @@ class _BaseLSTM(BaseEstimator):
         if x_ndim != self._x_ndim:
             raise ValueError(
                 f"X has {x_ndim} dimensions, but {type(self).__name__} was fitted on "
-                f"{self._x_ndim}-D input")
+                f"{self._x_ndim}-D input" + (
+                    ", a list of sequences: pass a list of (n_timesteps, n_features) arrays, "
+                    "or a 3-D X (X[..., None] for one feature)"
+                    if self.n_timesteps_in_ is None and x_ndim == 2 else ""))
         n_features = _n_features(X3, x_ndim)
         if n_features != self.n_features_in_:
             raise ValueError(
@@ -805,8 +808,8 @@ class _BaseLSTM(BaseEstimator):
                 # per-step outputs (T*1, K) are already in its (1, T, K) row order
                 x1 = (np.ascontiguousarray(X3.transpose(1, 0, 2)) if lengths is None
                       else X3.time_major([0], T))                      # (T, 1, D)
-                out = runner.forward(x1, sequence, arena=arena, lengths=lengths, n_threads=n_threads,
-                                     keep=False)[0]
+                out = runner.forward(x1, sequence, arena=arena, lengths=lengths,
+                                     n_threads=n_threads, keep=False)[0]
                 return out.reshape(1, T, -1) if sequence else out
             if by_length is None:
                 bounds = [(start, min(start + batch, N)) for start in range(0, N, batch)]
@@ -1302,12 +1305,15 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         if self._output == "sequence":
             if y.ndim != 2 or y.shape[1] != T:
                 raise ValueError(f"with output='sequence', y must be (n_samples, n_timesteps) "
-                                 f"with n_timesteps={T}, got shape {y.shape}" + _one_hot_hint(y))
+                                 f"with n_timesteps={T}, got shape {y.shape}" + (
+                                     _one_hot_hint(y) or ("; for y of one label per step in a "
+                                                          "last axis of 1, pass y[..., 0]"
+                                                          if y.ndim == 3 and y.shape[2] == 1
+                                                          else "")))
         else:
             if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
                 raise ValueError(f"y must be 1-D (n_samples,) of labels, got shape {y.shape}"
-                                 + (_one_hot_hint(y) or "; for one label per time step use "
-                                    "output='sequence'"))
+                                 + (_one_hot_hint(y) or _several_labels_hint(y, T)))
             if y.ndim != 1:   # (N, 1): raveled with column_or_1d's DataConversionWarning
                 y = column_or_1d(y, warn=True)
         if y.shape[0] != N:
@@ -1456,8 +1462,9 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             Characters to generate.
         vocabulary : fastlstm.datasets.CharVocabulary
             The vocabulary the training windows were encoded with (one-hot rows
-            of len(vocabulary) features, or integer codes as 1 feature); the
-            labels may be its characters or their integer codes.
+            of len(vocabulary) features, or integer codes as 1 feature: the raw
+            codes 0 ... V-1, not scaled); the labels may be its characters or
+            their integer codes.
         temperature : float >= 0, default=1.0
             Divides the logits before the softmax: below 1 the text is more
             conservative, above 1 more surprising; 0 always takes the most
@@ -1498,6 +1505,14 @@ def _accuracy(y_true, y_pred, sample_weight=None):
 
 
 # what a model fitted on sequences of one length says when given another
+def _several_labels_hint(y, T):
+    """What to say of a y (N, k) of several labels per sample, not one-hot."""
+    if y.ndim == 2 and y.shape[1] == T:
+        return "; for one label per time step use output='sequence'"
+    return ("; several labels per sample (multilabel or multi-output classification) are "
+            "not supported (sklearn.multioutput.MultiOutputClassifier fits one per column)")
+
+
 _ANY_LENGTH_HINT = (" (a model takes sequences of any length when fitted on a list of "
                     "sequences of several lengths; a list of one length is read as an array)")
 
@@ -1524,7 +1539,8 @@ def _batches_by_length(sorted_lengths, max_steps, min_rows=64, max_rows=8192):
         lengths = sorted_lengths[start:stop]                           # (k,) candidates
         counts = np.arange(1, len(lengths) + 1)
         padded = counts * lengths
-        fits = (padded <= max_steps) & ((counts <= min_rows) | (4 * padded <= 5 * np.cumsum(lengths)))
+        little_padding = 4 * padded <= 5 * np.cumsum(lengths)
+        fits = (padded <= max_steps) & ((counts <= min_rows) | little_padding)
         taken = len(fits) if fits.all() else max(int(np.argmin(fits)), 1)  # to the first misfit
         bounds.append((start, start + taken))
         start += taken

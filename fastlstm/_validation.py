@@ -43,9 +43,11 @@ def _as_number_array(value, name):
             arr = arr.astype(np.float64)
     except ValueError as err:
         if "inhomogeneous" in str(err) or "with a sequence" in str(err):
+            hint = (f"; a DataFrame column of sequences goes in as the column itself, "
+                    f"{name}[column], a Series" if hasattr(value, "columns") else "")
             raise ValueError(
                 f"{name} is ragged: all sequences must have the same number of time steps "
-                f"and features") from None
+                f"and features{hint}") from None
         raise ValueError(f"{name} must hold numbers only ({err})") from None
     except TypeError as err:
         if "NAType" in str(err):  # pandas' missing value, in nullable columns
@@ -96,9 +98,9 @@ def check_sequences(X, dtype, name="X"):
     if arr.shape[0] == 0:
         raise ValueError(f"{name} has 0 samples (shape {arr.shape}): need at least one")
     if arr.shape[1] == 0:  # for 2-D X also in sklearn's words, which its checks look for
-        raise ValueError(f"{name} has sequences of length 0: need at least one time step "
-                         f"(found array with 0 feature(s) (shape={arr.shape}) while a minimum "
-                         "of 1 is required.)")
+        raise ValueError(f"{name} has sequences of length 0: need at least one time step" + (
+            f" (found array with 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+            "required.)" if arr.ndim == 2 else f" (shape {arr.shape})"))
     if arr.ndim == 3 and arr.shape[2] == 0:
         raise ValueError(f"{name} has 0 features per time step: need at least one")
     if arr.dtype != dtype or not arr.flags.c_contiguous:
@@ -135,15 +137,18 @@ def is_sequence_list(X, same_lengths_too=False):
     (or, same_lengths_too, of any lengths)."""
     if not isinstance(X, (list, tuple)) or len(X) == 0:
         return False
-    lengths = set()
+    lengths, not_sequences = set(), False
     for seq in X:
         try:
             shape = np.shape(seq) if not isinstance(seq, (str, bytes)) else ()
         except ValueError:  # itself ragged: not a sequence of steps
             return False
         if len(shape) == 0:
-            return False
-        lengths.add(shape[0])
+            not_sequences = True
+        else:
+            lengths.add(shape[0])
+    if not_sequences:  # numbers (a row), or sequences with a None among them, which
+        return bool(lengths)              # pack_sequences names
     return len(lengths) > 1 or same_lengths_too
 
 

@@ -35,6 +35,9 @@ def fit_clf(X_=X, y=LABELS, **params):
     # (lists of sequences of several lengths are valid input: see test_sklearn.py)
     ([[[1, 2], [3, 4]], [[1]]], ValueError, "different numbers of features"),
     ([[1, [2, 3]], [1, 2]], ValueError, "X is ragged"),
+    # a list of sequences with something else among them: named
+    ([np.zeros((3, 1)), None], TypeError, r"X\[1\] is required, got None"),
+    ([np.zeros((3, 1)), 5.0], ValueError, r"X\[1\] must be \(n_timesteps, n_features\), got 0-D"),
     # (a 1-D object array of sequences is a list of them: several lengths are fine)
     (np.array([[1, [2, 3]], [1, 2]], dtype=object), ValueError, "X is ragged"),
     (np.array([["a", "b"], ["c", "d"]]), TypeError, "X holds strings"),
@@ -45,7 +48,8 @@ def fit_clf(X_=X, y=LABELS, **params):
     (np.zeros((2, 3, 1), dtype="datetime64[s]"), TypeError, "X must hold numbers, got dtype datetime"),
     (np.zeros((2, 3), dtype=[("a", "f4")]), TypeError, "X must hold numbers"),
     (np.zeros((0, 3, 1)), ValueError, "X has 0 samples"),
-    (np.zeros((2, 0, 1)), ValueError, "X has sequences of length 0"),
+    (np.zeros((2, 0, 1)), ValueError, r"X has sequences of length 0: need at least one time "
+                                      r"step \(shape \(2, 0, 1\)\)$"),
     (np.zeros((2, 0)), ValueError, "X has sequences of length 0"),
     (np.zeros((2, 3, 0)), ValueError, "X has 0 features"),
     (np.full((2, 3, 1), np.nan), ValueError, "X contains NaN"),
@@ -110,7 +114,8 @@ def test_bad_regression_targets(bad_y, error, message):
     (np.array([1.0, np.nan] * 5, dtype=object), ValueError, "y contains None, NaN"),
     (np.array(["a", 1] * 5, dtype=object), TypeError, "y mixes strings and numbers"),
     (np.zeros(10, dtype=complex), ValueError, "y is complex"),
-    (np.zeros((10, 3)), ValueError, "y must be 1-D.*use output='sequence'$"),
+    (np.zeros((10, 4)), ValueError, "y must be 1-D.*use output='sequence'$"),  # T = 4
+    (np.zeros((10, 3)), ValueError, "y must be 1-D.*several labels per sample .* not supported"),
     (np.eye(3)[np.arange(10) % 3], ValueError,        # Keras's to_categorical labels
      r"y must be 1-D.*looks one-hot .*: pass the labels, y.argmax\(axis=-1\)$"),
     (np.zeros(10), ValueError, r"y has only one class .*classes=\[...\]"),
@@ -127,6 +132,16 @@ def test_sequence_targets_must_match_time_steps():
         fit_reg(y=np.zeros((10, 3)), output="sequence")
     with pytest.raises(ValueError, match=r"\(10, 4, 3\); it looks one-hot"):
         fit_clf(y=np.eye(3)[np.arange(40).reshape(10, 4) % 3], output="sequence")
+    with pytest.raises(ValueError, match=r"\(10, 4, 1\); .* pass y\[\.\.\., 0\]$"):
+        fit_clf(y=np.zeros((10, 4, 1), int), output="sequence")   # Keras's TimeDistributed
+
+
+def test_a_dataframe_column_of_sequences_is_pointed_to_as_a_series():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"seq": [np.ones((3, 2)), np.ones((4, 2))]})
+    with pytest.raises(ValueError, match=r"ragged.*goes in as the column itself"):
+        fit_reg(frame[["seq"]], [1.0, 2.0])
+    assert fit_reg(frame["seq"], [1.0, 2.0]).n_features_in_ == 2
 
 
 @pytest.mark.parametrize("dtype, big", [(np.float32, 3e38), (np.float64, 1.7e308),
@@ -156,13 +171,15 @@ def test_finiteness_check_finds_every_nan_and_inf(dtype, big, shape):
 
 @pytest.fixture(scope="module")
 def fitted():
-    return {"3d": fit_reg(), "2d": fit_reg(X[:, :, 0]), "clf": fit_clf()}
+    return {"3d": fit_reg(), "2d": fit_reg(X[:, :, 0]), "clf": fit_clf(),
+            "list": fit_reg([np.ones(3), np.ones(5)], [1.0, 2.0])}
 
 
 @pytest.mark.parametrize("model, bad_X, message", [
     ("3d", X[:, :, :1], "X has 1 features, but LSTMRegressor is expecting 2"),
     ("3d", X[:, :3], "X has 3 time steps, but LSTMRegressor was fitted on sequences of 4"),
-    ("3d", X[:, :, 0], "X has 2 dimensions, but LSTMRegressor was fitted on 3-D input"),
+    ("3d", X[:, :, 0], "X has 2 dimensions, but LSTMRegressor was fitted on 3-D input$"),
+    ("list", np.ones((4, 9)), r"fitted on 3-D input, a list of sequences: pass a list .*X\[\.\.\., "),
     ("2d", X, "X has 3 dimensions, but LSTMRegressor was fitted on 2-D input"),
     ("2d", X[:, :3, 0], "X has 3 features, but LSTMRegressor is expecting 4"),
     ("3d", np.zeros((0, 4, 2)), "X has 0 samples"),
