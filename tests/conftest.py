@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastlstm import _ops
+from fastlstm import _reference as ref
 from fastlstm._network import LSTMNetwork
 
 
@@ -62,3 +63,18 @@ def sigint_raises():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def reference_predict(model, X):
+    """The fitted network, run by the NumPy reference from model.weights_."""
+    w = {k: v.astype(np.float64) for k, v in model.weights_.items()}
+    X = np.asarray(X, np.float64)
+    layer_in = (X[:, :, None] if X.ndim == 2 else X).transpose(1, 0, 2)   # (T, N, D)
+    N = layer_in.shape[1]
+    for k, H in enumerate(model.network_.hidden_sizes):
+        zeros = np.zeros((N, H))
+        layer_in, _, _ = ref.lstm_forward(layer_in, w[f"weight_ih_l{k}"], w[f"weight_hh_l{k}"],
+                                          w[f"bias_ih_l{k}"], w[f"bias_hh_l{k}"], zeros, zeros)
+    top = layer_in if model.output == "sequence" else layer_in[-1]
+    out = top @ w["head.weight"].T + w["head.bias"]          # (T, N, K) or (N, K)
+    return np.moveaxis(out, 0, 1) if model.output == "sequence" else out

@@ -136,6 +136,13 @@ def test_sequence_targets_must_match_time_steps():
         fit_clf(y=np.zeros((10, 4, 1), int), output="sequence")   # Keras's TimeDistributed
 
 
+def test_tbptt_is_refused_on_sequences_of_several_lengths():
+    X = [np.zeros((3, 2)), np.zeros((5, 2))]
+    with pytest.raises(ValueError, match="tbptt_steps does not work with sequences of several "
+                                         "lengths yet"):
+        fit_reg(X, [1.0, 2.0], tbptt_steps=2)
+
+
 def test_a_dataframe_column_of_sequences_is_pointed_to_as_a_series():
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"seq": [np.ones((3, 2)), np.ones((4, 2))]})

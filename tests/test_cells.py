@@ -7,7 +7,12 @@ from conftest import random_layer_arrays
 from fastlstm import _kernels
 from fastlstm import _reference as ref
 
-torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def torch():
+    """torch, for the tests that compare with it (the others run without it)."""
+    return pytest.importorskip("torch")
 
 SHAPES = [  # (T, N, D, H)
     (1, 1, 1, 1),
@@ -40,7 +45,7 @@ def ref_backward(cell, dh, w_ih, w_hh, cache):
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru"])
-def test_reference_matches_torch(cell):
+def test_reference_matches_torch(cell, torch):
     """The reference itself, outputs and every gradient, against torch in float64."""
     T, N, D, H = 5, 3, 4, 6
     x, w_ih, w_hh, b_ih, b_hh, h0 = random_layer(cell, T, N, D, H, np.float64)
@@ -295,7 +300,7 @@ def test_estimators_fit_save_and_load_every_cell(cell, tmp_path):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_torch_reproduces_a_fitted_estimator(cell, dtype):
+def test_torch_reproduces_a_fitted_estimator(cell, dtype, torch):
     """weights_ of a fitted 2-layer GRU / RNN classifier, loaded into torch.nn.GRU / RNN."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 6, 3)).astype(dtype)
@@ -344,7 +349,7 @@ def test_bidirectional_sees_the_future():
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_lengths(cell, tmp_path):
+def test_torch_reproduces_a_bidirectional_estimator_on_several_lengths(cell, tmp_path, torch):
     """Fitted on a list of sequences of several lengths: torch's packed sequences
     (whose reverse pass starts at each sequence's last step) give our predictions,
     also after save and load; stepping is refused."""
@@ -389,7 +394,7 @@ def test_torch_reproduces_a_bidirectional_estimator_on_sequences_of_several_leng
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_torch_reproduces_a_float32_estimator_on_tiles_per_step(cell):
+def test_torch_reproduces_a_float32_estimator_on_tiles_per_step(cell, torch):
     """A float32 model of 128 units fitted on sequences of several lengths: its
     time loops (BLAS loops, the LSTM's for a padded batch) run their products per
     step on a packed W_hh (_blas.step_matrix), in fit and in predict, and torch's

@@ -10,7 +10,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from conftest import reference_predict
 from fastlstm import LSTMClassifier, LSTMRegressor
+from fastlstm._estimators import _generator
+from fastlstm._network import LSTMNetwork
 from fastlstm.datasets import binary_addition, bits_to_int, make_windows, noisy_sine
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -145,10 +148,12 @@ def test_float32_by_default_float64_on_request():
 
 
 def test_dropout_is_off_at_predict():
+    """predict runs the network as the NumPy reference does, with no dropout."""
     X, y = small_regression()
-    model = LSTMRegressor(hidden_layer_sizes=(8, 8), dropout=0.5, max_iter=2, random_state=0)
-    model.fit(X, y)
-    np.testing.assert_array_equal(model.predict(X), model.predict(X))
+    model = LSTMRegressor(hidden_layer_sizes=(8, 8), dropout=0.5, max_iter=2, dtype="float64",
+                          random_state=0).fit(X, y)
+    np.testing.assert_allclose(model.predict(X), reference_predict(model, X)[:, 0],
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_predict_in_chunks_equals_one_batch(monkeypatch):
@@ -372,3 +377,72 @@ def test_save_refuses_parameters_load_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="NaN or inf.*nothing was saved"):
         model.save(tmp_path / "m.fastlstm")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("solver, extra", [
+    ("adam", dict(alpha=0.0)),
+    ("adam", dict(alpha=0.3)),
+    ("sgd", dict(momentum=0.9, nesterovs_momentum=True, alpha=0.0)),
+    ("sgd", dict(momentum=0.9, nesterovs_momentum=False, alpha=0.3)),
+])
+def test_three_full_batch_updates_follow_the_textbook_rules(solver, extra):
+    """Three updates rebuilt by hand from the network's forward and backward:
+    Adam with both bias corrections, SGD with (Nesterov) momentum, and MLP's L2
+    on the weights only, alpha / batch weight."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 4, 2))
+    y = X[:, :, 0].sum(axis=1)
+    lr, alpha = 0.01, extra["alpha"]
+    model = LSTMRegressor((5,), solver=solver, learning_rate_init=lr, batch_size=len(X),
+                          shuffle=False, max_iter=3, tol=0, dtype="float64", random_state=0,
+                          **extra).fit(X, y)
+    net = LSTMNetwork(2, (5,), 1, dtype=np.float64)
+    net.initialize(_generator(0))
+    x_tm = np.ascontiguousarray(X.transpose(1, 0, 2))                 # (T, N, D)
+    m, v = np.zeros_like(net.params), np.zeros_like(net.params)
+    b1, b2, eps, momentum = 0.9, 0.999, 1e-8, extra.get("momentum")
+    for t in range(1, 4):
+        out, tape = net.forward(x_tm)
+        g = net.backward(tape, (out - y[:, None]) / len(X)).copy()   # half MSE's gradient
+        g[:net.n_weights] += alpha / len(X) * net.params[:net.n_weights]
+        if solver == "adam":
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            net.params -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        else:
+            m = momentum * m - lr * g
+            net.params += momentum * m - lr * g if extra["nesterovs_momentum"] else m
+    np.testing.assert_allclose(model.network_.params, net.params, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_initial_weights_are_kerass(cell):
+    """Biases 0 but the LSTM's forget gate's 1; orthonormal recurrent columns;
+    Glorot-uniform input and head weights."""
+    X, y = small_regression(20)
+    model = LSTMRegressor((6,), cell=cell, max_iter=1, learning_rate_init=1e-300,
+                          dtype="float64", random_state=0).fit(X, y)
+    w = model.weights_
+    forget = np.zeros_like(w["bias_ih_l0"])
+    if cell == "lstm":
+        forget[6:12] = 1.0                                    # gates i, f, g, o
+    np.testing.assert_allclose(w["bias_ih_l0"], forget, atol=1e-250)
+    np.testing.assert_allclose(w["bias_hh_l0"], 0, atol=1e-250)
+    np.testing.assert_allclose(w["weight_hh_l0"].T @ w["weight_hh_l0"], np.eye(6), atol=1e-12)
+    G, D = w["weight_ih_l0"].shape
+    assert np.abs(w["weight_ih_l0"]).max() <= np.sqrt(6 / (G + D))
+    assert np.abs(w["weight_ih_l0"]).max() > 0.5 * np.sqrt(6 / (G + D))
+
+
+def test_shuffle_draws_the_order_from_random_state():
+    """The same random_state, the same order; without shuffle, another result
+    from the same initial weights."""
+    X, y = small_regression(40)
+    params = dict(hidden_layer_sizes=(4,), batch_size=8, max_iter=2, dtype="float64")
+
+    def trained(**more):
+        return LSTMRegressor(**params, **more).fit(X, y).network_.params
+
+    shuffled = trained(shuffle=True, random_state=0)
+    np.testing.assert_array_equal(trained(shuffle=True, random_state=0), shuffled)
+    assert not np.array_equal(trained(shuffle=False, random_state=0), shuffled)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import reference_predict
 from fastlstm import LSTMClassifier, LSTMRegressor, _kernels
 from fastlstm import _reference as ref
 
@@ -93,21 +94,6 @@ def test_kernels_agree_with_the_reference(problem):
         # regime only. float64 is compared everywhere.
         if dtype is np.float64 or moderate:
             close(got, want, dtype, name)
-
-
-def reference_predict(model, X):
-    """The fitted network, run by the NumPy reference from model.weights_."""
-    w = {k: v.astype(np.float64) for k, v in model.weights_.items()}
-    X = np.asarray(X, np.float64)
-    layer_in = (X[:, :, None] if X.ndim == 2 else X).transpose(1, 0, 2)   # (T, N, D)
-    N = layer_in.shape[1]
-    for k, H in enumerate(model.network_.hidden_sizes):
-        zeros = np.zeros((N, H))
-        layer_in, _, _ = ref.lstm_forward(layer_in, w[f"weight_ih_l{k}"], w[f"weight_hh_l{k}"],
-                                          w[f"bias_ih_l{k}"], w[f"bias_hh_l{k}"], zeros, zeros)
-    top = layer_in if model.output == "sequence" else layer_in[-1]
-    out = top @ w["head.weight"].T + w["head.bias"]          # (T, N, K) or (N, K)
-    return np.moveaxis(out, 0, 1) if model.output == "sequence" else out
 
 
 @st.composite
