@@ -259,6 +259,52 @@ def test_padded_batch_in_chunks_of_steps_sums_each_sample_alone():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 13, 3, 40), (5, 4, 2, 128)])   # 128: products on packed W_hh
+def test_padded_batch_matches_the_reference_run_on_each_sequence(shape, dtype, path):
+    """lengths: each sequence's outputs and gradients are the reference's for it
+    alone, from its own (h0, c0); past its end its state stays as it was (dx 0
+    there), and the weight gradients are the sum of the sequences'."""
+    T, N, D, H = shape
+    args = random_layer(*shape, dtype)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, T + 1, N).astype(np.int64)
+    lengths[:2] = 1, T
+    real = np.arange(T)[:, None] < lengths[None, :]                # (T, N)
+    x[~real] = 1e3                                                 # padding must not leak in
+    dh = rng.standard_normal((T, N, H)).astype(dtype)
+    dh[~real] = 0
+    dc_last = rng.standard_normal((N, H)).astype(dtype)
+    gates = np.full((T, N, 4 * H), np.nan, dtype)
+    c, tanh_c, h = (np.full((T, N, H), np.nan, dtype) for _ in range(3))
+    _kernels.lstm_layer_forward(*args, gates, c, tanh_c, h, lengths=lengths, n_threads=path[1])
+    dc, dh0 = dc_last.copy(), np.full((N, H), np.nan, dtype)
+    dgates, dx = np.full((T, N, 4 * H), np.nan, dtype), np.full((T, N, D), np.nan, dtype)
+    dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(4 * H, dtype)
+    _kernels.lstm_layer_backward(x, w_ih, w_hh, h0, c0, gates, c, tanh_c, h, dh.copy(), dc,
+                                 dh0, dgates, dx, dw_ih, dw_hh, db, lengths=lengths,
+                                 n_threads=path[1])
+    tol = dict(rtol=0, atol=TOL[dtype] * 10)
+    sums = [np.zeros(w.shape) for w in (dw_ih, dw_hh, db)]
+    for n, L in enumerate(lengths):
+        one = slice(n, n + 1)
+        h_r, _, cache = ref.lstm_forward(*as64(x[:L, one], w_ih, w_hh, b_ih, b_hh, h0[one],
+                                               c0[one]))
+        dx_r, dw_ih_r, dw_hh_r, db_r, _, dh0_r, dc0_r = ref.lstm_backward(
+            *as64(dh[:L, one], dc_last[one], w_ih, w_hh), cache)
+        np.testing.assert_allclose(h[:L, n], h_r[:, 0], **tol)
+        np.testing.assert_allclose(h[L:, n], np.broadcast_to(h_r[-1, 0], (T - L, H)), **tol)
+        np.testing.assert_allclose(dx[:L, n], dx_r[:, 0], **tol)
+        np.testing.assert_array_equal(dx[L:, n], 0)
+        np.testing.assert_allclose(dh0[n], dh0_r[0], **tol)
+        np.testing.assert_allclose(dc[n], dc0_r[0], **tol)
+        for total, w in zip(sums, (dw_ih_r, dw_hh_r, db_r)):
+            total += w
+    for got, want in zip((dw_ih, dw_hh, db), sums):
+        np.testing.assert_allclose(got, want, rtol=TOL[dtype] * 5, atol=TOL[dtype] * 10)
+
+
 @pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
 @pytest.mark.parametrize("shape", [
     # 1500 rows: six passes of FL_BLOCK_ROWS; 244 gate rows: 12 x 19 + 8 + 8;

@@ -142,3 +142,52 @@ def test_torch_tensors_are_read_as_arrays_of_their_dtype(rng):
     np.testing.assert_array_equal(model.predict(torch.from_numpy(X)), model.predict(X))
     follows = LSTMRegressor(hidden_layer_sizes=(3,), max_iter=1, dtype=None, random_state=0)
     assert follows.fit(torch.from_numpy(X), X[:, -1, 0]).network_.dtype == np.float64
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sequence", [False, True])
+def test_a_padded_batch_from_a_given_state_matches_torchs_packed_sequences(cell, dtype,
+                                                                           sequence, rng):
+    """Sequences of several lengths (lengths), each layer starting from a given
+    (h0, c0): outputs at the real steps (or each sequence's last) and all weight
+    gradients are torch's over pack_padded_sequence, from the same state."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    T, N, D, K, hidden = 6, 5, 3, 2, (5, 4)
+    net = make_network(D, hidden, K, dtype=dtype, cell=cell)
+    lengths = np.array([6, 2, 4, 1, 5], dtype=np.int64)
+    real = np.arange(T)[:, None] < lengths[None, :]                # (T, N)
+    x = rng.standard_normal((T, N, D)).astype(dtype)
+    state = [tuple(rng.standard_normal((N, H)).astype(dtype) for _ in range(2)) for H in hidden]
+    out, tape = net.forward(x, sequence, lengths=lengths, initial_state=state)
+    dout = rng.standard_normal(out.shape).astype(dtype)            # loss = sum(out * dout)
+    if sequence:
+        dout.reshape(T, N, K)[~real] = 0                           # padded steps: no loss
+    net.backward(tape, dout)
+
+    lstms, head = torch_twin(net)
+    h = pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
+                             enforce_sorted=False)
+    for lstm, (h0, c0) in zip(lstms, state):
+        h0, c0 = torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]
+        h, last = lstm(h, (h0, c0) if cell == "lstm" else h0)
+    if sequence:
+        top = pad_packed_sequence(h, total_length=T)[0].reshape(T * N, -1)
+    else:  # each sequence's last real step
+        top = (last[0] if cell == "lstm" else last)[0]
+    out_t = head(top)
+    (out_t * torch.from_numpy(dout)).sum().backward()
+
+    got, want = out, out_t.detach().numpy()
+    if sequence:    # the real steps (padded ones carry the state in ours, zeros in torch's)
+        got, want = got.reshape(T, N, K)[real], want.reshape(T, N, K)[real]
+    np.testing.assert_allclose(got, want, rtol=0, atol=OUT_TOL[dtype])
+    theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
+    for k, lstm in enumerate(lstms):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            theirs[f"{name}_l{k}"] = getattr(lstm, f"{name}_l0").grad
+    assert set(theirs) == set(net.g)
+    for name, grad in theirs.items():
+        scale = max(1.0, float(grad.abs().max()))
+        np.testing.assert_allclose(net.g[name], grad.numpy(), rtol=0,
+                                   atol=GRAD_TOL[dtype] * scale, err_msg=name)
