@@ -102,8 +102,9 @@ def fit_problems(draw):
     hidden = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from([1e-3, 1.0, 50.0]))
-    kind = draw(st.sampled_from(["float32", "float64", "int", "list", "2d"]))
+    kind = draw(st.sampled_from(["float32", "float64", "int", "list", "2d", "lengths"]))
     X = scale * rng.standard_normal((N, T, D))
+    tbptt_steps = draw(st.sampled_from([None, 1, 2]))
     if kind == "float32":
         X = X.astype(np.float32)
     elif kind == "int":
@@ -112,11 +113,14 @@ def fit_problems(draw):
         X = X.tolist()
     elif kind == "2d":
         X = X[:, :, 0]
+    elif kind == "lengths":       # a list of sequences of several lengths (when T > 1)
+        X = [seq[:length] for seq, length in zip(X, rng.integers(1, T + 1, N))]
+        tbptt_steps = None        # refused with several lengths
     params = dict(hidden_layer_sizes=hidden, max_iter=2, random_state=0,
                   output=draw(st.sampled_from(["last", "sequence"])),
                   batch_size=draw(st.sampled_from(["auto", 1, 3])),
                   dropout=draw(st.sampled_from([0.0, 0.3])),
-                  tbptt_steps=draw(st.sampled_from([None, 1, 2])),
+                  tbptt_steps=tbptt_steps,
                   solver=draw(st.sampled_from(["adam", "sgd"])),
                   clip_grad_norm=draw(st.sampled_from([None, 1.0])))
     return X, rng, params
@@ -126,17 +130,22 @@ def fit_problems(draw):
 @given(fit_problems(), st.booleans())
 def test_fit_predict_is_finite_and_matches_the_reference(problem, classify):
     X, rng, params = problem
-    Xa = np.asarray(X, dtype=np.float64)
-    N, T = Xa.shape[:2]
+    several = isinstance(X, list) and len({len(seq) for seq in X}) > 1
+    sequences = X if several else np.asarray(X, dtype=np.float64)     # each sample's steps
+    N, T = len(X), max(len(seq) for seq in sequences)
     shape = (N, T) if params["output"] == "sequence" else (N,)
     if classify:
         y = rng.integers(0, 3, size=shape)
         y.flat[:2] = [0, 1][: y.size]                 # at least two classes when N*T > 1
-        if np.unique(y).size < 2:
-            return                                    # one sample, one step: one class only
+        if several and shape == (N, T):
+            y = [labels[:len(seq)] for labels, seq in zip(y, sequences)]
+        if np.unique(np.concatenate(y) if several and shape == (N, T) else y).size < 2:
+            return                                    # one class only
         estimator = LSTMClassifier(**params)
     else:
         y = rng.standard_normal(shape) * 3
+        if several and shape == (N, T):
+            y = [values[:len(seq)] for values, seq in zip(y, sequences)]
         estimator = LSTMRegressor(**params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a diverged fit is allowed, and safe
@@ -144,12 +153,19 @@ def test_fit_predict_is_finite_and_matches_the_reference(problem, classify):
     assert np.isfinite(model.network_.params).all()
     dtype = model.network_.dtype.type
     out = model.predict_proba(X) if classify else model.predict(X)
-    assert out.shape[:len(shape)] == shape and np.isfinite(out).all()
-
-    want = reference_predict(model, X)
-    if classify:
-        want = np.exp(want - want.max(axis=-1, keepdims=True))
-        want /= want.sum(axis=-1, keepdims=True)
-    close(out, want.reshape(out.shape), dtype, "predict")
+    if several and shape == (N, T):   # per-step outputs of each sequence, at its length
+        assert [len(o) for o in out] == [len(seq) for seq in X]
+    else:
+        assert out.shape[:len(shape)] == shape
+    # each sequence alone through the reference (with several lengths: no padding)
+    want = ([reference_predict(model, np.asarray(seq)[None])[0] for seq in X] if several
+            else reference_predict(model, X))
+    for got_n, want_n in zip(out, want):
+        assert np.isfinite(got_n).all()
+        if classify:
+            want_n = np.exp(want_n - want_n.max(axis=-1, keepdims=True))
+            want_n /= want_n.sum(axis=-1, keepdims=True)
+        close(got_n, np.reshape(want_n, np.shape(got_n)), dtype, "predict")
     if classify:  # the labels are those of the largest probability
-        np.testing.assert_array_equal(model.predict(X), model.classes_[out.argmax(axis=-1)])
+        for labels, proba in zip(model.predict(X), out):
+            np.testing.assert_array_equal(labels, model.classes_[np.argmax(proba, axis=-1)])
