@@ -719,10 +719,7 @@ class _BaseLSTM(BaseEstimator):
         if x_ndim != self._x_ndim:
             raise ValueError(
                 f"X has {x_ndim} dimensions, but {type(self).__name__} was fitted on "
-                f"{self._x_ndim}-D input" + (
-                    ", a list of sequences: pass a list of (n_timesteps, n_features) arrays, "
-                    "or a 3-D X (X[..., None] for one feature)"
-                    if self.n_timesteps_in_ is None and x_ndim == 2 else ""))
+                f"{self._x_ndim}-D input" + self._dimensions_hint(x_ndim, X3))
         n_features = _n_features(X3, x_ndim)
         if n_features != self.n_features_in_:
             raise ValueError(
@@ -741,6 +738,17 @@ class _BaseLSTM(BaseEstimator):
                 f"X has {X3.shape[1]} time steps, but {type(self).__name__} was fitted on "
                 f"sequences of {self.n_timesteps_in_} time steps" + _ANY_LENGTH_HINT)
         return X3, lengths
+
+    def _dimensions_hint(self, x_ndim, X3):
+        """What to say of an X of x_ndim dimensions to a model fitted on the other."""
+        if self.n_timesteps_in_ is None and x_ndim == 2:
+            return (", a list of sequences: pass a list of (n_timesteps, n_features) arrays, "
+                    "or a 3-D X (X[..., None] for one feature)")
+        if x_ndim == 2 and self.n_features_in_ == 1:
+            return ": for sequences of one feature, pass X[..., None] (n_samples, n_timesteps, 1)"
+        if x_ndim == 3 and X3.shape[2] == 1 and self._step_features is None:
+            return ": for sequences of one feature, pass X[..., 0] (n_samples, n_timesteps)"
+        return ""
 
     def _forward(self, X):
         """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when

@@ -179,15 +179,17 @@ def test_finiteness_check_finds_every_nan_and_inf(dtype, big, shape):
 @pytest.fixture(scope="module")
 def fitted():
     return {"3d": fit_reg(), "2d": fit_reg(X[:, :, 0]), "clf": fit_clf(),
-            "list": fit_reg([np.ones(3), np.ones(5)], [1.0, 2.0])}
+            "list": fit_reg([np.ones(3), np.ones(5)], [1.0, 2.0]), "3d1": fit_reg(X[:, :, :1])}
 
 
 @pytest.mark.parametrize("model, bad_X, message", [
     ("3d", X[:, :, :1], "X has 1 features, but LSTMRegressor is expecting 2"),
     ("3d", X[:, :3], "X has 3 time steps, but LSTMRegressor was fitted on sequences of 4"),
     ("3d", X[:, :, 0], "X has 2 dimensions, but LSTMRegressor was fitted on 3-D input$"),
-    ("list", np.ones((4, 9)), r"fitted on 3-D input, a list of sequences: pass a list .*X\[\.\.\., "),
-    ("2d", X, "X has 3 dimensions, but LSTMRegressor was fitted on 2-D input"),
+    ("3d1", X[:, :, 0], r"on 3-D input: for sequences of one feature, pass X\[\.\.\., None\]"),
+    ("2d", X[:, :, :1], r"on 2-D input: for sequences of one feature, pass X\[\.\.\., 0\]"),
+    ("list", np.ones((4, 9)), r"on 3-D input, a list of sequences: pass a list .*X\[\.\.\., "),
+    ("2d", X, "X has 3 dimensions, but LSTMRegressor was fitted on 2-D input$"),
     ("2d", X[:, :3, 0], "X has 3 features, but LSTMRegressor is expecting 4"),
     ("3d", np.zeros((0, 4, 2)), "X has 0 samples"),
     ("3d", np.full((1, 4, 2), np.inf), "X contains infinity"),
