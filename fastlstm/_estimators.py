@@ -751,8 +751,9 @@ class _BaseLSTM(BaseEstimator):
         return ""
 
     def _forward(self, X):
-        """(raw head outputs, lengths): outputs (N, K), or (N, T, K) when
-        output="sequence"; lengths None or (N,) for a list of sequences."""
+        """(raw head outputs, lengths): outputs (N, K), or when output="sequence"
+        (N, T, K), or (S, K) for a list of sequences (each one's real steps in
+        turn, see _unpad); lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
         # one sequence is never cut into slices: no work to count
         work = forward_work(self.network_, len(X3), X3.shape[1]) if len(X3) > 1 else 0
@@ -774,7 +775,10 @@ class _BaseLSTM(BaseEstimator):
         return out.astype(np.result_type(dtype, resolve_dtype(X, None)), copy=False)
 
     def _forward_checked(self, X3, lengths=None, parts=1, n_threads=None):
-        """Head outputs for checked X3 (N, T, D), in batches of samples and, for
+        """Head outputs for checked X3 (N, T, D): (N, K), or per step (N, T, K),
+        or with lengths (S, K), the real steps of every sequence in turn.
+
+        In batches of samples and, for
         sequences too long for the memory budget, in windows of steps with the
         state carried across: scratch memory stays near _PREDICT_CHUNK_BYTES
         whatever N and T are (padded batches, lengths given, are not windowed).
@@ -814,11 +818,14 @@ class _BaseLSTM(BaseEstimator):
             if N == 1 and window == T:
                 # one sequence in one piece: the loops below without their ~1-3 us;
                 # per-step outputs (T*1, K) are already in its (1, T, K) row order
-                x1 = (np.ascontiguousarray(X3.transpose(1, 0, 2)) if lengths is None
-                      else X3.time_major([0], T))                      # (T, 1, D)
+                if lengths is None:
+                    x1 = np.ascontiguousarray(X3.transpose(1, 0, 2))  # (T, 1, D)
+                else:                                   # its own steps: (T_0, K) outputs
+                    T = int(lengths[0])
+                    x1 = X3.time_major([0], T)
                 out = runner.forward(x1, sequence, arena=arena, lengths=lengths,
                                      n_threads=n_threads, keep=False)[0]
-                return out.reshape(1, T, -1) if sequence else out
+                return out.reshape(1, T, -1) if sequence and lengths is None else out
             if by_length is None:
                 bounds = [(start, min(start + batch, N)) for start in range(0, N, batch)]
             for start, stop in bounds:
@@ -850,15 +857,23 @@ class _BaseLSTM(BaseEstimator):
             net.return_arena(arena)
             if runner is not net:
                 net.return_runner(runner)
-        if by_length is not None:   # back in the samples' order, padded steps 0
+        if by_length is not None:   # back in the samples' order
             K = outs[0].shape[-1]
-            result = np.zeros((N, T, K) if sequence else (N, K), dtype=outs[0].dtype)
-            for (start, stop), out in zip(bounds, outs):
+            if not sequence:
+                result = np.empty((N, K), dtype=outs[0].dtype)
+                for (start, stop), out in zip(bounds, outs):
+                    result[by_length[start:stop]] = out               # (B, K)
+                return result
+            # the real steps of every sequence in turn (S, K), never padded to the
+            # longest: sequence n's are rows starts[n]:starts[n] + lengths[n]
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+            result = np.empty((int(ends[-1]), K), dtype=outs[0].dtype)
+            for (start, stop), out in zip(bounds, outs):               # out (B, T_b, K)
                 rows = by_length[start:stop]
-                if sequence:
-                    result[rows, :out.shape[1]] = out                 # (B, T_b, K)
-                else:
-                    result[rows] = out                                # (B, K)
+                t = np.arange(out.shape[1])[None, :]                   # (1, T_b)
+                real = t < lengths[rows][:, None]                      # (B, T_b)
+                result[(starts[rows][:, None] + t)[real]] = out[real]
             return result
         # each part is a new array (the head's output, or a concatenation of it),
         # never scratch memory, so one part is returned as it is
@@ -1174,10 +1189,10 @@ class LSTMRegressor(RegressorMixin, _BaseLSTM):
         return _ops.squared_error(out, targets.reshape(out.shape), weight, dout)
 
     def _validation_score(self, X3, targets, weights, lengths, parts=1):
-        pred = self._forward_checked(X3, lengths, parts)          # (N[, T], K)
+        pred = self._forward_checked(X3, lengths, parts)          # (N[, T], K), or (S, K)
         if lengths is not None and self._output == "sequence":     # the real steps only
-            real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
-            return float(r2_score(targets[real], pred[real],
+            real = np.arange(targets.shape[1])[None, :] < lengths[:, None]
+            return float(r2_score(targets[real], pred.reshape(targets[real].shape),
                                   sample_weight=np.broadcast_to(weights[:, None], real.shape)[real]))
         return float(r2_score(targets.reshape(len(targets), -1), pred.reshape(len(pred), -1),
                               sample_weight=weights))
@@ -1389,10 +1404,10 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         return _ops.softmax_cross_entropy(out, targets.reshape(-1), weight, dout)
 
     def _validation_score(self, X3, targets, weights, lengths, parts=1):
-        pred = np.argmax(self._forward_checked(X3, lengths, parts), axis=-1)  # (N[, T])
+        pred = np.argmax(self._forward_checked(X3, lengths, parts), axis=-1)  # (N[, T]), (S,)
         if lengths is not None and self._output == "sequence":     # the real steps only
-            real = np.arange(X3.shape[1])[None, :] < lengths[:, None]
-            return float(accuracy_score(targets[real], pred[real], sample_weight=np.broadcast_to(
+            real = np.arange(targets.shape[1])[None, :] < lengths[:, None]
+            return float(accuracy_score(targets[real], pred, sample_weight=np.broadcast_to(
                 weights if weights.ndim == 2 else weights[:, None], real.shape)[real]))
         return _accuracy(targets, pred, weights)
 
@@ -1575,10 +1590,11 @@ def _pad_targets(y, lengths, T, fill):
 
 
 def _unpad(per_step, lengths):
-    """(N, T, ...) -> list of (T_i, ...) arrays for padded input, else unchanged."""
+    """Per-step outputs of a list of sequences, (S, ...) the real steps of each in
+    turn -> a list of (T_i, ...) arrays (views); without lengths, unchanged."""
     if lengths is None:
         return per_step
-    return [per_step[n, :length] for n, length in enumerate(lengths)]
+    return np.split(per_step, np.cumsum(lengths)[:-1])
 
 
 # The private attributes save writes and load takes back (the others, the solver

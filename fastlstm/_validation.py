@@ -160,19 +160,21 @@ class SequenceList:
     long sequence among many short ones costs its own steps, not N times them.
 
     shape is that of the padded array (N, T_max, D) it stands for; X3[rows]
-    takes some of the sequences (sharing steps)."""
+    takes some of the sequences (sharing steps), as X3[rows] of that array
+    would: still T_max steps wide (their targets are)."""
 
-    def __init__(self, steps, starts, lengths):
+    def __init__(self, steps, starts, lengths, n_steps=None):
         self.steps, self.starts, self.lengths = steps, starts, lengths
         self.dtype = steps.dtype
-        self.shape = (len(lengths), int(lengths.max()), steps.shape[1])
+        n_steps = int(lengths.max()) if n_steps is None else n_steps
+        self.shape = (len(lengths), n_steps, steps.shape[1])
 
     def __len__(self):
         return len(self.lengths)
 
     def __getitem__(self, rows):
         """rows: an int array -> those sequences, in that order."""
-        return SequenceList(self.steps, self.starts[rows], self.lengths[rows])
+        return SequenceList(self.steps, self.starts[rows], self.lengths[rows], self.shape[1])
 
     def time_major(self, rows, n_steps):
         """Sequences `rows` (B,) -> (n_steps, B, D), zero-padded after each one's
@@ -199,8 +201,13 @@ def pack_sequences(X, dtype, name="X"):
         seqs.append(seq)
     n_features = {seq.shape[1] for seq in seqs}
     if len(n_features) > 1:
+        odd = next(n for n, seq in enumerate(seqs) if seq.shape[1] != seqs[0].shape[1])
         raise ValueError(f"the sequences of {name} have different numbers of features: "
-                         f"{sorted(n_features)}")
+                         f"{sorted(n_features)} ({name}[{odd}] has {seqs[odd].shape[1]}, "
+                         f"{name}[0] {seqs[0].shape[1]})")
+    if 0 in n_features:
+        raise ValueError(f"the sequences of {name} have 0 features per time step: need at "
+                         "least one")
     lengths = np.array([len(seq) for seq in seqs], dtype=np.int64)
     ends = np.cumsum(lengths)
     starts = ends - lengths

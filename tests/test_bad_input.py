@@ -34,6 +34,9 @@ def fit_clf(X_=X, y=LABELS, **params):
     (np.zeros((2, 3, 1, 1)), ValueError, "X must be 2-D .* 4 dimensions"),
     # (lists of sequences of several lengths are valid input: see test_sklearn.py)
     ([[[1, 2], [3, 4]], [[1]]], ValueError, "different numbers of features"),
+    ([np.ones((3, 2)), np.ones((5, 3)), np.ones((4, 2))], ValueError,
+     r"different numbers of features: \[2, 3\] \(X\[1\] has 3, X\[0\] 2\)"),
+    ([np.ones((3, 0)), np.ones((4, 0))], ValueError, "sequences of X have 0 features per time step"),
     ([[1, [2, 3]], [1, 2]], ValueError, "X is ragged"),
     # a list of sequences with something else among them: named
     ([np.zeros((3, 1)), None], TypeError, r"X\[1\] is required, got None"),

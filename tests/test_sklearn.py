@@ -492,6 +492,50 @@ def test_a_list_of_sequences_is_never_padded_as_a_whole():
         np.testing.assert_allclose(pred[-1], model.predict(X[-1][None])[0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_per_step_predictions_of_a_list_are_never_padded_as_a_whole(estimator):
+    """output='sequence' on a list: predict (and predict_proba) build each
+    sequence's steps only, not N x T_max of them (here 6.4 MB per output, twice
+    and more in the classifier), and return views of those."""
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((3, 1), dtype=np.float32) for _ in range(400)]
+    X.append(rng.standard_normal((4000, 1), dtype=np.float32))
+    if estimator is LSTMClassifier:
+        y = [rng.integers(0, 4, len(x)) for x in X]
+    else:
+        y = [rng.standard_normal(len(x)) for x in X]
+    model = estimator(hidden_layer_sizes=(2,), output="sequence", batch_size=8, max_iter=1,
+                      random_state=0).fit(X, y)
+    padded_bytes = 401 * 4000 * 4
+    methods = [model.predict] + ([model.predict_proba] if estimator is LSTMClassifier else [])
+    for method in methods:
+        method(X[-12:])                                              # first-call allocations
+        tracemalloc.start()
+        try:
+            pred = method(X)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < padded_bytes / 4
+        assert [len(p) for p in pred] == [len(x) for x in X]
+        for n in (0, 400):
+            np.testing.assert_allclose(pred[n], method(X[n][None])[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor, LSTMClassifier])
+def test_early_stopping_on_a_list_of_per_step_targets(estimator):
+    """The validation sequences may all be shorter than the training ones: their
+    scores still read the real steps (a crash, when the longest trained)."""
+    X = [np.full((2, 1), k / 10) for k in range(9)] + [np.ones((9, 1))]
+    targets = [np.arange(len(x)) % 2 for x in X]
+    extra = dict(class_weight="balanced") if estimator is LSTMClassifier else {}
+    for seed in range(3):                     # the long one in training, in validation
+        model = estimator(output="sequence", early_stopping=True, validation_fraction=0.2,
+                          max_iter=2, random_state=seed, **extra).fit(X, targets)
+        assert len(model.validation_scores_) == 2
+        assert np.isfinite(model.validation_scores_).all()
+
+
 def test_a_list_of_sequences_names_the_sequence_that_is_not_finite():
     X = [np.zeros((3, 2)), np.zeros((2, 2)), np.zeros((4, 2))]
     X[2][1, 0] = np.nan
