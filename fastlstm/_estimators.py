@@ -246,6 +246,8 @@ class _Optimizer:
     def step(self, est, params, grads, parts=1):
         """One update of params from grads; parts: threads the element-wise update
         may be split over (_parallel.in_ranges)."""
+        if est.clip_grad_value is not None:  # each component, then the whole (if asked)
+            np.clip(grads, -est.clip_grad_value, est.clip_grad_value, out=grads)
         if est.clip_grad_norm is not None:
             _ops.clip_grad_norm(grads, est.clip_grad_norm)
         self.n_steps += 1
@@ -283,8 +285,8 @@ class _BaseLSTM(BaseEstimator):
                  bidirectional=False, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
-                 tol=1e-4,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None,
+                 clip_grad_value=None, tbptt_steps=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  warm_start=False, step_features=None, dtype="float32", n_jobs=None,
                  random_state=None, verbose=0):
@@ -306,6 +308,7 @@ class _BaseLSTM(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
         self.tbptt_steps = tbptt_steps
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
@@ -1033,7 +1036,13 @@ _PARAMETERS_DOC = """
     beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
         Adam's moment decay rates and its denominator guard.
     clip_grad_norm : float or None, default=None
-        Scale the gradient to at most this L2 norm before each update.
+        Scale the gradient to at most this L2 norm before each update, the norm
+        over all the parameters (torch's clip_grad_norm_, Keras's
+        global_clipnorm).
+    clip_grad_value : float or None, default=None
+        Clip each component of the gradient to [-clip_grad_value,
+        clip_grad_value] before each update (torch's clip_grad_value_, Keras's
+        clipvalue); with clip_grad_norm too, before the norm is taken.
     tbptt_steps : int or None, default=None
         Truncated backpropagation through time. None: backprop through all
         n_timesteps. An int k: each batch's sequences are processed in windows of
@@ -1298,8 +1307,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
                  bidirectional=False, output="last", dropout=0.0,
                  solver="adam", learning_rate_init=1e-3, batch_size="auto", max_iter=200,
                  shuffle=True, alpha=1e-4, momentum=0.9, nesterovs_momentum=True,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None, tbptt_steps=None,
-                 tol=1e-4,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, clip_grad_norm=None,
+                 clip_grad_value=None, tbptt_steps=None, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  warm_start=False, step_features=None, dtype="float32", n_jobs=None,
                  random_state=None, verbose=0, class_weight=None):
@@ -1310,7 +1319,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, clip_grad_norm=clip_grad_norm, tbptt_steps=tbptt_steps, tol=tol,
+            epsilon=epsilon, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
+            tbptt_steps=tbptt_steps, tol=tol,
             n_iter_no_change=n_iter_no_change, early_stopping=early_stopping,
             validation_fraction=validation_fraction, warm_start=warm_start,
             step_features=step_features, dtype=dtype, n_jobs=n_jobs,

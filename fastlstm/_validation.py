@@ -333,8 +333,9 @@ def check_params(est):
         raise ValueError(f"dropout must be a number in [0, 1), got {est.dropout!r}")
     if est.batch_size != "auto":
         number("batch_size", 1, integral=True)
-    if est.clip_grad_norm is not None:
-        number("clip_grad_norm", 0, low_open=True)
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        if getattr(est, name) is not None:
+            number(name, 0, low_open=True)
     if est.tbptt_steps is not None:
         number("tbptt_steps", 1, integral=True)
     for name in ("shuffle", "nesterovs_momentum", "bidirectional", "early_stopping",

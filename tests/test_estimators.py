@@ -384,11 +384,15 @@ def test_save_refuses_parameters_load_would_refuse(tmp_path):
     ("adam", dict(alpha=0.3)),
     ("sgd", dict(momentum=0.9, nesterovs_momentum=True, alpha=0.0)),
     ("sgd", dict(momentum=0.9, nesterovs_momentum=False, alpha=0.3)),
+    ("adam", dict(alpha=0.3, clip_grad_value=0.05)),
+    ("sgd", dict(momentum=0.9, nesterovs_momentum=True, alpha=0.0, clip_grad_value=0.05,
+                 clip_grad_norm=0.08)),
 ])
 def test_three_full_batch_updates_follow_the_textbook_rules(solver, extra):
     """Three updates rebuilt by hand from the network's forward and backward:
-    Adam with both bias corrections, SGD with (Nesterov) momentum, and MLP's L2
-    on the weights only, alpha / batch weight."""
+    Adam with both bias corrections, SGD with (Nesterov) momentum, MLP's L2 on
+    the weights only, alpha / batch weight, and each component clipped, then
+    the whole gradient's norm."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((12, 4, 2))
     y = X[:, :, 0].sum(axis=1)
@@ -405,6 +409,13 @@ def test_three_full_batch_updates_follow_the_textbook_rules(solver, extra):
         out, tape = net.forward(x_tm)
         g = net.backward(tape, (out - y[:, None]) / len(X)).copy()   # half MSE's gradient
         g[:net.n_weights] += alpha / len(X) * net.params[:net.n_weights]
+        if "clip_grad_value" in extra:
+            clipped = np.clip(g, -extra["clip_grad_value"], extra["clip_grad_value"])
+            assert not np.array_equal(clipped, g)                   # the bound bites
+            g = clipped
+        if "clip_grad_norm" in extra:
+            assert np.linalg.norm(g) > extra["clip_grad_norm"]
+            g *= extra["clip_grad_norm"] / (np.linalg.norm(g) + 1e-6)   # as torch's
         if solver == "adam":
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g

@@ -158,6 +158,27 @@ def test_clipping_scales_every_update_to_the_bound(monkeypatch):
     assert len(norms) == 3 * 4 and max(norms) <= 0.5 * (1 + 1e-5)
 
 
+def test_clip_grad_value_bounds_every_component_and_tames_exploding_gradients(monkeypatch):
+    """Each update's gradient reaches the optimizer with every component within
+    +-clip_grad_value; the run that diverges unclipped stays bounded and learns."""
+    largest = []
+    real_sgd = est_module._ops.sgd_step
+
+    def spy(params, grads, *args):
+        largest.append(float(np.abs(grads).max()))
+        return real_sgd(params, grads, *args)
+
+    monkeypatch.setattr(est_module._ops, "sgd_step", spy)
+    X, y = exploding_task()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clipped = LSTMRegressor(clip_grad_value=0.05, **EXPLODING).fit(X, y)
+    assert not diverged_warnings(record) and clipped.n_iter_ == EXPLODING["max_iter"]
+    assert len(largest) == EXPLODING["max_iter"] * 4 and max(largest) == pytest.approx(0.05)
+    curve = np.array(clipped.loss_curve_)
+    assert curve.max() <= curve[0] and np.median(curve[len(curve) // 2:]) < 0.75 * curve[0]
+
+
 # ---- Ctrl-C -----------------------------------------------------------------------
 
 def interrupt_after(monkeypatch, n_updates, raise_it):
