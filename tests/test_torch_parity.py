@@ -40,6 +40,21 @@ def torch_twin(net):
     return lstms, head
 
 
+def assert_gradients_match(net, lstms, head):
+    """net.g (after net.backward) against the .grad of its torch twin's parameters,
+    to GRAD_TOL relative to each gradient's largest component (at least 1)."""
+    theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
+    for k, lstm in enumerate(lstms):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            for suffix in ("", "_reverse") if net.bidirectional else ("",):
+                theirs[f"{name}_l{k}{suffix}"] = getattr(lstm, f"{name}_l0{suffix}").grad
+    assert set(theirs) == set(net.g)
+    for name, grad in theirs.items():
+        scale = max(1.0, float(grad.abs().max()))
+        np.testing.assert_allclose(net.g[name], grad.numpy(), rtol=0,
+                                   atol=GRAD_TOL[net.dtype.type] * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["", "bidirectional"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -72,16 +87,7 @@ def test_outputs_and_gradients_match_torch(dtype, hidden, sequence, cell, bidire
     top_layer_h = tape.layers[-1][4]                           # the forward direction
     np.testing.assert_allclose(top_layer_h, h.detach().numpy()[..., :hidden[-1]], rtol=0,
                                atol=OUT_TOL[dtype])
-    theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
-    for k, lstm in enumerate(lstms):
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            for suffix in ("", "_reverse") if bidirectional else ("",):
-                theirs[f"{name}_l{k}{suffix}"] = getattr(lstm, f"{name}_l0{suffix}").grad
-    assert set(theirs) == set(net.g)
-    for name, grad in theirs.items():
-        scale = max(1.0, float(grad.abs().max()))
-        np.testing.assert_allclose(net.g[name], grad.numpy(), rtol=0,
-                                   atol=GRAD_TOL[dtype] * scale, err_msg=name)
+    assert_gradients_match(net, lstms, head)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -182,12 +188,4 @@ def test_a_padded_batch_from_a_given_state_matches_torchs_packed_sequences(cell,
     if sequence:    # the real steps (padded ones carry the state in ours, zeros in torch's)
         got, want = got.reshape(T, N, K)[real], want.reshape(T, N, K)[real]
     np.testing.assert_allclose(got, want, rtol=0, atol=OUT_TOL[dtype])
-    theirs = {"head.weight": head.weight.grad, "head.bias": head.bias.grad}
-    for k, lstm in enumerate(lstms):
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            theirs[f"{name}_l{k}"] = getattr(lstm, f"{name}_l0").grad
-    assert set(theirs) == set(net.g)
-    for name, grad in theirs.items():
-        scale = max(1.0, float(grad.abs().max()))
-        np.testing.assert_allclose(net.g[name], grad.numpy(), rtol=0,
-                                   atol=GRAD_TOL[dtype] * scale, err_msg=name)
+    assert_gradients_match(net, lstms, head)
