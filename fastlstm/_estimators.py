@@ -781,10 +781,10 @@ class _BaseLSTM(BaseEstimator):
         """Head outputs for checked X3 (N, T, D): (N, K), or per step (N, T, K),
         or with lengths (S, K), the real steps of every sequence in turn.
 
-        In batches of samples and, for
-        sequences too long for the memory budget, in windows of steps with the
-        state carried across: scratch memory stays near _PREDICT_CHUNK_BYTES
-        whatever N and T are (padded batches, lengths given, are not windowed).
+        In batches of samples and, for sequences too long for the memory
+        budget, in windows of steps with the state carried across: scratch
+        memory stays near _PREDICT_CHUNK_BYTES whatever N and T are (padded
+        batches, lengths given, are not windowed).
         parts: slices each batch is cut into, run side by side (_parallel.py);
         n_threads: as in the network's forward."""
         net = self.network_
@@ -1537,7 +1537,6 @@ def _accuracy(y_true, y_pred, sample_weight=None):
     return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
 
 
-# what a model fitted on sequences of one length says when given another
 def _several_labels_hint(y, T):
     """What to say of a y (N, k) of several labels per sample, not one-hot."""
     if y.ndim == 2 and y.shape[1] == T:
@@ -1546,6 +1545,7 @@ def _several_labels_hint(y, T):
             "not supported (sklearn.multioutput.MultiOutputClassifier fits one per column)")
 
 
+# what a model fitted on sequences of one length says when given another
 _ANY_LENGTH_HINT = (" (a model takes sequences of any length when fitted on a list of "
                     "sequences of several lengths; a list of one length is read as an array)")
 
