@@ -820,12 +820,17 @@ FL_AVX512 static void fl_backward_part(void *arg, int p, int nt)
     }
 }
 
-/* Threads worth using: each needs FL_MIN_SAMPLES samples. */
+/* Threads worth using: each needs FL_MIN_SAMPLES samples, or FL_MIN_SAMPLES_WIDE
+ * from FL_WIDE_H units, where a sample's product per step (4H x H multiply-adds,
+ * 256K at H = 256) is worth a thread of its own. */
 #define FL_MIN_SAMPLES 8
+#define FL_MIN_SAMPLES_WIDE 1
+#define FL_WIDE_H 256
 
-static int fl_useful_threads(int64_t N, int n_threads)
+static int fl_useful_threads(int64_t N, int64_t H, int n_threads)
 {
-    int64_t nt = n_threads < N / FL_MIN_SAMPLES ? n_threads : N / FL_MIN_SAMPLES;
+    int64_t most = N / (H >= FL_WIDE_H ? FL_MIN_SAMPLES_WIDE : FL_MIN_SAMPLES);
+    int64_t nt = n_threads < most ? n_threads : most;
     return nt > 1 ? (int)nt : 1;
 }
 
@@ -836,7 +841,7 @@ static int fl_useful_threads(int64_t N, int n_threads)
 static int fl_run_loop(fl_loop *L, int n_threads, fl_team_fn part)
 {
     if (fl_max_vectors(L->H) > FL_MAX_VEC) return -1;   /* H beyond the descriptor arrays */
-    int nt = fl_useful_threads(L->N, n_threads), forward = L->bias != NULL;
+    int nt = fl_useful_threads(L->N, L->H, n_threads), forward = L->bias != NULL;
     int64_t each = fl_loop_thread_floats(L->D, L->H, forward);
     float *packed = fl_alloc_floats(nt * each);
     fl_slice *slices = calloc((size_t)(forward ? 2 * nt : nt), sizeof(fl_slice));

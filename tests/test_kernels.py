@@ -367,7 +367,9 @@ def test_float32_bias_gradient_is_the_same_on_tiles_and_blas(shape):
     (5, 24, 2, 16),    # 8 samples a thread on three; the gradients in one block
     (4, 13, 3, 40),    # too few samples to split
     (4, 120, 3, 160),  # the gradients in chunks of steps 3 and 0-2 (dgates past 1 MB)
-    (3, 2, 2, 16)])
+    (3, 2, 2, 16),
+    (4, 3, 2, 256),    # wide (FL_WIDE_H): a sample a thread is worth it, 2 + 1, 1 + 1 + 1
+    (3, 5, 3, 300)])
 def test_float32_is_bit_identical_for_any_thread_count(shape):
     """Each output of the packed loop is one in-order sum, whoever computes it, and
     the weight gradients of its chunks of steps come in fixed blocks whoever
