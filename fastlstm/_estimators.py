@@ -433,7 +433,8 @@ class _BaseLSTM(BaseEstimator):
         batch = min(batch_size, len(X3))
         steps = X3.shape[1] if self.tbptt_steps is None else min(self.tbptt_steps, X3.shape[1])
         limit = _thread_limit(self.n_jobs, batch, self.network_, training=True,
-                              work=forward_work(self.network_, batch, steps))
+                              work=forward_work(self.network_, batch, steps,
+                                                self._output == "sequence"))
         with limit as parts:
             self._train(X3, targets, weights, incremental, lengths, parts, limit.threads)
         return self
@@ -759,7 +760,8 @@ class _BaseLSTM(BaseEstimator):
         turn, see _unpad); lengths None or (N,) for a list of sequences."""
         X3, lengths = self._check_X_predict(X)
         # one sequence is never cut into slices: no work to count
-        work = forward_work(self.network_, len(X3), X3.shape[1]) if len(X3) > 1 else 0
+        work = (forward_work(self.network_, len(X3), X3.shape[1], self._output == "sequence")
+                if len(X3) > 1 else 0)
         whole = self.network_.splits_batches_itself(len(X3), lengths)
         limit = _thread_limit(self.n_jobs, len(X3), self.network_, work=work,
                               min_work=math.inf if whole else MIN_SLICED_PREDICT_WORK)

@@ -71,15 +71,19 @@ def n_slices(threads, batch, work=MIN_SLICED_WORK, min_work=MIN_SLICED_WORK):
     return max(1, min(threads, batch // MIN_ROWS_PER_SLICE))
 
 
-def forward_work(net, batch, n_steps):
-    """Multiply-adds of the recurrent layers' forward pass over a batch:
-    batch x steps x sum over layers (and directions) of G x (D + H)."""
+def forward_work(net, batch, n_steps, sequence_output=False):
+    """Multiply-adds of a forward pass over a batch: batch x steps x sum over
+    layers (and directions) of G x (D + H), and the head's K x H on the last
+    step or, sequence_output, on every step (a per-step softmax over thousands
+    of classes can outweigh a narrow recurrent layer)."""
     directions = 2 if net.bidirectional else 1
     work, n_in = 0, net.n_features
     for H in net.hidden_sizes:
         work += directions * GATES[net.cell] * H * (n_in + H)
         n_in = directions * H
-    return batch * n_steps * work
+    head = net.n_outputs * n_in
+    return batch * (n_steps * (work + (head if sequence_output else 0))
+                    + (0 if sequence_output else head))
 
 
 class _SplitTape:

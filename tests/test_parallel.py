@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 import fastlstm._estimators as est_module
 import fastlstm._parallel
+import fastlstm._threads
 from fastlstm import LSTMClassifier, LSTMRegressor, _threads
 from fastlstm._network import LSTMNetwork
 from fastlstm._parallel import DataParallel, n_slices, row_slices
@@ -38,11 +39,26 @@ def test_n_slices_keeps_slices_thick_enough():
     assert n_slices(2, 1000, work=limit) == 2
 
 
-def test_forward_work_counts_the_multiply_adds_of_every_layer():
+def test_forward_work_counts_the_multiply_adds_of_every_layer_and_the_head():
     net = LSTMNetwork(3, (5, 4), 2)
-    assert fastlstm._parallel.forward_work(net, 7, 11) == 7 * 11 * (20 * 8 + 16 * 9)
+    work = fastlstm._parallel.forward_work
+    assert work(net, 7, 11) == 7 * 11 * (20 * 8 + 16 * 9) + 7 * 2 * 4      # head: last step
+    assert work(net, 7, 11, sequence_output=True) == 7 * 11 * (20 * 8 + 16 * 9 + 2 * 4)
     both = LSTMNetwork(3, (5,), 2, cell="gru", bidirectional=True)
-    assert fastlstm._parallel.forward_work(both, 2, 3) == 2 * 3 * 2 * 15 * 8
+    assert work(both, 2, 3) == 2 * 3 * 2 * 15 * 8 + 2 * 2 * 10
+
+
+def test_a_per_step_head_over_many_classes_earns_a_batch_its_slices(monkeypatch):
+    """LSTM(32) over 50 steps, batches of 32: 13M multiply-adds in the layer, under
+    MIN_SLICED_WORK, but 102M more in a per-step head over 2,000 classes: cut
+    into a slice per thread (fit 1,803 -> 2,184 samples/s on two)."""
+    monkeypatch.setattr(fastlstm._threads, "recurrent_threads", lambda: 2)
+    net = LSTMNetwork(32, (32,), 2000)
+    work = fastlstm._parallel.forward_work(net, 32, 50, sequence_output=True)
+    assert work >= fastlstm._parallel.MIN_SLICED_WORK
+    assert fastlstm._parallel.forward_work(net, 32, 50) < fastlstm._parallel.MIN_SLICED_WORK
+    with est_module._thread_limit(None, 32, net, work=work, training=True) as parts:
+        assert parts == 2
 
 
 def network(cell="lstm", bidirectional=False, sizes=(5, 4), K=3):
