@@ -65,6 +65,13 @@ def _seed_of(random_state):
 _seed_of_int = functools.lru_cache(maxsize=8)(_seed_of)
 
 
+def _n_threads(n_jobs):
+    """The threads n_jobs asks for, None if it is None; -1: every CPU this process
+    may run on (its affinity, as joblib's), not the host's."""
+    return None if n_jobs is None else max(
+        1, _threads._cpus() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+
+
 class _thread_limit:
     """`with _thread_limit(...) as parts:` the threads a call runs on; parts is how
     many slices each batch is cut into, and .threads what to pass the network as
@@ -84,9 +91,7 @@ class _thread_limit:
     enters one, and every microsecond shows there."""
 
     def __init__(self, n_jobs, batch, net, work=0, min_work=MIN_SLICED_WORK, training=False):
-        # -1: every CPU this process may run on (its affinity, as joblib's), not the host's
-        self.n = None if n_jobs is None else max(
-            1, _threads._cpus() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+        self.n = _n_threads(n_jobs)
         self.parts = 1
         if work >= min_work:
             self.parts = n_slices(_threads.recurrent_threads() if self.n is None else self.n,
@@ -1440,10 +1445,7 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
     def _proba(self, X):
         """(class probabilities (N[, T], n_classes), lengths or None)."""
         logits, lengths = self._forward(X)
-        flat = logits.reshape(-1, logits.shape[-1])
-        proba = np.empty_like(flat)
-        _ops.softmax(flat, proba)
-        return proba.reshape(logits.shape), lengths
+        return self._step_outputs(logits), lengths
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), in the order of classes_;
@@ -1474,10 +1476,14 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
 
 
     def _step_outputs(self, raw):
-        """(N, T, C) logits -> class probabilities."""
+        """(..., C) logits -> class probabilities; a large softmax on the threads
+        n_jobs (or the BLAS limit in force) gives."""
         flat = raw.reshape(-1, raw.shape[-1])
         proba = np.empty_like(flat)
-        _ops.softmax(flat, proba)
+        threads = 1
+        if flat.size >= _ops.SPLIT_SOFTMAX_FROM:
+            threads = _n_threads(self.n_jobs) or _threads.recurrent_threads()
+        _ops.softmax(flat, proba, threads)
         return proba.reshape(raw.shape)
 
     def generate(self, seed, n_chars, *, vocabulary, temperature=1.0, random_state=None):

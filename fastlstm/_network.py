@@ -17,7 +17,7 @@ import math
 import numpy as np
 import scipy.linalg
 
-from . import _cells, _kernels, _ops
+from . import _cells, _kernels, _ops, _threads
 
 # gate blocks per hidden unit: LSTM i, f, g, o; GRU r, z, n; RNN one
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -26,6 +26,11 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # allocating costs as much as computing.
 SPARE_ARENAS = 4
 SPARE_ARENA_BYTES = 1 << 20
+# A head of this many multiply-adds or more (a softmax on every step over thousands
+# of classes) runs in row slices on the threads the forward pass was given: a batch
+# run whole holds BLAS to one thread (_estimators._thread_limit), which left it on
+# one core (predict_proba, 256 sequences of 50 steps, LSTM(128) -> 5,000 classes).
+HEAD_SPLIT_WORK = 2**22
 
 
 def parameter_layout(n_features, hidden_sizes, n_outputs, cell="lstm", bidirectional=False):
@@ -403,9 +408,22 @@ class LSTMNetwork:
         else:
             head_in = layer_in[-1]      # the last step (the only one kept past a dropout mask)
         out = np.empty((head_in.shape[0], self.n_outputs), dtype=self.dtype)   # (M, K)
-        _cells.dense_forward(head_in, self.p["head.weight"], self.p["head.bias"], out)
+        self._head_forward(head_in, out, n_threads)
         return out, _Tape(layers, head_in, sequence_output, arena, lengths, reverse, order,
                           keep, self.cell == "lstm")
+
+    def _head_forward(self, head_in, out, n_threads):
+        """out (M, K) = head_in (M, I) @ W.T + b; from HEAD_SPLIT_WORK multiply-adds
+        in row slices, one per thread of n_threads, each a one-thread BLAS product."""
+        M, I = head_in.shape
+        weight, bias = self.p["head.weight"], self.p["head.bias"]
+        parts = min(n_threads or 1, M) if M * I * self.n_outputs >= HEAD_SPLIT_WORK else 1
+        if parts == 1:
+            _cells.dense_forward(head_in, weight, bias, out)
+            return
+        _threads.run_parallel(lambda rows: _cells.dense_forward(head_in[rows], weight, bias,
+                                                                out[rows]),
+                              _threads.row_slices(M, parts))
 
     @contextlib.contextmanager
     def weights_held(self):

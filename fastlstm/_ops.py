@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from numba import njit
 
+from . import _threads
+
 # The one place the Numba flags are set. No fastmath: the losses must stay
 # exact for the finite-difference and torch parity tests, and inf/NaN must
 # survive so divergence is detected.
@@ -66,6 +68,9 @@ def squared_error(pred, target, weight, dpred):
 # classes 2.6 -> 1.1 ms, 640 of 100 0.26 -> 0.15; below, NumPy's calls cost more
 # than they save (512 rows of 2 classes: 9 -> 27 us).
 NUMPY_EXP_FROM = 8192
+# From this many logits softmax splits its rows between threads (handing a slice
+# to another thread costs tens of microseconds; 1M logits take ~2 ms).
+SPLIT_SOFTMAX_FROM = 2**20
 
 
 def softmax_cross_entropy(logits, labels, weight, dlogits):
@@ -120,9 +125,16 @@ def _cross_entropy(logits, labels, weight, dlogits, top):
     return loss
 
 
-def softmax(logits, out):
+def softmax(logits, out, n_threads=1):
     """Row-wise softmax of logits (M, K) into out (M, K); from NUMPY_EXP_FROM
-    logits the exponentials by NumPy, as softmax_cross_entropy's."""
+    logits the exponentials by NumPy, as softmax_cross_entropy's. From
+    SPLIT_SOFTMAX_FROM logits in row slices on n_threads threads (NumPy's
+    exponentials and the loops release the GIL)."""
+    parts = min(n_threads, len(logits)) if logits.size >= SPLIT_SOFTMAX_FROM else 1
+    if parts > 1:
+        _threads.run_parallel(lambda rows: softmax(logits[rows], out[rows]),
+                              _threads.row_slices(len(logits), parts))
+        return
     exps_given = logits.size >= NUMPY_EXP_FROM
     if exps_given:
         _exps_by_numpy(logits, out)

@@ -15,6 +15,7 @@ reproducible for a given number of slices (they round differently from one).
 import numpy as np
 
 from . import _threads
+from ._threads import row_slices
 from ._network import GATES, _Arena
 
 # A slice needs this many samples: below it, one gemm per step is too thin to pay
@@ -47,12 +48,6 @@ MIN_SLICED_PREDICT_WORK = 2**24
 # elements (charlm's 1.1M float32 parameters: Adam 1.24 -> 0.86 ms a batch, on
 # the main thread while the other one waited).
 MIN_SPLIT_ELEMENTS = 2**16
-
-
-def row_slices(n, parts):
-    """`parts` contiguous slices covering range(n), sizes differing by at most one."""
-    bounds = [n * p // parts for p in range(parts + 1)]
-    return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
 
 
 def in_ranges(fn, n, parts):

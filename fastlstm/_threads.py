@@ -199,6 +199,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
+def row_slices(n, parts):
+    """`parts` contiguous slices covering range(n), sizes differing by at most one."""
+    bounds = [n * p // parts for p in range(parts + 1)]
+    return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
+
+
 def run_parallel(fn, items):
     """[fn(item) for item in items], the first in the calling thread and the rest
     on a pool of worker threads (fn must release the GIL for this to pay: the

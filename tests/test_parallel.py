@@ -737,3 +737,34 @@ def test_a_batch_split_inside_the_layers_runs_blas_on_one_thread(monkeypatch):
     with threadpool_limits(2, user_api="blas"):
         LSTMRegressor(hidden_layer_sizes=(128,), batch_size=64, max_iter=1).fit(X, X[:, -1, 0])
     assert seen == [(1, 2)]
+
+
+def test_a_large_head_and_softmax_split_their_rows_with_the_same_results(monkeypatch):
+    """A per-step head over many classes runs in row slices on the forward pass's
+    threads, and a large softmax on n_jobs threads: the same numbers as in one
+    piece (each row's sums are the same)."""
+    from fastlstm import LSTMClassifier, _ops
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((24, 6, 3)).astype(np.float32)
+    y = rng.integers(0, 40, (24, 6))
+    model = LSTMClassifier((5,), output="sequence", max_iter=1, n_jobs=1, random_state=0)
+    whole = model.fit(X, y).predict_proba(X)
+    calls = []
+    real_run_parallel = fastlstm._threads.run_parallel
+
+    def run_parallel(fn, items):
+        calls.append(len(items))
+        return real_run_parallel(fn, items)
+
+    monkeypatch.setattr(fastlstm._threads, "run_parallel", run_parallel)
+    monkeypatch.setattr(fastlstm._network, "HEAD_SPLIT_WORK", 1)
+    monkeypatch.setattr(_ops, "SPLIT_SOFTMAX_FROM", 1)
+    split = model.set_params(n_jobs=2).predict_proba(X)
+    assert calls == [2]                                 # the softmax's rows
+    np.testing.assert_allclose(split, whole, rtol=1e-6, atol=1e-7)
+    net = model.network_
+    x_tm = np.ascontiguousarray(X.transpose(1, 0, 2))
+    one = net.forward(x_tm, True, training=False, n_threads=1)[0]
+    two = net.forward(x_tm, True, training=False, n_threads=2)[0]
+    assert calls == [2, 2]                              # the head's rows
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6)
