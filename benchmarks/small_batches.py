@@ -40,7 +40,8 @@ def main():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((512, T, D), dtype=np.float32)
     y = rng.integers(0, K, 512)
-    print("| figure | H | fastlstm, ms | torch, ms | fastlstm:torch time |\n|---|---:|---:|---:|---:|")
+    print("| figure | H | fastlstm, ms | torch, ms | fastlstm:torch time |")
+    print("|---|---:|---:|---:|---:|")
     for H in (256, 512):
         lstm, head = torch.nn.LSTM(D, H, batch_first=True), torch.nn.Linear(H, K)
         model = LSTMClassifier((H,), max_iter=1, n_jobs=args.threads, random_state=0)
@@ -53,7 +54,8 @@ def main():
         for n in (2, 4, 8, 12, 16, 32):
             x, x_t = X[:n], torch.from_numpy(X[:n])
             ours, theirs = best_ms(lambda: model.predict(x)), best_ms(lambda: torch_predict(x_t))
-            print(f"| predict {n} sequences | {H} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |")
+            print(f"| predict {n} sequences | {H} | {ours:.2f} | {theirs:.2f} | "
+                  f"{ours / theirs:.2f} |")
         for batch in (8, 12, 16):
             model = LSTMClassifier((H,), batch_size=batch, max_iter=1, warm_start=True, tol=0,
                                    n_iter_no_change=10**9, alpha=0.0, n_jobs=args.threads,
