@@ -8,43 +8,22 @@ LSTM(32) to 2,000 classes on every step in batches of 32 (Adam, lr 1e-3), best
 of 3. Each engine on the same number of threads. Table on stdout: times, lower
 is better.
 """
-import argparse
-import time
-import warnings
-
 import numpy as np
+
+from small_batches import best_ms, engines, torch_epoch
 
 T, D = 50, 32
 
 
-def best_ms(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    import torch
-    from sklearn.exceptions import ConvergenceWarning
-
-    from fastlstm import LSTMClassifier
-    warnings.simplefilter("ignore", ConvergenceWarning)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    threads, torch, LSTMClassifier = engines(__doc__)
     rng = np.random.default_rng(0)
     print("| figure | fastlstm, ms | torch, ms | fastlstm:torch time |\n|---|---:|---:|---:|")
 
     H, K, N = 128, 5000, 256
     X = rng.standard_normal((N, T, D), dtype=np.float32)
     y = rng.integers(0, K, (N, T))
-    model = LSTMClassifier((H,), output="sequence", max_iter=1, n_jobs=args.threads,
+    model = LSTMClassifier((H,), output="sequence", max_iter=1, n_jobs=threads,
                            random_state=0).fit(X[:32], y[:32])
     lstm, head = torch.nn.LSTM(D, H, batch_first=True), torch.nn.Linear(H, K)
     X_t = torch.from_numpy(X)
@@ -53,7 +32,8 @@ def main():
         with torch.inference_mode():
             return head(lstm(X_t)[0]).softmax(-1).numpy()
 
-    ours, theirs = best_ms(lambda: model.predict_proba(X)), best_ms(torch_proba)
+    ours = best_ms(lambda: model.predict_proba(X), repeats=3)
+    theirs = best_ms(torch_proba, repeats=3)
     print(f"| predict_proba, {N} x {T} steps, LSTM({H}) -> {K:,} classes | {ours:.0f} | "
           f"{theirs:.0f} | {ours / theirs:.2f} |")
 
@@ -62,20 +42,10 @@ def main():
     y = rng.integers(0, K, (N, T))
     model = LSTMClassifier((H,), output="sequence", batch_size=batch, max_iter=1,
                            warm_start=True, tol=0, n_iter_no_change=10**9, alpha=0.0,
-                           n_jobs=args.threads, random_state=0)
+                           n_jobs=threads, random_state=0)
     lstm, head = torch.nn.LSTM(D, H, batch_first=True), torch.nn.Linear(H, K)
-    opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-3)
-    X_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
-
-    def torch_epoch():
-        for rows in torch.randperm(N).split(batch):
-            opt.zero_grad(set_to_none=True)
-            logits = head(lstm(X_t[rows])[0])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, K), y_t[rows].reshape(-1))
-            loss.backward()
-            opt.step()
-
-    ours, theirs = best_ms(lambda: model.fit(X, y)), best_ms(torch_epoch)
+    ours = best_ms(lambda: model.fit(X, y), repeats=3)
+    theirs = best_ms(torch_epoch(torch, lstm, head, X, y, batch, per_step=True), repeats=3)
     print(f"| fit epoch, {N} x {T} steps, LSTM({H}) -> {K:,} classes, batches of {batch} | "
           f"{ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |")
 
