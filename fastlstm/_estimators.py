@@ -1481,6 +1481,8 @@ class LSTMClassifier(ClassifierMixin, _BaseLSTM):
         flat = raw.reshape(-1, raw.shape[-1])
         proba = np.empty_like(flat)
         threads = 1
+        # softmax's own bound, checked here first: reading the BLAS limit costs
+        # microseconds, which a single step of generate or predict would pay
         if flat.size >= _ops.SPLIT_SOFTMAX_FROM:
             threads = _n_threads(self.n_jobs) or _threads.recurrent_threads()
         _ops.softmax(flat, proba, threads)

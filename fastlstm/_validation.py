@@ -147,8 +147,10 @@ def is_sequence_list(X, same_lengths_too=False):
             not_sequences = True
         else:
             lengths.add(shape[0])
-    if not_sequences:  # numbers (a row), or sequences with a None among them, which
-        return bool(lengths)              # pack_sequences names
+    if not_sequences:
+        # numbers (a row), or sequences with a None or a number among them, which
+        # pack_sequences refuses by name
+        return bool(lengths)
     return len(lengths) > 1 or same_lengths_too
 
 
